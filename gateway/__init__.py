@@ -1,0 +1,1 @@
+"""egressgw: the egress gateway AI-agent sandboxes sit behind."""
