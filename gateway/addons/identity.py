@@ -1,0 +1,81 @@
+"""Identity: whose traffic is this?
+
+Transparent connections are mapped to a session by their source address, at
+connect time. Explicit-proxy traffic carries the session in its proxy
+credentials (`Proxy-Authorization: Basic base64(session-id:token)`), checked
+on CONNECT and on every absolute-form request. Traffic that maps to no
+session is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from mitmproxy import connection, http
+from mitmproxy.proxy.mode_specs import RegularMode, TransparentMode
+
+from gateway.addons.refuse import META, refuse
+from gateway.log import events
+
+
+def proxy_credentials(flow: http.HTTPFlow) -> tuple[str, str] | None:
+    value = flow.request.headers.get("Proxy-Authorization", "")
+    scheme, _, encoded = value.partition(" ")
+    if scheme.lower() != "basic" or not encoded:
+        return None
+    try:
+        user, sep, token = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, token) if sep else None
+
+
+class Identity:
+    def __init__(self, registry, conns, audit):
+        self.registry = registry
+        self.conns = conns
+        self.audit = audit
+
+    def client_connected(self, client: connection.Client) -> None:
+        if not isinstance(client.proxy_mode, TransparentMode):
+            return
+        state = self.conns.of(client)
+        state.session = self.registry.by_source(client.peername[0])
+        if state.session is None:
+            client.error = "no session"
+            state.refused = "no-session"
+            self.audit.emit(events.make_event(
+                events.CONNECT, client=_addr(client.peername), decision="deny", reason="no-session"))
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self.conns.drop(client)
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        state = self.conns.of(flow.client_conn)
+        state.tunnel = True
+        state.session = self._authenticate(flow)
+        if state.session is None:
+            state.refused = "proxy-auth-required"
+            refuse(flow, "proxy-auth-required", flow.request.host, status=407)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        state = self.conns.of(flow.client_conn)
+        if isinstance(flow.client_conn.proxy_mode, RegularMode) and not state.tunnel:
+            # Absolute-form requests through the explicit proxy: every request carries its own credentials.
+            state.session = self._authenticate(flow)
+            if state.session is None:
+                refuse(flow, "proxy-auth-required", flow.request.host, status=407)
+        flow.request.headers.pop("Proxy-Authorization", None)
+        flow.metadata.setdefault(META, {})["session"] = state.session
+
+    def _authenticate(self, flow: http.HTTPFlow):
+        creds = proxy_credentials(flow)
+        return self.registry.authenticate(*creds) if creds else None
+
+
+def _addr(address) -> str | None:
+    if not address:
+        return None
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

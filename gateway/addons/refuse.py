@@ -1,0 +1,48 @@
+"""How the gateway says no: one place, one wording.
+
+HTTP gets a 403 (407 for missing proxy credentials) with a one-line reason
+that names the refused host and nothing of the policy's internals.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from gateway.log.events import clean
+
+_TEXT = {
+    "host-not-allowed": "host not allowed",
+    "port-not-allowed": "port not allowed",
+    "method-not-allowed": "method not allowed",
+    "path-not-allowed": "path not allowed",
+    "ip-literal-not-allowed": "IP address destinations not allowed",
+    "plain-http-not-allowed": "plain HTTP not allowed, use HTTPS",
+    "tcp-not-allowed": "protocol not allowed",
+    "no-session": "no session for this client",
+    "sni-host-mismatch": "Host does not match the TLS server name",
+    "address-not-allowed": "destination address not allowed",
+    "dns-failure": "destination name could not be resolved",
+    "bad-request": "malformed request",
+    "proxy-auth-required": "proxy credentials required",
+    "log-unavailable": "flow log unavailable",
+}
+
+META = "egressgw"
+
+
+def reason_text(reason: str) -> str:
+    return _TEXT.get(reason, reason)
+
+
+def refuse(flow: http.HTTPFlow, reason: str, host: str | None, *, status: int = 403, **meta) -> None:
+    """Answer the sandbox with a refusal and record why in the flow's metadata."""
+    target = f" ({clean(host, 253)})" if host else ""
+    body = f"egressgw refused this request: {reason_text(reason)}{target}\n"
+    headers = {"Content-Type": "text/plain; charset=utf-8", "Connection": "close"}
+    if status == 407:
+        headers["Proxy-Authenticate"] = 'Basic realm="egressgw"'
+    flow.response = http.Response.make(status, body, headers)
+    info = flow.metadata.setdefault(META, {})
+    info.update(meta, decision="deny", reason=reason)
+    if host:
+        info.setdefault("host", host)

@@ -1,0 +1,171 @@
+"""Builds the gateway: mitmproxy embedded as a library, our addons, the control API and metrics.
+
+One process, one event loop. mitmproxy supplies the listeners (transparent,
+explicit proxy, DNS), TLS and HTTP; `gateway.addons.default_addons()` makes
+every decision. Only the mitmproxy addons the gateway needs are loaded: in
+particular mitmproxy's own DNS resolver is not, so no name is looked up
+unless our DNS step allowed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+from mitmproxy import options
+from mitmproxy.addons import (
+    core,
+    disable_h2c,
+    errorcheck,
+    next_layer,
+    proxyserver,
+    strip_dns_https_records,
+    tlsconfig,
+)
+from mitmproxy.master import Master
+
+from gateway import metrics
+from gateway.addons import default_addons
+from gateway.audit import Audit
+from gateway.config import Config, Listen
+from gateway.connstate import ConnTable
+from gateway.dialguard import DialGuard
+from gateway.log.writer import FlowLog
+from gateway.resolver import UpstreamResolver
+from gateway.sessions.api import ControlAPI
+from gateway.sessions.registry import SessionRegistry
+
+logger = logging.getLogger("egressgw")
+
+CA_CERT = "mitmproxy-ca-cert.pem"
+SANDBOX_BUNDLE = "sandbox-ca-bundle.pem"
+SYSTEM_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+
+
+def mode_specs(config: Config) -> list[str]:
+    modes = [f"transparent@{config.transparent}", f"dns@{config.dns}"]
+    if config.proxy:
+        modes.append(f"regular@{config.proxy}")
+    return modes
+
+
+def sandbox_bundle_path(config: Config) -> str:
+    return str(Path(config.ca_dir) / SANDBOX_BUNDLE)
+
+
+def write_sandbox_bundle(config: Config) -> str:
+    """What a sandbox trusts: the gateway CA, the origins' extra CA, the system roots (for pass-through hosts)."""
+    parts = [Path(config.ca_dir, CA_CERT).read_text()]
+    if config.upstream_ca_bundle:
+        parts.append(Path(config.upstream_ca_bundle).read_text())
+    system = next((p for p in SYSTEM_BUNDLES if os.path.exists(p)), None)
+    if system:
+        parts.append(Path(system).read_text())
+    path = sandbox_bundle_path(config)
+    tmp = path + ".tmp"
+    Path(tmp).write_text("\n".join(p.strip() + "\n" for p in parts))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+class _Metrics(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(metrics.exposition())
+
+
+class Gateway:
+    """Everything one gateway process owns."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.registry = SessionRegistry()
+        self.audit = Audit(FlowLog(config.log_path))
+        self.registry.subscribe(lambda what, s: self.audit.session_changed(what, s, len(self.registry)))
+        self.resolver = UpstreamResolver(config.upstream_dns, config.upstream_timeout)
+        self.guard = DialGuard(self.resolver, config.allow_dest_ranges)
+        self.conns = ConnTable()
+        self.master: Master | None = None
+        self._http_servers: list[tornado.httpserver.HTTPServer] = []
+
+    def ready(self) -> bool:
+        if self.master is None:
+            return False
+        ps = self.master.addons.get("proxyserver")
+        return bool(ps and ps.servers and all(s.is_running for s in ps.servers))
+
+    def _build_master(self) -> Master:
+        Path(self.config.ca_dir).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.config.ca_dir, 0o755)  # sandboxes read the bundle; key files stay 0600
+        master = Master(options.Options(), event_loop=asyncio.get_running_loop(), with_termlog=True)
+        master.addons.add(
+            core.Core(),
+            proxyserver.Proxyserver(),
+            next_layer.NextLayer(),
+            tlsconfig.TlsConfig(),
+            disable_h2c.DisableH2C(),
+            strip_dns_https_records.StripDnsHttpsRecords(),
+            errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
+        )
+        master.addons.add(*default_addons(
+            registry=self.registry, conns=self.conns, resolver=self.resolver, guard=self.guard, audit=self.audit))
+        master.options.update(
+            mode=mode_specs(self.config),
+            confdir=self.config.ca_dir,
+            connection_strategy="lazy",  # decide before dialling: nothing upstream until a request is allowed
+            upstream_cert=False,  # never connect upstream just to copy a certificate
+            ssl_verify_upstream_trusted_ca=self.config.upstream_ca_bundle,
+            http2=True,
+            rawtcp=True,
+            termlog_verbosity="warn",
+        )
+        return master
+
+    def _serve_http(self, app: tornado.web.Application, listen: Listen | None, unix: str | None = None) -> None:
+        server = tornado.httpserver.HTTPServer(app, max_body_size=2 << 20)
+        if unix:
+            Path(unix).parent.mkdir(parents=True, exist_ok=True)
+            server.add_socket(tornado.netutil.bind_unix_socket(unix, mode=0o600))
+        else:
+            server.listen(listen.port, listen.host)
+        self._http_servers.append(server)
+
+    async def run(self) -> None:
+        self.master = self._build_master()
+        for key in ("mitmproxy-ca.pem", "mitmproxy-ca.p12"):
+            path = Path(self.config.ca_dir, key)
+            if path.exists():
+                os.chmod(path, 0o600)
+        write_sandbox_bundle(self.config)
+        proxy = str(self.config.proxy) if self.config.proxy else None
+        control = ControlAPI(self.registry, self.config.control_token(), self.ready, proxy)
+        self._serve_http(control.application(), self.config.control.tcp, self.config.control.unix)
+        if self.config.metrics:
+            self._serve_http(tornado.web.Application([(r"/metrics", _Metrics)]), self.config.metrics)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.master.shutdown)
+        logger.warning(
+            "egressgw up: transparent %s, dns %s, proxy %s, control %s, metrics %s, log %s",
+            self.config.transparent, self.config.dns, proxy or "off", self.config.control.url(),
+            self.config.metrics or "off", self.config.log_path,
+        )
+        try:
+            await self.master.run()
+        finally:
+            for server in self._http_servers:
+                server.stop()
+            if self.config.control.unix:
+                Path(self.config.control.unix).unlink(missing_ok=True)
+            self.audit.close()
+
+
+def run(config: Config) -> None:
+    asyncio.run(Gateway(config).run())

@@ -1,0 +1,63 @@
+"""Audit: every decision becomes one flow-log event and its metrics.
+
+Addons call `Audit.emit(event)`; this is the one path from a decision to the
+log file and the counters, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from gateway import metrics
+from gateway.log import events
+from gateway.log.writer import FlowLog, LogWriteError
+from gateway.policy.decide import REASONS
+
+logger = logging.getLogger("egressgw")
+
+# Reasons the gateway itself adds to the policy engine's.
+GATEWAY_REASONS = (
+    "no-session",
+    "sni-host-mismatch",
+    "address-not-allowed",
+    "dns-failure",
+    "bad-request",
+    "proxy-auth-required",
+    "upstream-error",
+    "log-unavailable",
+)
+_LABEL_REASONS = frozenset(REASONS) | frozenset(GATEWAY_REASONS)
+
+
+class Audit:
+    def __init__(self, flowlog: FlowLog):
+        self.flowlog = flowlog
+        self.healthy = True
+
+    def emit(self, event: dict) -> None:
+        """Write the event, then count it. Raises LogWriteError: the caller must refuse the flow."""
+        try:
+            self.flowlog.write(event)
+        except LogWriteError:
+            self.healthy = False
+            metrics.LOG_ERRORS.inc()
+            logger.error("flow log write failed; refusing egress until it recovers")
+            raise
+        self.healthy = True
+        metrics.LOG_RECORDS.inc()
+        kind = event["event"]
+        if kind == events.DNS:
+            metrics.DNS_QUERIES.labels(event.get("decision", "deny"), event.get("dns_rcode", "NOERROR")).inc()
+        elif kind != events.SESSION:
+            reason = event.get("reason", "allowed")
+            if reason not in _LABEL_REASONS:
+                reason = "other"
+            metrics.DECISIONS.labels(kind, event.get("decision", "deny"), reason).inc()
+
+    def session_changed(self, what: str, session, active: int) -> None:
+        metrics.ACTIVE_SESSIONS.set(active)
+        self.emit(events.make_event(events.SESSION, session=session.id, rule=session.policy.name,
+                                    detail=f"{what}: {session.name}"))
+
+    def close(self) -> None:
+        self.flowlog.close()

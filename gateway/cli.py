@@ -1,0 +1,39 @@
+"""The `egressgw` command.
+
+    egressgw run --config FILE                 the gateway
+    egressgw policy check|explain ...          policy files
+    egressgw sandbox up|exec|list|down ...     sandbox namespaces on this host
+    egressgw session list|show|delete|set-policy ...   sessions through the control API
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gateway.errors import EgressgwError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gateway.commands import policy, run, sandbox, session
+
+    parser = argparse.ArgumentParser(prog="egressgw", description="Egress gateway for AI-agent sandboxes.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (run, policy, sandbox, session):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except EgressgwError as e:
+        print(f"egressgw: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

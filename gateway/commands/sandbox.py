@@ -1,0 +1,144 @@
+"""`egressgw sandbox`: network-namespace sandboxes on this host, each with its own session."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import sys
+from pathlib import Path
+
+import netns
+from gateway.app import sandbox_bundle_path
+from gateway.commands.common import add_config_argument, config_from_args, control_client
+from gateway.errors import ConfigError, ControlAPIError, SandboxError
+from gateway.policy import load_policy_file
+
+CA_VARIABLES = (
+    "SSL_CERT_FILE",  # OpenSSL, Python ssl/httpx, Go, Ruby
+    "REQUESTS_CA_BUNDLE",  # Python requests
+    "CURL_CA_BUNDLE",  # curl
+    "NODE_EXTRA_CA_CERTS",  # Node.js
+    "GIT_SSL_CAINFO",  # git over HTTPS
+    "PIP_CERT",  # pip
+    "AWS_CA_BUNDLE",  # AWS CLI and SDKs
+    "DENO_CERT",  # Deno
+    "CARGO_HTTP_CAINFO",  # cargo
+    "NPM_CONFIG_CAFILE",  # npm
+)
+BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/tmp",
+    "LANG": "C.UTF-8",
+}
+
+
+def sandbox_env(config, session_id: str | None) -> dict[str, str]:
+    bundle = sandbox_bundle_path(config)
+    env = {name: bundle for name in CA_VARIABLES}
+    if session_id:
+        env["EGRESSGW_SESSION"] = session_id
+    return env
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sandbox", help="sandbox network namespaces on this host")
+    s = p.add_subparsers(dest="sandbox_command", required=True, metavar="ACTION")
+
+    up = s.add_parser("up", help="create a sandbox namespace governed by a policy")
+    up.add_argument("name")
+    up.add_argument("--policy", required=True, metavar="FILE")
+    up.add_argument("--json", action="store_true", help="print the result as JSON")
+    up.set_defaults(func=_up)
+
+    ex = s.add_parser("exec", help="run a command inside a sandbox (unprivileged by default)")
+    ex.add_argument("name")
+    ex.add_argument("--user", default="nobody", help="user to run as (default nobody; 'root' keeps root)")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    ex.set_defaults(func=_exec)
+
+    ls = s.add_parser("list", help="list sandboxes")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=_list)
+
+    down = s.add_parser("down", help="remove a sandbox and its session (idempotent)")
+    down.add_argument("name")
+    down.set_defaults(func=_down)
+    for parser in (up, ex, ls, down):
+        add_config_argument(parser)
+
+
+def _up(args) -> int:
+    config = config_from_args(args)
+    if ipaddress.ip_address(config.transparent.host).is_loopback or ipaddress.ip_address(config.dns.host).is_loopback:
+        raise ConfigError(
+            f"{config.source}: listen.transparent and listen.dns must not be loopback for namespace sandboxes "
+            "(fix: listen on 0.0.0.0; the sandbox's own rules keep other hosts out)"
+        )
+    load_policy_file(args.policy)  # every problem, with lines, before anything is made
+    policy_text = Path(args.policy).read_text()
+    client = control_client(config)
+    client.health()
+    sb = netns.up(args.name, transparent_port=config.transparent.port, dns_port=config.dns.port,
+                  pool=config.sandbox_pool, state_dir=config.state_dir)
+    try:
+        session = client.create_session(args.name, policy_text, [sb.sandbox_addr])
+        netns.set_session(args.name, session["id"], state_dir=config.state_dir)
+    except BaseException:
+        netns.down(args.name, state_dir=config.state_dir)
+        raise
+    env = sandbox_env(config, session["id"])
+    result = {
+        "name": sb.name, "netns": sb.netns, "address": sb.sandbox_addr, "gateway": sb.host_addr,
+        "session": session["id"], "policy": session["policy"], "mode": session["mode"], "env": env,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"sandbox {sb.name} up: netns {sb.netns}, address {sb.sandbox_addr}, session {session['id']}")
+        print(f"policy {session['policy']} ({session['mode']}); environment for processes inside:")
+        for k, v in env.items():
+            print(f"  export {k}={v}")
+        print(f"run a command inside: egressgw sandbox exec {sb.name} -- CMD")
+    return 0
+
+
+def _exec(args) -> int:
+    config = config_from_args(args)
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise SandboxError("no command given (fix: egressgw sandbox exec NAME -- CMD ARGS...)")
+    sb = netns.get(args.name, state_dir=config.state_dir)
+    env = {**BASE_ENV, **sandbox_env(config, sb.session_id)}
+    argv = netns.exec_argv(sb, cmd, user=None if args.user == "root" else args.user, env=env)
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
+
+
+def _list(args) -> int:
+    config = config_from_args(args)
+    boxes = netns.list_sandboxes(state_dir=config.state_dir)
+    if args.json:
+        print(json.dumps([b.__dict__ for b in boxes], indent=2))
+        return 0
+    print(f"{'NAME':<20} {'ADDRESS':<16} {'SESSION':<20} NETNS")
+    for b in boxes:
+        print(f"{b.name:<20} {b.sandbox_addr:<16} {b.session_id or '-':<20} {b.netns}")
+    return 0
+
+
+def _down(args) -> int:
+    config = config_from_args(args)
+    try:
+        sb = netns.get(args.name, state_dir=config.state_dir)
+    except SandboxError:
+        sb = None
+    if sb is not None and sb.session_id:
+        try:
+            control_client(config).delete_session(sb.session_id)
+        except ControlAPIError as e:
+            print(f"egressgw: warning: session {sb.session_id} not deleted: {e}", file=sys.stderr)
+    removed = netns.down(args.name, state_dir=config.state_dir)
+    print(f"sandbox {args.name} {'removed' if removed else 'was not present'}")
+    return 0

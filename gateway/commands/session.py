@@ -1,0 +1,55 @@
+"""`egressgw session`: sessions through the control API (for sandboxes this host did not make)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gateway.commands.common import add_config_argument, config_from_args, control_client
+from gateway.policy import load_policy_file
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("session", help="manage sessions through the control API")
+    s = p.add_subparsers(dest="session_command", required=True, metavar="ACTION")
+
+    c = s.add_parser("create", help="create a session (prints its id and proxy credentials as JSON)")
+    c.add_argument("name")
+    c.add_argument("--policy", required=True, metavar="FILE")
+    c.add_argument("--source", action="append", default=[], metavar="IP", help="source address (transparent mode)")
+    c.set_defaults(func=_create)
+
+    ls = s.add_parser("list", help="list sessions")
+    ls.set_defaults(func=lambda a: _print(control_client(config_from_args(a)).list_sessions()))
+
+    show = s.add_parser("show", help="show one session")
+    show.add_argument("id")
+    show.set_defaults(func=lambda a: _print(control_client(config_from_args(a)).get_session(a.id)))
+
+    d = s.add_parser("delete", help="delete a session; its traffic is refused from then on")
+    d.add_argument("id")
+    d.set_defaults(func=lambda a: control_client(config_from_args(a)).delete_session(a.id))
+
+    sp = s.add_parser("set-policy", help="replace a session's policy live")
+    sp.add_argument("id")
+    sp.add_argument("policy", metavar="FILE")
+    sp.set_defaults(func=_set_policy)
+    for parser in (c, ls, show, d, sp):
+        add_config_argument(parser)
+
+
+def _print(obj) -> int:
+    print(json.dumps(obj, indent=2))
+    return 0
+
+
+def _create(args) -> int:
+    load_policy_file(args.policy)  # every problem, with lines, before anything is sent
+    client = control_client(config_from_args(args))
+    return _print(client.create_session(args.name, Path(args.policy).read_text(), args.source))
+
+
+def _set_policy(args) -> int:
+    load_policy_file(args.policy)
+    client = control_client(config_from_args(args))
+    return _print(client.replace_policy(args.id, Path(args.policy).read_text()))

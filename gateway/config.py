@@ -1,0 +1,239 @@
+"""The gateway config file: load, validate, apply defaults.
+
+A config names where the gateway listens, whom it asks upstream, where its CA
+and flow log live. Every key is documented in docs/config.md. Unknown keys are
+errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from gateway.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ControlListen:
+    """Either a unix socket path or a loopback TCP address."""
+
+    unix: str | None = None
+    tcp: Listen | None = None
+
+    def url(self) -> str:
+        return f"unix://{self.unix}" if self.unix else f"http://{self.tcp}"
+
+
+@dataclass(frozen=True)
+class Config:
+    transparent: Listen = Listen("0.0.0.0", 15001)
+    proxy: Listen | None = Listen("127.0.0.1", 3128)
+    dns: Listen = Listen("0.0.0.0", 15353)
+    control: ControlListen = ControlListen(unix="/run/egressgw/control.sock")
+    metrics: Listen | None = Listen("127.0.0.1", 9469)
+    upstream_dns: tuple[Listen, ...] = ()
+    upstream_ca_bundle: str | None = None
+    upstream_timeout: float = 5.0
+    ca_dir: str = "/var/lib/egressgw/ca"
+    log_path: str = "/var/log/egressgw/flows.jsonl"
+    token_file: str = "/var/lib/egressgw/control.token"
+    state_dir: str = "/run/egressgw"
+    sandbox_pool: str = "10.211.0.0/16"
+    allow_dest_ranges: tuple[str, ...] = ()
+    source: str = "<defaults>"
+
+    def control_token(self) -> str:
+        """Read the control API bearer token, creating it (mode 0600) on first use."""
+        path = Path(self.token_file)
+        try:
+            token = path.read_text().strip()
+            if token:
+                return token
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise ConfigError(f"{self.source}: cannot read control.tokenFile {path}: {e.strerror}") from e
+        path.parent.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        return token
+
+
+_KEYS = {
+    "listen": {"transparent", "proxy", "dns", "control", "metrics"},
+    "upstream": {"dns", "caBundle", "timeoutSeconds"},
+    "ca": {"dir"},
+    "log": {"path"},
+    "control": {"tokenFile"},
+    "sandbox": {"pool", "stateDir"},
+    "dialGuard": {"allowRanges"},
+}
+
+
+def parse_listen(value: object, what: str, default_host: str = "0.0.0.0") -> Listen:
+    """Parse `host:port`, `[v6]:port` or a bare port number."""
+    if isinstance(value, int):
+        return Listen(default_host, _port(value, what))
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{what}: expected 'host:port', got {value!r}")
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.removeprefix(":")
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep:
+            raise ConfigError(f"{what}: expected 'host:port', got {value!r} (fix: add a port, e.g. {value}:8080)")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{what}: {host!r} is not an IP address (fix: listen on an address, e.g. 127.0.0.1)") from None
+    try:
+        return Listen(host, _port(int(port), what))
+    except ValueError:
+        raise ConfigError(f"{what}: port {port!r} is not a number") from None
+
+
+def _port(n: int, what: str) -> int:
+    if not 0 < n < 65536:
+        raise ConfigError(f"{what}: port {n} is out of range 1-65535")
+    return n
+
+
+def _resolver(value: object) -> Listen:
+    """A resolver address: `ip`, `ip:port`, `[v6]:port` or a bare IPv6 address (port 53)."""
+    text = str(value)
+    if text.startswith("[") or text.count(":") == 1:
+        return parse_listen(text, "upstream.dns")
+    return parse_listen(f"[{text}]:53" if ":" in text else f"{text}:53", "upstream.dns")
+
+
+def _control(value: object, what: str) -> ControlListen:
+    if isinstance(value, str) and value.startswith("unix://"):
+        return ControlListen(unix=value.removeprefix("unix://"))
+    if isinstance(value, str) and value.startswith("/"):
+        return ControlListen(unix=value)
+    listen = parse_listen(value, what, "127.0.0.1")
+    if not ipaddress.ip_address(listen.host).is_loopback:
+        raise ConfigError(
+            f"{what}: the control API must listen on a unix socket or loopback, not {listen.host} "
+            "(fix: use unix:///run/egressgw/control.sock or 127.0.0.1:PORT)"
+        )
+    return ControlListen(tcp=listen)
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    src = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{src}: cannot read config: {e.strerror}") from e
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{src}{line}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{src}: the config must be a mapping of sections ({', '.join(_KEYS)})")
+    return config_from_dict(raw, src, base_dir=Path(path).resolve().parent)
+
+
+def config_from_dict(raw: dict, source: str = "<dict>", base_dir: Path | None = None) -> Config:
+    for section, body in raw.items():
+        if section not in _KEYS:
+            raise ConfigError(f"{source}: unknown section {section!r} (known: {', '.join(sorted(_KEYS))})")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: section {section!r} must be a mapping")
+        for key in body:
+            if key not in _KEYS[section]:
+                raise ConfigError(
+                    f"{source}: unknown key {section}.{key} (known: {', '.join(sorted(_KEYS[section]))})"
+                )
+
+    def get(section: str, key: str, default=None):
+        return raw.get(section, {}).get(key, default)
+
+    def rel(p: str | None) -> str | None:
+        if p is None or base_dir is None or os.path.isabs(p):
+            return p
+        return str(base_dir / p)
+
+    defaults = Config()
+    kw: dict = {"source": source}
+    listen = raw.get("listen", {})
+    if "transparent" in listen:
+        kw["transparent"] = parse_listen(listen["transparent"], "listen.transparent")
+    if "dns" in listen:
+        kw["dns"] = parse_listen(listen["dns"], "listen.dns")
+    if "proxy" in listen:
+        kw["proxy"] = None if listen["proxy"] in (None, False, "off") else parse_listen(listen["proxy"], "listen.proxy")
+    if "metrics" in listen:
+        kw["metrics"] = (
+            None if listen["metrics"] in (None, False, "off") else parse_listen(listen["metrics"], "listen.metrics")
+        )
+    if "control" in listen:
+        kw["control"] = _control(listen["control"], "listen.control")
+    if kw.get("control", defaults.control).unix:
+        kw["control"] = ControlListen(unix=rel(kw.get("control", defaults.control).unix))
+
+    dns = get("upstream", "dns")
+    if dns is not None:
+        if isinstance(dns, str):
+            dns = [dns]
+        if not isinstance(dns, list) or not dns:
+            raise ConfigError(f"{source}: upstream.dns must be a list of resolver addresses, e.g. ['192.0.2.53:53']")
+        kw["upstream_dns"] = tuple(_resolver(d) for d in dns)
+    ca_bundle = get("upstream", "caBundle")
+    if ca_bundle is not None:
+        ca_bundle = rel(str(ca_bundle))
+        if not os.path.isfile(ca_bundle):
+            raise ConfigError(f"{source}: upstream.caBundle {ca_bundle} does not exist (fix: point it at a PEM file)")
+        kw["upstream_ca_bundle"] = ca_bundle
+    timeout = get("upstream", "timeoutSeconds")
+    if timeout is not None:
+        if not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ConfigError(f"{source}: upstream.timeoutSeconds must be a positive number")
+        kw["upstream_timeout"] = float(timeout)
+    for section, key, attr in (
+        ("ca", "dir", "ca_dir"),
+        ("log", "path", "log_path"),
+        ("control", "tokenFile", "token_file"),
+        ("sandbox", "stateDir", "state_dir"),
+    ):
+        v = get(section, key)
+        if v is not None:
+            if not isinstance(v, str) or not v:
+                raise ConfigError(f"{source}: {section}.{key} must be a path")
+            kw[attr] = rel(v)
+    pool = get("sandbox", "pool")
+    if pool is not None:
+        try:
+            net = ipaddress.ip_network(pool, strict=True)
+        except ValueError as e:
+            raise ConfigError(f"{source}: sandbox.pool {pool!r} is not a network: {e}") from None
+        if net.version != 4 or net.prefixlen > 29:
+            raise ConfigError(f"{source}: sandbox.pool must be an IPv4 network of /29 or larger, e.g. 10.211.0.0/16")
+        kw["sandbox_pool"] = str(net)
+    ranges = get("dialGuard", "allowRanges")
+    if ranges is not None:
+        try:
+            kw["allow_dest_ranges"] = tuple(str(ipaddress.ip_network(r, strict=False)) for r in ranges)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{source}: dialGuard.allowRanges must be a list of networks: {e}") from None
+    return Config(**kw)

@@ -1,0 +1,106 @@
+"""Flow-log events: the field names, declared once, and how values are made safe.
+
+Every value that comes from the sandbox (URL, Host, SNI, DNS names, headers)
+passes through `clean()` so that CR/LF, ANSI escapes and other control
+characters cannot forge or hide log lines, and its length is capped.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from urllib.parse import urlsplit, urlunsplit
+
+# Event kinds.
+DNS = "dns"
+TLS = "tls"
+HTTP = "http"
+TCP = "tcp"
+CONNECT = "connect"
+SESSION = "session"
+KINDS = (DNS, TLS, HTTP, TCP, CONNECT, SESSION)
+
+# Field names, in the order they appear in a record.
+FIELDS = (
+    "time",
+    "event",
+    "session",
+    "client",
+    "dest_host",
+    "dest_ip",
+    "dest_port",
+    "sni",
+    "method",
+    "url",
+    "status",
+    "bytes_out",
+    "bytes_in",
+    "decision",
+    "rule",
+    "reason",
+    "dns_qname",
+    "dns_qtype",
+    "dns_rcode",
+    "dns_answers",
+    "duration_ms",
+    "detail",
+)
+_FIELD_SET = frozenset(FIELDS)
+
+MAX_FIELD = 2048
+
+
+def clean(value: object, limit: int = MAX_FIELD) -> str:
+    """Render a sandbox-controlled value as one safe, bounded line of text."""
+    text = value if isinstance(value, str) else str(value)
+    out = []
+    for ch in text[: limit + 1]:
+        o = ord(ch)
+        if o < 0x20 or o == 0x7F or 0x80 <= o < 0xA0 or ch in "\u2028\u2029":
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    result = "".join(out)
+    if len(text) > limit:
+        result = result[:limit] + "…[truncated]"
+    return result
+
+
+def strip_query_values(url: str) -> str:
+    """Keep query parameter names, drop their values: values often carry tokens."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return clean(url.split("?", 1)[0])
+    if not parts.query:
+        return clean(urlunsplit(parts._replace(fragment="")))
+    names = [p.split("=", 1)[0] for p in parts.query.split("&") if p]
+    query = "&".join(f"{n}=" for n in names)
+    return clean(urlunsplit(parts._replace(query=query, fragment="")))
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+_SANDBOX_TEXT = frozenset({"dest_host", "sni", "method", "dns_qname", "detail", "client"})
+
+
+def make_event(kind: str, **fields: object) -> dict:
+    """Build one event. Unknown field names are a programming error, caught in tests."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown event kind {kind!r}")
+    unknown = set(fields) - _FIELD_SET
+    if unknown:
+        raise ValueError(f"unknown flow-log fields: {sorted(unknown)}")
+    event: dict = {"time": rfc3339(time.time()), "event": kind}
+    for name in FIELDS[2:]:
+        value = fields.get(name)
+        if value is None:
+            continue
+        if name in _SANDBOX_TEXT:
+            value = clean(value)
+        elif name == "dns_answers":
+            value = [clean(v, 256) for v in value]  # type: ignore[union-attr]
+        event[name] = value
+    return event

@@ -1,0 +1,41 @@
+"""Every metric egressgw exports, declared once.
+
+Names: prefix `egressgw_`, base units, `_total` on counters, `_seconds` on
+histograms. Labels are small closed sets (protocol, action, reason, rcode):
+never a host name, URL or session id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+DECISIONS = Counter(
+    "egressgw_requests_total",
+    "Decisions on sandbox traffic, by protocol (http, tls, tcp, connect), action (allow, deny, report) and reason.",
+    ["protocol", "action", "reason"],
+    registry=REGISTRY,
+)
+DNS_QUERIES = Counter(
+    "egressgw_dns_queries_total",
+    "DNS queries from sandboxes, by action and the response code sent back.",
+    ["action", "rcode"],
+    registry=REGISTRY,
+)
+ACTIVE_SESSIONS = Gauge("egressgw_active_sessions", "Sessions registered now.", registry=REGISTRY)
+UPSTREAM_LATENCY = Histogram(
+    "egressgw_upstream_latency_seconds",
+    "Time from forwarding a request upstream to the first byte of its response.",
+    ["protocol"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+LOG_RECORDS = Counter("egressgw_log_records_total", "Records written to the flow log.", registry=REGISTRY)
+LOG_ERRORS = Counter(
+    "egressgw_log_write_errors_total", "Flow-log writes that failed (egress is refused then).", registry=REGISTRY
+)
+
+
+def exposition() -> bytes:
+    return generate_latest(REGISTRY)

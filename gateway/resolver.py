@@ -1,0 +1,78 @@
+"""The gateway's own DNS client: it asks `upstream.dns`, never the sandbox's choice.
+
+Two uses: forwarding a sandbox's allowed query verbatim (`forward`), and
+resolving a destination name before the gateway dials it (`addresses`,
+cached for the record's TTL, capped).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+
+import dns.asyncquery
+import dns.exception
+import dns.message
+import dns.rdatatype
+import dns.resolver
+
+from gateway.config import Listen
+from gateway.errors import EgressgwError
+
+CACHE_TTL_CAP = 60.0
+CACHE_LIMIT = 10_000
+
+
+class DnsFailure(EgressgwError):
+    """No upstream resolver gave a usable answer."""
+
+
+def system_resolvers() -> tuple[Listen, ...]:
+    try:
+        return tuple(Listen(ns, 53) for ns in dns.resolver.Resolver().nameservers)
+    except dns.resolver.NoResolverConfiguration:
+        return ()
+
+
+class UpstreamResolver:
+    def __init__(self, servers: tuple[Listen, ...], timeout: float = 3.0):
+        self.servers = servers or system_resolvers()
+        self.timeout = timeout
+        self._cache: dict[str, tuple[float, tuple[str, ...]]] = {}
+
+    async def query(self, request: dns.message.Message) -> dns.message.Message:
+        if not self.servers:
+            raise DnsFailure("no upstream resolver configured (set upstream.dns in the gateway config)")
+        last: Exception | None = None
+        for server in self.servers:
+            try:
+                response = await dns.asyncquery.udp(request, server.host, port=server.port, timeout=self.timeout)
+                if response.flags & dns.flags.TC:
+                    response = await dns.asyncquery.tcp(
+                        request, server.host, port=server.port, timeout=self.timeout
+                    )
+                return response
+            except (dns.exception.DNSException, OSError) as e:
+                last = e
+        raise DnsFailure(f"upstream resolvers did not answer: {type(last).__name__}")
+
+    async def addresses(self, name: str) -> tuple[str, ...]:
+        """IPv4 addresses of `name` (then IPv6 if it has none). Empty when the name does not exist."""
+        now = time.monotonic()
+        hit = self._cache.get(name)
+        if hit and hit[0] > now:
+            return hit[1]
+        found: tuple[str, ...] = ()
+        ttl = CACHE_TTL_CAP
+        for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            response = await self.query(dns.message.make_query(name, rdtype))
+            for rrset in response.answer:
+                if rrset.rdtype == rdtype:
+                    ttl = min(ttl, rrset.ttl)
+                    found += tuple(str(ipaddress.ip_address(r.address)) for r in rrset)
+            if found:
+                break
+        if len(self._cache) >= CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[name] = (now + max(ttl, 1.0), found)
+        return found

@@ -1,0 +1,168 @@
+"""The control API: create, list, show and delete sessions; replace a policy live.
+
+HTTP/JSON on a unix socket (mode 0600) or loopback, every request with
+`Authorization: Bearer <token>`. Policies travel as YAML text; a broken one is
+answered 400 with every problem (line and fix), and the old policy stays.
+
+    GET    /v1/health                      readiness (listeners up), session count
+    GET    /v1/sessions                    list (no tokens)
+    POST   /v1/sessions                    {"name", "policy": YAML, "sources": [ip...], "id"?} -> 201 + token
+    GET    /v1/sessions/{id}               show
+    DELETE /v1/sessions/{id}               delete: its traffic is refused from the next packet
+    GET    /v1/sessions/{id}/policy        the policy as YAML text
+    PUT    /v1/sessions/{id}/policy        body: YAML text (or {"policy": YAML}); takes effect on the next request
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+
+import tornado.web
+
+from gateway.errors import PolicyError, SessionError
+from gateway.policy import load_policy_text
+
+MAX_BODY = 1 << 20
+
+
+class _Base(tornado.web.RequestHandler):
+    def initialize(self, ctl: "ControlAPI") -> None:
+        self.ctl = ctl
+
+    def prepare(self) -> None:
+        auth = self.request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.ctl.token.encode()):
+            self.set_header("WWW-Authenticate", 'Bearer realm="egressgw"')
+            self.fail(401, "missing or wrong bearer token (fix: send Authorization: Bearer <control token>)")
+            return
+        if len(self.request.body or b"") > MAX_BODY:
+            self.fail(413, f"request body over {MAX_BODY} bytes")
+
+    def fail(self, status: int, message: str, **extra) -> None:
+        self.set_status(status)
+        self.finish({"error": message, **extra})
+
+    def json_body(self) -> dict | None:
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            self.fail(400, "body is not JSON")
+            return None
+        if not isinstance(body, dict):
+            self.fail(400, "body must be a JSON object")
+            return None
+        return body
+
+    def policy_from(self, text: object, source: str):
+        if not isinstance(text, str) or not text.strip():
+            self.fail(400, "'policy' must be the policy file's YAML text")
+            return None
+        try:
+            return load_policy_text(text, source=source)
+        except PolicyError as e:
+            self.fail(400, "policy rejected", problems=[str(p) for p in e.problems])
+            return None
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        self.finish({"error": self._reason})
+
+
+class Health(_Base):
+    def get(self) -> None:
+        ready = self.ctl.ready()
+        self.set_status(200 if ready else 503)
+        self.finish({"status": "ok" if ready else "starting", "sessions": len(self.ctl.registry)})
+
+
+class Sessions(_Base):
+    def get(self) -> None:
+        self.finish({"sessions": [s.summary() for s in self.ctl.registry.list()]})
+
+    def post(self) -> None:
+        body = self.json_body()
+        if body is None:
+            return
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            return self.fail(400, "'name' is required")
+        sources = body.get("sources", [])
+        try:
+            sources = [str(ipaddress.ip_address(s)) for s in sources]
+        except (TypeError, ValueError):
+            return self.fail(400, "'sources' must be a list of IP addresses")
+        policy = self.policy_from(body.get("policy"), f"policy of session {name}")
+        if policy is None:
+            return
+        session_id = body.get("id")
+        if session_id is not None and (not isinstance(session_id, str) or not session_id.isascii()
+                                       or not 0 < len(session_id) <= 64):
+            return self.fail(400, "'id' must be a short ASCII string")
+        try:
+            session = self.ctl.registry.create(name, policy, sources, session_id, policy_text=body["policy"])
+        except SessionError as e:
+            return self.fail(409, str(e))
+        self.set_status(201)
+        self.finish({**session.summary(), "token": session.token, "proxy": self.ctl.proxy_address})
+
+
+class OneSession(_Base):
+    def get(self, session_id: str) -> None:
+        try:
+            self.finish(self.ctl.registry.get(session_id).summary())
+        except SessionError as e:
+            self.fail(404, str(e))
+
+    def delete(self, session_id: str) -> None:
+        try:
+            self.ctl.registry.delete(session_id)
+        except SessionError as e:
+            return self.fail(404, str(e))
+        self.set_status(204)
+        self.finish()
+
+
+class SessionPolicy(_Base):
+    def get(self, session_id: str) -> None:
+        try:
+            session = self.ctl.registry.get(session_id)
+        except SessionError as e:
+            return self.fail(404, str(e))
+        self.set_header("Content-Type", "application/yaml")
+        self.finish(session.policy_text)
+
+    def put(self, session_id: str) -> None:
+        try:
+            session = self.ctl.registry.get(session_id)
+        except SessionError as e:
+            return self.fail(404, str(e))
+        raw = self.request.body.decode("utf-8", "replace")
+        if self.request.headers.get("Content-Type", "").startswith("application/json"):
+            body = self.json_body()
+            if body is None:
+                return
+            raw = body.get("policy")
+        policy = self.policy_from(raw, f"policy of session {session.name}")
+        if policy is None:
+            return
+        self.ctl.registry.replace_policy(session_id, policy, policy_text=raw)
+        self.finish(session.summary())
+
+
+class ControlAPI:
+    def __init__(self, registry, token: str, ready=lambda: True, proxy_address: str | None = None):
+        self.registry = registry
+        self.token = token
+        self.ready = ready
+        self.proxy_address = proxy_address
+
+    def application(self) -> tornado.web.Application:
+        kw = {"ctl": self}
+        return tornado.web.Application([
+            (r"/v1/health", Health, kw),
+            (r"/v1/sessions", Sessions, kw),
+            (r"/v1/sessions/([^/]+)", OneSession, kw),
+            (r"/v1/sessions/([^/]+)/policy", SessionPolicy, kw),
+        ])

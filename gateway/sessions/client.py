@@ -1,0 +1,89 @@
+"""A small client for the control API, over a unix socket or loopback TCP.
+
+Used by the CLI (`sandbox up`, `session ...`) and by tests. Standard library
+only, so it can run anywhere a session needs to be created.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+
+from gateway.errors import ControlAPIError
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+class ControlClient:
+    def __init__(self, url: str, token: str, timeout: float = 10.0):
+        self.url = url
+        self.token = token
+        self.timeout = timeout
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.url.startswith("unix://"):
+            return _UnixConnection(self.url.removeprefix("unix://"), self.timeout)
+        hostport = self.url.removeprefix("http://").rstrip("/")
+        return http.client.HTTPConnection(hostport, timeout=self.timeout)
+
+    def request(self, method: str, path: str, body: object = None, content_type: str = "application/json"):
+        headers = {"Authorization": f"Bearer {self.token}"}
+        data = None
+        if body is not None:
+            data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+            headers["Content-Type"] = content_type
+        conn = self._connection()
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        except OSError as e:
+            raise ControlAPIError(
+                f"cannot reach the gateway control API at {self.url}: {e.strerror or e} "
+                "(fix: is `egressgw run` up, with the same config?)"
+            ) from None
+        finally:
+            conn.close()
+        if resp.status == 204:
+            return None
+        try:
+            payload = json.loads(raw) if resp.headers.get("Content-Type", "").startswith("application/json") else raw.decode()
+        except ValueError:
+            payload = raw.decode("utf-8", "replace")
+        if resp.status >= 400:
+            message = payload.get("error") if isinstance(payload, dict) else str(payload)
+            problems = payload.get("problems", []) if isinstance(payload, dict) else []
+            raise ControlAPIError("\n".join([f"control API: {message}", *problems]))
+        return payload
+
+    def health(self) -> dict:
+        return self.request("GET", "/v1/health")
+
+    def create_session(self, name: str, policy_text: str, sources=(), session_id: str | None = None) -> dict:
+        body = {"name": name, "policy": policy_text, "sources": list(sources)}
+        if session_id:
+            body["id"] = session_id
+        return self.request("POST", "/v1/sessions", body)
+
+    def list_sessions(self) -> list[dict]:
+        return self.request("GET", "/v1/sessions")["sessions"]
+
+    def get_session(self, session_id: str) -> dict:
+        return self.request("GET", f"/v1/sessions/{session_id}")
+
+    def delete_session(self, session_id: str) -> None:
+        self.request("DELETE", f"/v1/sessions/{session_id}")
+
+    def replace_policy(self, session_id: str, policy_text: str) -> dict:
+        return self.request("PUT", f"/v1/sessions/{session_id}/policy", policy_text, "application/yaml")

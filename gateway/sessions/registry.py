@@ -1,0 +1,153 @@
+"""Sessions: who a sandbox is, and which policy governs it.
+
+A session binds an id, a policy and the ways traffic is mapped to it: source
+addresses (transparent mode) and a token (explicit-proxy credentials). The
+registry is the one place the gateway asks "whose traffic is this?".
+
+Replacing a session's policy swaps one reference: a decision already taken
+stands, the next request meets the new policy. Lookups are O(1) dicts.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from gateway.errors import SessionError
+from gateway.policy import Decider, Policy
+
+# How many address→name memories a session keeps (DNS answers the gateway gave it).
+DNS_MEMORY_LIMIT = 4096
+
+
+@dataclass(eq=False)
+class Session:
+    id: str
+    name: str
+    token: str = field(repr=False)
+    policy: Policy
+    decider: Decider = field(repr=False)
+    sources: frozenset[str] = frozenset()
+    policy_text: str = field(default="", repr=False)
+    created: float = field(default_factory=time.time)
+    _names_by_addr: OrderedDict[str, set[str]] = field(default_factory=OrderedDict, repr=False)
+
+    def remember(self, address: str, name: str) -> None:
+        """Note that the gateway's DNS answered `name` with `address` for this session."""
+        names = self._names_by_addr.get(address)
+        if names is None:
+            names = self._names_by_addr[address] = set()
+            if len(self._names_by_addr) > DNS_MEMORY_LIMIT:
+                self._names_by_addr.popitem(last=False)
+        else:
+            self._names_by_addr.move_to_end(address)
+        names.add(name)
+
+    def names_for(self, address: str) -> frozenset[str]:
+        return frozenset(self._names_by_addr.get(address, ()))
+
+    def summary(self) -> dict:
+        """What the control API shows: never the token."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "sources": sorted(self.sources),
+            "policy": self.policy.name,
+            "mode": self.policy.mode,
+            "created": self.created,
+        }
+
+
+class SessionRegistry:
+    """In-process registry. Listeners are told of every change (for the flow log and metrics)."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Session] = {}
+        self._by_source: dict[str, Session] = {}
+        self._listeners: list[Callable[[str, Session], None]] = []
+
+    def subscribe(self, listener: Callable[[str, Session], None]) -> None:
+        self._listeners.append(listener)
+
+    def _notify(self, what: str, session: Session) -> None:
+        for listener in self._listeners:
+            listener(what, session)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def create(
+        self,
+        name: str,
+        policy: Policy,
+        sources: Iterable[str] = (),
+        session_id: str | None = None,
+        policy_text: str = "",
+    ) -> Session:
+        sources = frozenset(sources)
+        if session_id is not None and session_id in self._by_id:
+            raise SessionError(f"session {session_id} already exists (fix: delete it first or pick another id)")
+        for src in sources:
+            other = self._by_source.get(src)
+            if other is not None:
+                raise SessionError(
+                    f"source address {src} already belongs to session {other.id} ({other.name}) "
+                    "(fix: delete that session first)"
+                )
+        session = Session(
+            id=session_id or "s-" + secrets.token_hex(8),
+            name=name,
+            token=secrets.token_urlsafe(24),
+            policy=policy,
+            decider=Decider(policy),
+            sources=sources,
+            policy_text=policy_text,
+        )
+        self._by_id[session.id] = session
+        for src in sources:
+            self._by_source[src] = session
+        self._notify("created", session)
+        return session
+
+    def get(self, session_id: str) -> Session:
+        try:
+            return self._by_id[session_id]
+        except KeyError:
+            raise SessionError(f"no session {session_id!r}") from None
+
+    def list(self) -> list[Session]:
+        return list(self._by_id.values())
+
+    def by_source(self, address: str) -> Session | None:
+        return self._by_source.get(address)
+
+    def authenticate(self, session_id: str, token: str) -> Session | None:
+        session = self._by_id.get(session_id)
+        if session is None:
+            # Compare anyway so a wrong id and a wrong token take the same time.
+            hmac.compare_digest(token.encode(), token.encode())
+            return None
+        if hmac.compare_digest(session.token.encode(), token.encode()):
+            return session
+        return None
+
+    def replace_policy(self, session_id: str, policy: Policy, policy_text: str = "") -> Session:
+        session = self.get(session_id)
+        decider = Decider(policy)  # compile first: a bad policy never half-replaces
+        session.policy, session.decider, session.policy_text = policy, decider, policy_text
+        self._notify("policy-replaced", session)
+        return session
+
+    def delete(self, session_id: str) -> Session:
+        session = self._by_id.pop(session_id, None)
+        if session is None:
+            raise SessionError(f"no session {session_id!r}")
+        for src in session.sources:
+            if self._by_source.get(src) is session:
+                del self._by_source[src]
+        self._notify("deleted", session)
+        return session
