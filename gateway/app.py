@@ -148,7 +148,7 @@ class Gateway:
         control = ControlAPI(self.registry, self.config.control_token(), self.ready, proxy)
         self._serve_http(control.application(), self.config.control.tcp, self.config.control.unix)
         if self.config.metrics:
-            self._serve_http(tornado.web.Application([(r"/metrics", _Metrics)]), self.config.metrics)
+            self._serve_http(tornado.web.Application([(r"/metrics", _Metrics)], log_function=lambda handler: None), self.config.metrics)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.master.shutdown)

@@ -25,7 +25,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first "--" is a command to run (sandbox exec), never our options.
+    command = None
+    if "--" in argv:
+        i = argv.index("--")
+        argv, command = argv[:i], argv[i + 1 :]
     args = build_parser().parse_args(argv)
+    if command is not None:
+        if not hasattr(args, "cmd"):
+            print("egressgw: '--' is only for `sandbox exec NAME -- CMD...`", file=sys.stderr)
+            return 2
+        args.cmd = command
     try:
         return args.func(args) or 0
     except EgressgwError as e:

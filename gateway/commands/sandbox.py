@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import json
 import os
@@ -55,7 +54,7 @@ def add_parser(sub) -> None:
     ex = s.add_parser("exec", help="run a command inside a sandbox (unprivileged by default)")
     ex.add_argument("name")
     ex.add_argument("--user", default="nobody", help="user to run as (default nobody; 'root' keeps root)")
-    ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    ex.add_argument("cmd", nargs="*", metavar="CMD", help="the command, after --")
     ex.set_defaults(func=_exec)
 
     ls = s.add_parser("list", help="list sandboxes")
@@ -106,7 +105,7 @@ def _up(args) -> int:
 
 def _exec(args) -> int:
     config = config_from_args(args)
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    cmd = args.cmd
     if not cmd:
         raise SandboxError("no command given (fix: egressgw sandbox exec NAME -- CMD ARGS...)")
     sb = netns.get(args.name, state_dir=config.state_dir)

@@ -151,6 +151,10 @@ class SessionPolicy(_Base):
         self.finish(session.summary())
 
 
+def _quiet(handler) -> None:
+    """No access log: requests are not errors, and mitmproxy's startup check treats logged errors as fatal."""
+
+
 class ControlAPI:
     def __init__(self, registry, token: str, ready=lambda: True, proxy_address: str | None = None):
         self.registry = registry
@@ -165,4 +169,4 @@ class ControlAPI:
             (r"/v1/sessions", Sessions, kw),
             (r"/v1/sessions/([^/]+)", OneSession, kw),
             (r"/v1/sessions/([^/]+)/policy", SessionPolicy, kw),
-        ])
+        ], log_function=_quiet)
