@@ -1,0 +1,18 @@
+"""Sandbox network namespaces for self-hosted hosts (see netns/sandbox.py)."""
+
+from .sandbox import (
+    DEFAULT_POOL,
+    DEFAULT_STATE_DIR,
+    Sandbox,
+    down,
+    exec_argv,
+    get,
+    list_sandboxes,
+    render_rules,
+    set_session,
+    sweep_orphans,
+    up,
+)
+
+__all__ = ["Sandbox", "up", "down", "get", "list_sandboxes", "set_session", "exec_argv",
+           "render_rules", "sweep_orphans", "DEFAULT_POOL", "DEFAULT_STATE_DIR"]

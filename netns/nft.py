@@ -1,0 +1,90 @@
+"""The per-sandbox nftables table: render it (pure), apply it, delete it, list ours.
+
+The table lives in the gateway's namespace, on the host side of the veth, so
+a root process inside the sandbox cannot see or flush it. Applying is one
+`nft -f -` batch: the kernel commits the whole table or nothing.
+"""
+
+from __future__ import annotations
+
+from . import naming, nftnl
+from .run import run
+from .state import Sandbox
+
+NFT = "nft"
+
+
+def render_rules(sb: Sandbox, *, replace: bool = True) -> str:
+    """The nft script for one sandbox's table (one transaction).
+
+    replace=True (default): "add + delete + define", idempotent: replaces a
+    table of that name atomically, so it can be re-applied by hand at any time.
+    replace=False: "create + define", fails if the table exists. `up` uses it:
+    deleting a table costs an RCU grace period (~15 ms), `up` has just swept
+    any orphan table away, and it must never clobber a table it does not own.
+    """
+    i = f'iifname "{sb.host_if}"'
+    t, d, h, s = sb.transparent_port, sb.dns_port, sb.host_addr, sb.sandbox_addr
+    if replace:
+        lines = [f"add table inet {sb.table}", f"delete table inet {sb.table}"]
+    else:
+        lines = [f"create table inet {sb.table}"]
+    lines += [
+        f"table inet {sb.table} {{",
+        f'\tcomment "egressgw sandbox {sb.name}; managed by egressgw, do not edit"',
+        "",
+        "\tchain raw {",
+        "\t\ttype filter hook prerouting priority raw; policy accept;",
+        f"\t\t{i} meta nfproto ipv6 counter drop comment \"no IPv6 from the sandbox\"",
+        f"\t\t{i} ip saddr != {s} counter drop comment \"spoofed source\"",
+        "\t}",
+        "",
+        "\tchain nat {",
+        "\t\ttype nat hook prerouting priority dstnat; policy accept;",
+        f"\t\t{i} udp dport 53 redirect to :{d}",
+        f"\t\t{i} tcp dport 53 redirect to :{d}",
+        f"\t\t{i} meta l4proto tcp redirect to :{t}",
+        "\t}",
+        "",
+        "\tchain input {",
+        "\t\ttype filter hook input priority filter; policy accept;",
+        # Only connections our redirect rewrote: `ct status dnat` is set by
+        # the redirect (a DNAT to the interface address) on the first packet
+        # and holds for the whole connection.
+        f"\t\t{i} ip daddr {h} tcp dport {{ {t}, {d} }} ct status dnat accept",
+        f"\t\t{i} ip daddr {h} udp dport {d} ct status dnat accept",
+    ]
+    if d == 53:
+        # Queries to host_addr:53 need no rewrite when the DNS listener is on
+        # 53 itself, so conntrack never marks them dnat; allow that one path.
+        lines.append(f"\t\t{i} ip daddr {h} meta l4proto {{ tcp, udp }} th dport 53 accept")
+    lines += [
+        f"\t\t{i} counter drop comment \"only redirected tcp/dns reach the gateway\"",
+        "\t}",
+        "",
+        "\tchain forward {",
+        "\t\ttype filter hook forward priority filter; policy accept;",
+        f"\t\t{i} counter drop comment \"the sandbox never routes through the gateway\"",
+        f"\t\toifname \"{sb.host_if}\" counter drop",
+        "\t}",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def apply(sb: Sandbox, *, replace: bool = True) -> None:
+    run([NFT, "-f", "-"], step=f"apply nftables table {sb.table} (nft -f -)",
+        input=render_rules(sb, replace=replace))
+
+
+def delete_script(tables: list[str]) -> str:
+    """Delete tables whether or not they exist (add+delete), in one transaction."""
+    return "".join(f"add table inet {t}\ndelete table inet {t}\n" for t in tables)
+
+
+DELETE = [NFT, "-f", "-"]   # fed delete_script(); run by teardown, in parallel with ip
+
+
+def list_tables() -> list[str]:
+    """Our tables (inet egressgw_*) in this namespace, read over netlink (see nftnl)."""
+    return [t for t in nftnl.table_names() if t.startswith(naming.TABLE_PREFIX)]
