@@ -61,12 +61,17 @@ class Config:
         path = Path(self.token_file)
         try:
             token = path.read_text().strip()
-            if token:
-                return token
         except FileNotFoundError:
             pass
         except OSError as e:
             raise ConfigError(f"{self.source}: cannot read control.tokenFile {path}: {e.strerror}") from e
+        else:
+            if token:
+                return token
+            raise ConfigError(
+                f"{self.source}: control.tokenFile {path} is empty "
+                "(fix: delete it; a new token is created on the next start)"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         token = secrets.token_urlsafe(32)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -88,7 +93,7 @@ _KEYS = {
 
 def parse_listen(value: object, what: str, default_host: str = "0.0.0.0") -> Listen:
     """Parse `host:port`, `[v6]:port` or a bare port number."""
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):  # YAML `on`/`yes` is True, not a port
         return Listen(default_host, _port(value, what))
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{what}: expected 'host:port', got {value!r}")
@@ -207,7 +212,7 @@ def config_from_dict(raw: dict, source: str = "<dict>", base_dir: Path | None = 
         kw["upstream_ca_bundle"] = ca_bundle
     timeout = get("upstream", "timeoutSeconds")
     if timeout is not None:
-        if not isinstance(timeout, (int, float)) or timeout <= 0:
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
             raise ConfigError(f"{source}: upstream.timeoutSeconds must be a positive number")
         kw["upstream_timeout"] = float(timeout)
     for section, key, attr in (

@@ -7,7 +7,6 @@ included) and is removed at the end; `--keep` leaves it running until Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import signal

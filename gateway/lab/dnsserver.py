@@ -58,7 +58,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from .records import Recorder, encode_bytes
+from .records import Recorder, encode_bytes, write_ready
 
 __all__ = ["Zone", "DNSServer", "main"]
 
@@ -344,13 +344,6 @@ class DNSServer:
         return out
 
 
-def _write_ready(path: str, info: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(info, f)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gateway.lab.dnsserver", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="JSON config file")
@@ -370,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def ready() -> None:
         if args.ready:
-            _write_ready(args.ready, {"pid": os.getpid(), "listen": [addr, port], "generation": generation})
+            write_ready(args.ready, {"pid": os.getpid(), "listen": [addr, port], "generation": generation})
 
     stop = threading.Event()
     reload_requested = threading.Event()

@@ -62,7 +62,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Callable
 
-from .records import Recorder, encode_bytes, iter_ports, read_records
+from .records import Recorder, encode_bytes, iter_ports, read_records, write_ready
 
 __all__ = ["OriginServer", "read_records", "main", "BODY_LIMIT"]
 
@@ -644,13 +644,6 @@ class OriginServer:
                 log.exception("udp echo to %s", peer)
 
 
-def _write_ready(path: str, info: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(info, f)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gateway.lab.origin", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="JSON config file")
@@ -670,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     if args.ready:
-        _write_ready(args.ready, {"pid": os.getpid(), "listeners": bound})
+        write_ready(args.ready, {"pid": os.getpid(), "listeners": bound})
     while not stop.wait(3600):
         pass
     server.stop()

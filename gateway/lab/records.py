@@ -170,3 +170,11 @@ def iter_ports(spec: Iterable[Any], default_bind: str) -> list[tuple[str, int]]:
     return out
 
 
+
+
+def write_ready(path: str, info: dict) -> None:
+    """Atomically write a server's readiness file (JSON), for whoever waits on it."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(info, f)
+    os.replace(tmp, path)

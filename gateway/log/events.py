@@ -7,6 +7,7 @@ characters cannot forge or hide log lines, and its length is capped.
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime, timezone
 from urllib.parse import urlsplit, urlunsplit
@@ -71,7 +72,7 @@ def strip_query_values(url: str) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:
-        return clean(url.split("?", 1)[0])
+        return clean(re.split(r"[?#]", url, maxsplit=1)[0])
     if not parts.query:
         return clean(urlunsplit(parts._replace(fragment="")))
     names = [p.split("=", 1)[0] for p in parts.query.split("&") if p]

@@ -23,21 +23,31 @@ class FlowLog:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        self._file = os.fdopen(fd, "a", encoding="utf-8")
+        # Unbuffered: a record whose write failed must not linger in a buffer and reach the
+        # file later, after its flow was refused.
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._partial = False  # a failed write left a partial line: end it before the next record
         self.records = 0
 
     def write(self, event: dict) -> None:
         line = json.dumps(event, ensure_ascii=True, separators=(",", ":")) + "\n"
+        data = memoryview((b"\n" if self._partial else b"") + line.encode("ascii"))
         try:
-            self._file.write(line)
-            self._file.flush()
+            if self._fd < 0:
+                raise ValueError("flow log is closed")
+            while data:
+                n = os.write(self._fd, data)
+                self._partial = True
+                data = data[n:]
+            self._partial = False
         except (OSError, ValueError) as e:
             raise LogWriteError(f"cannot write flow log {self.path}: {e}") from e
         self.records += 1
 
     def close(self) -> None:
-        try:
-            self._file.close()
-        except OSError:
-            pass
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass

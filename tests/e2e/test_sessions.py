@@ -64,6 +64,7 @@ def test_sessions_cannot_use_each_others_allowances(sandboxes, lab):
     assert b.events(event="tls", sni="allowed.test", decision="deny")
     # b spoofing a's source address gets nowhere: the sandbox's rules drop forged sources.
     r = b.run("ip", "addr", "add", f"{a.address}/32", "dev", "lo", user="root")
+    assert r.returncode == 0, r.stderr
     status, _ = b.curl("https://allowed.test/", "--interface", a.address,
                        "--resolve", "allowed.test:443:198.18.1.10", user="root")
     assert status == 0
