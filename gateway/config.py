@@ -120,12 +120,12 @@ def _port(n: int, what: str) -> int:
     return n
 
 
-def _resolver(value: object) -> Listen:
+def _resolver(value: object, what: str = "upstream.dns") -> Listen:
     """A resolver address: `ip`, `ip:port`, `[v6]:port` or a bare IPv6 address (port 53)."""
     text = str(value)
     if text.startswith("[") or text.count(":") == 1:
-        return parse_listen(text, "upstream.dns")
-    return parse_listen(f"[{text}]:53" if ":" in text else f"{text}:53", "upstream.dns")
+        return parse_listen(text, what)
+    return parse_listen(f"[{text}]:53" if ":" in text else f"{text}:53", what)
 
 
 def _control(value: object, what: str) -> ControlListen:
@@ -183,17 +183,16 @@ def config_from_dict(raw: dict, source: str = "<dict>", base_dir: Path | None = 
     kw: dict = {"source": source}
     listen = raw.get("listen", {})
     if "transparent" in listen:
-        kw["transparent"] = parse_listen(listen["transparent"], "listen.transparent")
+        kw["transparent"] = parse_listen(listen["transparent"], f"{source}: listen.transparent")
     if "dns" in listen:
-        kw["dns"] = parse_listen(listen["dns"], "listen.dns")
-    if "proxy" in listen:
-        kw["proxy"] = None if listen["proxy"] in (None, False, "off") else parse_listen(listen["proxy"], "listen.proxy")
-    if "metrics" in listen:
-        kw["metrics"] = (
-            None if listen["metrics"] in (None, False, "off") else parse_listen(listen["metrics"], "listen.metrics")
-        )
+        kw["dns"] = parse_listen(listen["dns"], f"{source}: listen.dns")
+    for key in ("proxy", "metrics"):
+        if key in listen:
+            off = listen[key] in (None, False, "off")
+            # A bare port for these means loopback: they are for the host, not the network.
+            kw[key] = None if off else parse_listen(listen[key], f"{source}: listen.{key}", "127.0.0.1")
     if "control" in listen:
-        kw["control"] = _control(listen["control"], "listen.control")
+        kw["control"] = _control(listen["control"], f"{source}: listen.control")
     if kw.get("control", defaults.control).unix:
         kw["control"] = ControlListen(unix=rel(kw.get("control", defaults.control).unix))
 
@@ -203,7 +202,7 @@ def config_from_dict(raw: dict, source: str = "<dict>", base_dir: Path | None = 
             dns = [dns]
         if not isinstance(dns, list) or not dns:
             raise ConfigError(f"{source}: upstream.dns must be a list of resolver addresses, e.g. ['192.0.2.53:53']")
-        kw["upstream_dns"] = tuple(_resolver(d) for d in dns)
+        kw["upstream_dns"] = tuple(_resolver(d, f"{source}: upstream.dns") for d in dns)
     ca_bundle = get("upstream", "caBundle")
     if ca_bundle is not None:
         ca_bundle = rel(str(ca_bundle))

@@ -13,6 +13,7 @@ import time
 import dns.asyncquery
 import dns.exception
 import dns.message
+import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
@@ -54,7 +55,8 @@ class UpstreamResolver:
                 return response
             except (dns.exception.DNSException, OSError) as e:
                 last = e
-        raise DnsFailure(f"upstream resolvers did not answer: {type(last).__name__}")
+        tried = ", ".join(str(s) for s in self.servers)
+        raise DnsFailure(f"upstream resolvers did not answer ({tried}): {type(last).__name__}")
 
     async def addresses(self, name: str) -> tuple[str, ...]:
         """IPv4 addresses of `name` (then IPv6 if it has none). Empty when the name does not exist."""
@@ -66,6 +68,8 @@ class UpstreamResolver:
         ttl = CACHE_TTL_CAP
         for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
             response = await self.query(dns.message.make_query(name, rdtype))
+            if response.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+                return ()  # a server failure is not an answer: nothing to dial, nothing to cache
             for rrset in response.answer:
                 if rrset.rdtype == rdtype:
                     ttl = min(ttl, rrset.ttl)

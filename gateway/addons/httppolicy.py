@@ -100,8 +100,9 @@ class HttpPolicy:
         if host is None:
             return refuse(flow, "bad-request", claimed or None)
         info["host"] = host
-        # Every name the request carries must agree.
-        others = []
+        # Every name the request carries must agree. HTTP/2 and 3 claim :authority; a Host header sent
+        # beside it must agree too (mitmproxy forwards it, and an HTTP/1 origin routes by it).
+        others = [_canonical(_host_of(h)) for h in hosts]
         if req.authority:
             others.append(_canonical(_host_of(req.authority)))
         if flow.client_conn.tls and flow.client_conn.sni:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+from urllib.parse import quote
 
 from gateway.errors import ControlAPIError
 
@@ -20,8 +21,12 @@ class _UnixConnection(http.client.HTTPConnection):
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self._path)
+        except OSError:
+            sock.close()  # a gateway not up yet is polled: don't leak a descriptor per attempt
+            raise
         self.sock = sock
 
 
@@ -63,6 +68,9 @@ class ControlClient:
             payload = raw.decode("utf-8", "replace")
         if resp.status >= 400:
             message = payload.get("error") if isinstance(payload, dict) else str(payload)
+            if not message:  # e.g. health's 503 {"status": "starting"}: say what came back, not "None"
+                shown = json.dumps(payload) if isinstance(payload, dict) else payload
+                message = f"HTTP {resp.status} {resp.reason}: {shown}"
             problems = payload.get("problems", []) if isinstance(payload, dict) else []
             raise ControlAPIError("\n".join([f"control API: {message}", *problems]))
         return payload
@@ -80,10 +88,10 @@ class ControlClient:
         return self.request("GET", "/v1/sessions")["sessions"]
 
     def get_session(self, session_id: str) -> dict:
-        return self.request("GET", f"/v1/sessions/{session_id}")
+        return self.request("GET", f"/v1/sessions/{quote(session_id, safe='')}")
 
     def delete_session(self, session_id: str) -> None:
-        self.request("DELETE", f"/v1/sessions/{session_id}")
+        self.request("DELETE", f"/v1/sessions/{quote(session_id, safe='')}")
 
     def replace_policy(self, session_id: str, policy_text: str) -> dict:
-        return self.request("PUT", f"/v1/sessions/{session_id}/policy", policy_text, "application/yaml")
+        return self.request("PUT", f"/v1/sessions/{quote(session_id, safe='')}/policy", policy_text, "application/yaml")

@@ -1,0 +1,183 @@
+"""gateway/resolver.py against a real DNS server (the lab's, in-process) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import time
+import types
+
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from gateway import resolver as resolver_mod
+from gateway.config import Listen
+from gateway.lab.dnsserver import DNSServer
+from gateway.lab.records import read_records
+from gateway.resolver import CACHE_TTL_CAP, DnsFailure, UpstreamResolver
+
+from .helpers import run
+
+MANY = [f"198.18.2.{i}" for i in range(1, 61)]  # 60 A records: far over 512 bytes, UDP answer is truncated
+
+ZONE = {
+    "ttl": 30,
+    "records": {
+        "a.test.": {"A": ["198.18.1.10", "198.18.1.11"], "AAAA": ["2001:db8::1"], "TXT": ["hello"]},
+        "both.test.": {"A": ["198.18.1.14"], "AAAA": ["2001:db8::14"]},
+        "v6only.test.": {"AAAA": ["2001:db8::6"]},
+        "alias.test.": {"CNAME": "a.test."},
+        "short.test.": {"A": ["198.18.1.12"], "ttl": 5},
+        "long.test.": {"A": ["198.18.1.13"], "ttl": 86400},
+        "many.test.": {"A": MANY},
+        "txtonly.test.": {"TXT": ["no addresses here"]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    record = tmp_path_factory.mktemp("dns") / "dns.jsonl"
+    srv = DNSServer({**ZONE, "listen": ["127.0.0.1", 0], "record": str(record)})
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def queries(server, qname: str) -> list[dict]:
+    return read_records(server.recorder.path, qname=qname)
+
+
+def upstream(server, **kw) -> UpstreamResolver:
+    return UpstreamResolver((Listen("127.0.0.1", server.port),), **{"timeout": 2.0, **kw})
+
+
+def dead_udp_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_query_forwards_any_type_and_returns_the_response(server):
+    response = run(upstream(server).query(dns.message.make_query("a.test", "TXT")))
+    assert response.rcode() == dns.rcode.NOERROR
+    assert [r.to_text() for r in response.answer[0]] == ['"hello"']
+
+
+def test_query_passes_nxdomain_back(server):
+    response = run(upstream(server).query(dns.message.make_query("nope.test", "A")))
+    assert response.rcode() == dns.rcode.NXDOMAIN
+
+
+def test_a_answer(server):
+    assert sorted(run(upstream(server).addresses("a.test"))) == ["198.18.1.10", "198.18.1.11"]
+
+
+def test_ipv4_first_and_aaaa_not_asked_when_a_found(server):
+    assert run(upstream(server).addresses("both.test")) == ("198.18.1.14",)
+    assert [q["qtype"] for q in queries(server, "both.test.")] == ["A"]
+
+
+def test_aaaa_fallback_when_no_a(server):
+    assert run(upstream(server).addresses("v6only.test")) == ("2001:db8::6",)
+    assert [q["qtype"] for q in queries(server, "v6only.test.")] == ["A", "AAAA"]
+
+
+def test_cname_is_followed_to_addresses(server):
+    assert sorted(run(upstream(server).addresses("alias.test"))) == ["198.18.1.10", "198.18.1.11"]
+
+
+@pytest.mark.parametrize("name", ["nope.test", "txtonly.test"])
+def test_nxdomain_or_nodata_gives_an_empty_tuple(server, name):
+    assert run(upstream(server).addresses(name)) == ()
+
+
+def test_answers_are_cached_within_the_ttl(server, monkeypatch):
+    clock = types.SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(resolver_mod, "time", types.SimpleNamespace(monotonic=lambda: clock.now))
+    r = upstream(server)
+
+    async def twice():
+        return await r.addresses("short.test"), await r.addresses("short.test")
+
+    first, second = run(twice())
+    assert first == second == ("198.18.1.12",)
+    assert len(queries(server, "short.test.")) == 1  # the second answer came from the cache
+    clock.now += 4.9
+    assert run(r.addresses("short.test")) == ("198.18.1.12",)
+    assert len(queries(server, "short.test.")) == 1
+    clock.now += 0.2  # past the record's 5 s TTL
+    assert run(r.addresses("short.test")) == ("198.18.1.12",)
+    assert len(queries(server, "short.test.")) == 2
+
+
+def test_cache_lifetime_is_capped(server, monkeypatch):
+    clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr(resolver_mod, "time", types.SimpleNamespace(monotonic=lambda: clock.now))
+    r = upstream(server)
+    run(r.addresses("long.test"))  # TTL 86400
+    clock.now = CACHE_TTL_CAP - 0.1
+    run(r.addresses("long.test"))
+    assert len(queries(server, "long.test.")) == 1
+    clock.now = CACHE_TTL_CAP + 0.1
+    run(r.addresses("long.test"))
+    assert len(queries(server, "long.test.")) == 2
+
+
+def test_cache_is_bounded(server, monkeypatch):
+    monkeypatch.setattr(resolver_mod, "CACHE_LIMIT", 2)
+    r = upstream(server)
+
+    async def fill():
+        for name in ("a.test", "v6only.test", "short.test"):
+            await r.addresses(name)
+
+    run(fill())
+    assert len(r._cache) <= 2
+
+
+def test_truncated_udp_answer_is_retried_over_tcp(server):
+    assert sorted(run(upstream(server).addresses("many.test"))) == sorted(MANY)
+    asked = queries(server, "many.test.")
+    assert [(q["transport"], q["truncated"]) for q in asked] == [("udp", True), ("tcp", False)]
+
+
+def test_dead_server_is_a_dns_failure_with_a_clear_message():
+    r = UpstreamResolver((Listen("127.0.0.1", dead_udp_port()),), timeout=0.2)
+    with pytest.raises(DnsFailure, match=r"^upstream resolvers did not answer \(127\.0\.0\.1:\d+\): \w+"):
+        run(r.addresses("a.test"))
+
+
+def test_silent_server_times_out_as_a_dns_failure():
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))  # receives, never answers
+    try:
+        r = UpstreamResolver((Listen("127.0.0.1", silent.getsockname()[1]),), timeout=0.2)
+        started = time.monotonic()
+        with pytest.raises(DnsFailure, match=r"upstream resolvers did not answer \(127\.0\.0\.1:\d+\): Timeout"):
+            run(r.query(dns.message.make_query("a.test", "A")))
+        assert time.monotonic() - started < 2.0
+    finally:
+        silent.close()
+
+
+def test_next_server_is_tried_when_one_is_dead(server):
+    r = UpstreamResolver((Listen("127.0.0.1", dead_udp_port()), Listen("127.0.0.1", server.port)), timeout=0.2)
+    assert sorted(run(r.addresses("a.test"))) == ["198.18.1.10", "198.18.1.11"]
+
+
+def test_no_servers_configured_is_a_dns_failure(monkeypatch):
+    # No upstream.dns and no nameserver in /etc/resolv.conf.
+    monkeypatch.setattr(resolver_mod, "system_resolvers", lambda: ())
+    r = UpstreamResolver(())
+    assert r.servers == ()
+    with pytest.raises(DnsFailure, match=r"no upstream resolver configured \(set upstream.dns"):
+        run(r.addresses("a.test"))
+
+
+def test_configured_servers_win_over_the_system_ones(server):
+    assert upstream(server).servers == (Listen("127.0.0.1", server.port),)
