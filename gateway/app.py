@@ -38,6 +38,7 @@ from gateway.connstate import ConnTable
 from gateway.dialguard import DialGuard
 from gateway.log.writer import FlowLog
 from gateway.resolver import UpstreamResolver
+from gateway.secrets.backends import SecretStore
 from gateway.sessions.api import ControlAPI
 from gateway.sessions.registry import SessionRegistry
 
@@ -92,6 +93,7 @@ class Gateway:
         self.resolver = UpstreamResolver(config.upstream_dns, config.upstream_timeout)
         self.guard = DialGuard(self.resolver, config.allow_dest_ranges)
         self.conns = ConnTable()
+        self.store = SecretStore(ttl=config.secret_ttl)
         self.master: Master | None = None
         self._http_servers: list[tornado.httpserver.HTTPServer] = []
 
@@ -115,7 +117,8 @@ class Gateway:
             errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
         )
         master.addons.add(*default_addons(
-            registry=self.registry, conns=self.conns, resolver=self.resolver, guard=self.guard, audit=self.audit))
+            registry=self.registry, conns=self.conns, resolver=self.resolver, guard=self.guard, audit=self.audit,
+            store=self.store))
         master.options.update(
             mode=mode_specs(self.config),
             confdir=self.config.ca_dir,
@@ -145,7 +148,7 @@ class Gateway:
                 os.chmod(path, 0o600)
         write_sandbox_bundle(self.config)
         proxy = str(self.config.proxy) if self.config.proxy else None
-        control = ControlAPI(self.registry, self.config.control_token(), self.ready, proxy)
+        control = ControlAPI(self.registry, self.config.control_token(), self.ready, proxy, self.store)
         self._serve_http(control.application(), self.config.control.tcp, self.config.control.unix)
         if self.config.metrics:
             self._serve_http(tornado.web.Application([(r"/metrics", _Metrics)], log_function=lambda handler: None), self.config.metrics)

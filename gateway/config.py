@@ -48,6 +48,7 @@ class Config:
     upstream_dns: tuple[Listen, ...] = ()
     upstream_ca_bundle: str | None = None
     upstream_timeout: float = 5.0
+    secret_ttl: float = 300.0
     ca_dir: str = "/var/lib/egressgw/ca"
     log_path: str = "/var/log/egressgw/flows.jsonl"
     token_file: str = "/var/lib/egressgw/control.token"
@@ -88,6 +89,7 @@ _KEYS = {
     "control": {"tokenFile"},
     "sandbox": {"pool", "stateDir"},
     "dialGuard": {"allowRanges"},
+    "secrets": {"cacheSeconds"},
 }
 
 
@@ -209,11 +211,13 @@ def config_from_dict(raw: dict, source: str = "<dict>", base_dir: Path | None = 
         if not os.path.isfile(ca_bundle):
             raise ConfigError(f"{source}: upstream.caBundle {ca_bundle} does not exist (fix: point it at a PEM file)")
         kw["upstream_ca_bundle"] = ca_bundle
-    timeout = get("upstream", "timeoutSeconds")
-    if timeout is not None:
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
-            raise ConfigError(f"{source}: upstream.timeoutSeconds must be a positive number")
-        kw["upstream_timeout"] = float(timeout)
+    for section, key, attr in (("upstream", "timeoutSeconds", "upstream_timeout"),
+                               ("secrets", "cacheSeconds", "secret_ttl")):
+        seconds = get(section, key)
+        if seconds is not None:
+            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0:
+                raise ConfigError(f"{source}: {section}.{key} must be a positive number of seconds")
+            kw[attr] = float(seconds)
     for section, key, attr in (
         ("ca", "dir", "ca_dir"),
         ("log", "path", "log_path"),

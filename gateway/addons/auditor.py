@@ -59,12 +59,14 @@ class HttpAudit:
             client=f"{flow.client_conn.peername[0]}:{flow.client_conn.peername[1]}",
             dest_host=host, dest_ip=info.get("dest_ip"), dest_port=port,
             sni=flow.client_conn.sni, method=req.method,
-            url=events.strip_query_values(f"{scheme}://{authority}{req.path}") if host else None,
+            url=events.strip_query_values(f"{scheme}://{authority}{info.get('path', req.path)}") if host else None,
             status=resp.status_code if resp else None,
             bytes_out=len(req.raw_content or b""),
             bytes_in=len(resp.raw_content or b"") if resp and resp.raw_content is not None else None,
             decision=info.get("decision", "deny"), rule=info.get("rule"), reason=info.get("reason"),
             duration_ms=round((resp.timestamp_start - req.timestamp_start) * 1000, 3)
             if resp and resp.timestamp_start and req.timestamp_start else None,
-            detail=error,
+            secrets=info.get("secrets"),
+            alert=True if info.get("alert") else None,
+            detail=error or info.get("detail"),
         )

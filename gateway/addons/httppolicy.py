@@ -96,7 +96,8 @@ class HttpPolicy:
         claimed = req.host_header or ""
         host = _canonical(_host_of(claimed) if claimed else None)
         port = req.port
-        info.update(port=port)
+        # The URL as the sandbox sent it, before any placeholder is replaced: the log never sees a value.
+        info.update(port=port, path=req.path)
         if host is None:
             return refuse(flow, "bad-request", claimed or None)
         info["host"] = host

@@ -25,19 +25,28 @@ _TEXT = {
     "bad-request": "malformed request",
     "proxy-auth-required": "proxy credentials required",
     "log-unavailable": "flow log unavailable",
+    "placeholder-not-approved": "credential {secret} is not approved for this host",
+    "placeholder-foreign": "credential placeholder of another session",
+    "placeholder-wrong-part": "credential {secret} is not allowed in this part of the request",
+    "placeholder-partial": "partial placeholder of credential {secret}",
+    "placeholder-encoded": "encoded placeholder of credential {secret}",
+    "secret-unavailable": "credential {secret} is unavailable right now",
 }
 
 META = "egressgw"
 
 
-def reason_text(reason: str) -> str:
-    return _TEXT.get(reason, reason)
+def reason_text(reason: str, secret: str | None = None) -> str:
+    return _TEXT.get(reason, reason).replace("{secret}", secret or "").replace("  ", " ")
 
 
-def refuse(flow: http.HTTPFlow, reason: str, host: str | None, *, status: int = 403, **meta) -> None:
-    """Answer the sandbox with a refusal and record why in the flow's metadata."""
+def refuse(flow: http.HTTPFlow, reason: str, host: str | None, *, status: int = 403, secret: str | None = None,
+           **meta) -> None:
+    """Answer the sandbox with a refusal and record why in the flow's metadata.
+
+    `secret` names a credential (never its value) when the refusal is about one."""
     target = f" ({clean(host, 253)})" if host else ""
-    body = f"egressgw refused this request: {reason_text(reason)}{target}\n"
+    body = f"egressgw refused this request: {reason_text(reason, secret)}{target}\n"
     headers = {"Content-Type": "text/plain; charset=utf-8", "Connection": "close"}
     if status == 407:
         headers["Proxy-Authenticate"] = 'Basic realm="egressgw"'

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import yaml
 
 from gateway.config import Config, load_config
+from gateway.errors import ConfigError
+from gateway.secrets.model import parse_secrets
 from gateway.sessions.client import ControlClient
 
 DEFAULT_CONFIG = "/etc/egressgw/config.yaml"
@@ -24,6 +29,41 @@ def config_from_args(args) -> Config:
     if os.path.exists(DEFAULT_CONFIG):
         return load_config(DEFAULT_CONFIG)
     return Config()
+
+
+def add_secret_arguments(parser) -> None:
+    parser.add_argument(
+        "--secret", action="append", default=[], metavar="NAME=URI@HOST[,HOST...]",
+        help="a credential the sandbox gets as a placeholder in $NAME, substituted in headers for HOSTs "
+             "(e.g. OPENAI_API_KEY=env://OPENAI_API_KEY@api.openai.com)",
+    )
+    parser.add_argument("--secrets", metavar="FILE",
+                        help="YAML list of secrets: name, source, hosts, parts, format (see docs/credentials.md)")
+
+
+def secrets_from_args(args) -> list[dict]:
+    """Secrets from --secrets FILE and --secret shorthands, checked here so errors come before anything is made."""
+    raw: list = []
+    if args.secrets:
+        try:
+            loaded = yaml.safe_load(Path(args.secrets).read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{args.secrets}: cannot read secrets: {e}") from None
+        if not isinstance(loaded, list):
+            raise ConfigError(f"{args.secrets}: must be a YAML list of secrets")
+        raw.extend(loaded)
+    for text in args.secret:
+        name, eq, rest = text.partition("=")
+        uri, at, hosts = rest.rpartition("@")
+        if not eq or not at or not uri or not hosts:
+            raise ConfigError(f"--secret {name or text!r}: expected NAME=URI@HOST[,HOST...] "
+                              "(fix: e.g. --secret OPENAI_API_KEY=env://OPENAI_API_KEY@api.openai.com)")
+        raw.append({"name": name, "source": uri, "hosts": [h for h in hosts.split(",") if h]})
+    try:
+        parse_secrets(raw)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return raw
 
 
 def control_client(config: Config) -> ControlClient:

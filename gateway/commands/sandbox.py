@@ -10,7 +10,13 @@ from pathlib import Path
 
 import netns
 from gateway.app import sandbox_bundle_path
-from gateway.commands.common import add_config_argument, config_from_args, control_client
+from gateway.commands.common import (
+    add_config_argument,
+    add_secret_arguments,
+    config_from_args,
+    control_client,
+    secrets_from_args,
+)
 from gateway.errors import ConfigError, ControlAPIError, SandboxError
 from gateway.policy import load_policy_file
 
@@ -49,6 +55,7 @@ def add_parser(sub) -> None:
     up.add_argument("name")
     up.add_argument("--policy", required=True, metavar="FILE")
     up.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_secret_arguments(up)
     up.set_defaults(func=_up)
 
     ex = s.add_parser("exec", help="run a command inside a sandbox (unprivileged by default)")
@@ -77,17 +84,18 @@ def _up(args) -> int:
         )
     load_policy_file(args.policy)  # every problem, with lines, before anything is made
     policy_text = Path(args.policy).read_text()
+    secrets = secrets_from_args(args)
     client = control_client(config)
     client.health()
     sb = netns.up(args.name, transparent_port=config.transparent.port, dns_port=config.dns.port,
                   pool=config.sandbox_pool, state_dir=config.state_dir)
     try:
-        session = client.create_session(args.name, policy_text, [sb.sandbox_addr])
+        session = client.create_session(args.name, policy_text, [sb.sandbox_addr], secrets=secrets)
         netns.set_session(args.name, session["id"], state_dir=config.state_dir)
     except BaseException:
         netns.down(args.name, state_dir=config.state_dir)
         raise
-    env = sandbox_env(config, session["id"])
+    env = {**sandbox_env(config, session["id"]), **session.get("env", {})}
     result = {
         "name": sb.name, "netns": sb.netns, "address": sb.sandbox_addr, "gateway": sb.host_addr,
         "session": session["id"], "policy": session["policy"], "mode": session["mode"], "env": env,
@@ -109,10 +117,21 @@ def _exec(args) -> int:
     if not cmd:
         raise SandboxError("no command given (fix: egressgw sandbox exec NAME -- CMD ARGS...)")
     sb = netns.get(args.name, state_dir=config.state_dir)
-    env = {**BASE_ENV, **sandbox_env(config, sb.session_id)}
+    env = {**BASE_ENV, **sandbox_env(config, sb.session_id), **_placeholders(config, sb.session_id)}
     argv = netns.exec_argv(sb, cmd, user=None if args.user == "root" else args.user, env=env)
     sys.stdout.flush()
     os.execvp(argv[0], argv)
+
+
+def _placeholders(config, session_id: str | None) -> dict[str, str]:
+    """The session's placeholders, asked of the gateway (they live there, not on disk)."""
+    if not session_id:
+        return {}
+    try:
+        return control_client(config).get_session(session_id).get("env", {})
+    except ControlAPIError as e:
+        print(f"egressgw: warning: no placeholders for session {session_id}: {e}", file=sys.stderr)
+        return {}
 
 
 def _list(args) -> int:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gateway.commands.common import add_config_argument, config_from_args, control_client
+from gateway.commands.common import (
+    add_config_argument,
+    add_secret_arguments,
+    config_from_args,
+    control_client,
+    secrets_from_args,
+)
 from gateway.policy import load_policy_file
 
 
@@ -17,6 +23,7 @@ def add_parser(sub) -> None:
     c.add_argument("name")
     c.add_argument("--policy", required=True, metavar="FILE")
     c.add_argument("--source", action="append", default=[], metavar="IP", help="source address (transparent mode)")
+    add_secret_arguments(c)
     c.set_defaults(func=_create)
 
     ls = s.add_parser("list", help="list sessions")
@@ -46,7 +53,8 @@ def _print(obj) -> int:
 def _create(args) -> int:
     load_policy_file(args.policy)  # every problem, with lines, before anything is sent
     client = control_client(config_from_args(args))
-    return _print(client.create_session(args.name, Path(args.policy).read_text(), args.source))
+    secrets = secrets_from_args(args)
+    return _print(client.create_session(args.name, Path(args.policy).read_text(), args.source, secrets=secrets))
 
 
 def _set_policy(args) -> int:

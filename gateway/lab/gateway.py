@@ -63,13 +63,15 @@ class LabGateway:
         self.proc: subprocess.Popen | None = None
 
     # -- process -------------------------------------------------------------------------------
-    def start(self, timeout: float = 20.0) -> "LabGateway":
+    def start(self, timeout: float = 20.0, env: dict[str, str] | None = None) -> "LabGateway":
+        """Start the gateway; `env` adds variables to its environment (env:// secret sources)."""
         if self.proc and self.proc.poll() is None:
             return self
         stderr = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(
             [*self._enter(), sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)],
             stdout=stderr, stderr=stderr, start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
         stderr.close()
         deadline = time.monotonic() + timeout
@@ -120,8 +122,8 @@ class LabGateway:
             raise GatewayError(f"egressgw {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
         return result
 
-    def sandbox_up(self, name: str, policy_path: str | os.PathLike) -> dict:
-        out = self.cli("sandbox", "up", name, "--policy", str(policy_path), "--json")
+    def sandbox_up(self, name: str, policy_path: str | os.PathLike, *extra: str) -> dict:
+        out = self.cli("sandbox", "up", name, "--policy", str(policy_path), "--json", *extra)
         return json.loads(out.stdout)
 
     def sandbox_down(self, name: str) -> None:

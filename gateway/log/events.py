@@ -44,6 +44,8 @@ FIELDS = (
     "dns_rcode",
     "dns_answers",
     "duration_ms",
+    "secrets",
+    "alert",
     "detail",
 )
 _FIELD_SET = frozenset(FIELDS)
@@ -101,7 +103,7 @@ def make_event(kind: str, **fields: object) -> dict:
             continue
         if name in _SANDBOX_TEXT:
             value = clean(value)
-        elif name == "dns_answers":
+        elif name in ("dns_answers", "secrets"):
             value = [clean(v, 256) for v in value]  # type: ignore[union-attr]
         event[name] = value
     return event

@@ -23,6 +23,12 @@ class HostSelector:
     def to_dict(self) -> dict[str, str]:
         return {"matchName" if self.kind == "name" else "matchPattern": self.value}
 
+    def matches(self, name: str) -> bool:
+        """Whether a normalised name is selected (a pattern's `*` is exactly one label)."""
+        if self.kind == "name":
+            return name == self.value
+        return name.endswith(self.value[1:]) and name.count(".") == self.value.count(".")
+
 
 @dataclass(frozen=True)
 class Rule:

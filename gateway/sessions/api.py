@@ -6,7 +6,8 @@ answered 400 with every problem (line and fix), and the old policy stays.
 
     GET    /v1/health                      readiness (listeners up), session count
     GET    /v1/sessions                    list (no tokens)
-    POST   /v1/sessions                    {"name", "policy": YAML, "sources": [ip...], "id"?} -> 201 + token
+    POST   /v1/sessions                    {"name", "policy": YAML, "sources": [ip...], "id"?, "secrets"?: [...]}
+                                           -> 201 + token + env (secret name -> placeholder)
     GET    /v1/sessions/{id}               show
     DELETE /v1/sessions/{id}               delete: its traffic is refused from the next packet
     GET    /v1/sessions/{id}/policy        the policy as YAML text
@@ -23,6 +24,9 @@ import tornado.web
 
 from gateway.errors import PolicyError, SessionError
 from gateway.policy import load_policy_text
+from gateway.secrets.backends import SecretBackendError, SecretStore, parse_source
+from gateway.secrets.model import parse_secrets
+from gateway.secrets.placeholders import make_placeholder
 
 MAX_BODY = 1 << 20
 
@@ -81,7 +85,7 @@ class Sessions(_Base):
     def get(self) -> None:
         self.finish({"sessions": [s.summary() for s in self.ctl.registry.list()]})
 
-    def post(self) -> None:
+    async def post(self) -> None:
         body = self.json_body()
         if body is None:
             return
@@ -101,7 +105,21 @@ class Sessions(_Base):
                                        or not 0 < len(session_id) <= 64):
             return self.fail(400, "'id' must be a short ASCII string")
         try:
-            session = self.ctl.registry.create(name, policy, sources, session_id, policy_text=body["policy"])
+            specs = parse_secrets(body.get("secrets"))
+        except ValueError as e:
+            return self.fail(400, str(e))
+        secrets = []
+        for spec in specs:
+            # The real value's shape (prefix, length, alphabet) shapes the placeholder; a backend that
+            # cannot deliver now fails the creation, naming the secret and backend, never a value.
+            try:
+                value = await self.ctl.store.get(spec.name, parse_source(spec.source))
+            except SecretBackendError as e:
+                return self.fail(502, str(e))
+            secrets.append((spec, make_placeholder(value)))
+        try:
+            session = self.ctl.registry.create(name, policy, sources, session_id, policy_text=body["policy"],
+                                               secrets=secrets)
         except SessionError as e:
             return self.fail(409, str(e))
         self.set_status(201)
@@ -156,8 +174,9 @@ def _quiet(handler) -> None:
 
 
 class ControlAPI:
-    def __init__(self, registry, token: str, ready=lambda: True, proxy_address: str | None = None):
+    def __init__(self, registry, token: str, ready=lambda: True, proxy_address: str | None = None, store=None):
         self.registry = registry
+        self.store = store if store is not None else SecretStore()
         self.token = token
         self.ready = ready
         self.proxy_address = proxy_address

@@ -78,8 +78,11 @@ class ControlClient:
     def health(self) -> dict:
         return self.request("GET", "/v1/health")
 
-    def create_session(self, name: str, policy_text: str, sources=(), session_id: str | None = None) -> dict:
+    def create_session(self, name: str, policy_text: str, sources=(), session_id: str | None = None,
+                       secrets: list[dict] | None = None) -> dict:
         body = {"name": name, "policy": policy_text, "sources": list(sources)}
+        if secrets:
+            body["secrets"] = secrets
         if session_id:
             body["id"] = session_id
         return self.request("POST", "/v1/sessions", body)

@@ -11,7 +11,7 @@ stands, the next request meets the new policy. Lookups are O(1) dicts.
 from __future__ import annotations
 
 import hmac
-import secrets
+from secrets import token_hex, token_urlsafe
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -19,6 +19,9 @@ from typing import Callable, Iterable
 
 from gateway.errors import SessionError
 from gateway.policy import Decider, Policy
+from gateway.secrets.model import BoundSecret, SecretSpec
+from gateway.secrets.placeholders import core_of
+from gateway.secrets.substitute import PlaceholderIndex
 
 # How many address→name memories a session keeps (DNS answers the gateway gave it).
 DNS_MEMORY_LIMIT = 4096
@@ -33,6 +36,7 @@ class Session:
     decider: Decider = field(repr=False)
     sources: frozenset[str] = frozenset()
     policy_text: str = field(default="", repr=False)
+    secrets: dict[str, BoundSecret] = field(default_factory=dict, repr=False)
     created: float = field(default_factory=time.time)
     _names_by_addr: OrderedDict[str, set[str]] = field(default_factory=OrderedDict, repr=False)
 
@@ -50,8 +54,12 @@ class Session:
     def names_for(self, address: str) -> frozenset[str]:
         return frozenset(self._names_by_addr.get(address, ()))
 
+    def env(self) -> dict[str, str]:
+        """The environment the sandbox gets: each secret's name bound to its placeholder."""
+        return {name: s.placeholder for name, s in self.secrets.items()}
+
     def summary(self) -> dict:
-        """What the control API shows: never the token."""
+        """What the control API shows: never the token, never a value (placeholders are not secret)."""
         return {
             "id": self.id,
             "name": self.name,
@@ -59,6 +67,8 @@ class Session:
             "policy": self.policy.name,
             "mode": self.policy.mode,
             "created": self.created,
+            "secrets": [s.spec.describe() for s in self.secrets.values()],
+            "env": self.env(),
         }
 
 
@@ -69,6 +79,7 @@ class SessionRegistry:
         self._by_id: dict[str, Session] = {}
         self._by_source: dict[str, Session] = {}
         self._listeners: list[Callable[[str, Session], None]] = []
+        self.placeholders = PlaceholderIndex()  # every live placeholder of every session
 
     def subscribe(self, listener: Callable[[str, Session], None]) -> None:
         self._listeners.append(listener)
@@ -87,7 +98,9 @@ class SessionRegistry:
         sources: Iterable[str] = (),
         session_id: str | None = None,
         policy_text: str = "",
+        secrets: Iterable[tuple[SecretSpec, str]] = (),
     ) -> Session:
+        """Register a session. `secrets` pairs each spec with the placeholder made for it."""
         sources = frozenset(sources)
         if session_id is not None and session_id in self._by_id:
             raise SessionError(f"session {session_id} already exists (fix: delete it first or pick another id)")
@@ -99,17 +112,21 @@ class SessionRegistry:
                     "(fix: delete that session first)"
                 )
         session = Session(
-            id=session_id or "s-" + secrets.token_hex(8),
+            id=session_id or "s-" + token_hex(8),
             name=name,
-            token=secrets.token_urlsafe(24),
+            token=token_urlsafe(24),
             policy=policy,
             decider=Decider(policy),
             sources=sources,
             policy_text=policy_text,
         )
+        for spec, placeholder in secrets:
+            session.secrets[spec.name] = BoundSecret(session.id, spec, placeholder, core_of(placeholder))
         self._by_id[session.id] = session
         for src in sources:
             self._by_source[src] = session
+        for bound in session.secrets.values():
+            self.placeholders.add(bound)
         self._notify("created", session)
         return session
 
@@ -149,5 +166,7 @@ class SessionRegistry:
         for src in session.sources:
             if self._by_source.get(src) is session:
                 del self._by_source[src]
+        for bound in session.secrets.values():
+            self.placeholders.remove(bound)  # its placeholders are worthless from now on
         self._notify("deleted", session)
         return session

@@ -66,9 +66,9 @@ class Sandboxes:
         path.write_text(policy_text(name, rules, mode))
         return path
 
-    def up(self, rules: str, mode: str = "enforce") -> "Box":
+    def up(self, rules: str, mode: str = "enforce", *extra: str) -> "Box":
         name = f"t{self.tag}{len(self.names)}"
-        info = self.gw.sandbox_up(name, self.policy_file(name, rules, mode))
+        info = self.gw.sandbox_up(name, self.policy_file(name, rules, mode), *extra)
         self.names.append(name)
         return Box(self.gw, name, info)
 
@@ -82,6 +82,7 @@ class Box:
         self.gw, self.name, self.info = gw, name, info
         self.session = info["session"]
         self.address = info["address"]
+        self.env = info["env"]
 
     def run(self, *cmd: str, user: str = "nobody", timeout: float = 30) -> subprocess.CompletedProcess:
         return self.gw.sandbox_exec(self.name, *cmd, user=user, timeout=timeout)

@@ -26,6 +26,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 from mitmproxy.tls import ClientHelloData
 
+from gateway.secrets.backends import SecretStore
 from gateway.addons import (
     DialGate,
     DnsGate,
@@ -178,11 +179,11 @@ def body(flow) -> str:
 
 def test_default_addons_load_into_a_mitmproxy_master(gw):
     addons = default_addons(registry=gw.registry, conns=gw.conns, resolver=gw.resolver, guard=gw.guard,
-                            audit=gw.audit)
+                            audit=gw.audit, store=SecretStore())
     with taddons.context(*addons) as tctx:
         try:
             assert [type(a).__name__ for a in tctx.master.addons.chain[1:]] == [
-                "Identity", "DnsGate", "TlsGate", "HttpPolicy", "TcpPolicy", "DialGate", "HttpAudit"]
+                "Identity", "DnsGate", "TlsGate", "HttpPolicy", "TcpPolicy", "Credentials", "DialGate", "HttpAudit"]
         finally:
             # the test master hooks the root logger; its loop closes with the context
             tctx.master._legacy_log_events.uninstall()

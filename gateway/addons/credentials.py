@@ -1,0 +1,187 @@
+"""Credentials: placeholders become real values only on their way to approved hosts.
+
+After the policy allowed a request, every part of it is scanned for any
+session's placeholder (headers, Basic auth, path, query, body; URL-decoded
+views too). A placeholder is substituted only when it belongs to this
+session, the host is approved for that secret, the part is one the secret
+allows, and it stands whole and unencoded. Anything else refuses the request
+with a 403 that names the secret (never its value) and an alert in the flow
+log. Responses are masked: a real value coming back is replaced with its
+placeholder before the sandbox sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from mitmproxy import http
+
+from gateway.addons.refuse import META, refuse
+from gateway.secrets.backends import SecretBackendError, parse_source
+from gateway.secrets.substitute import Hit, decode_basic, encode_basic, masks, views, written
+
+logger = logging.getLogger("egressgw.credentials")
+
+_AUTH_HEADERS = ("authorization", "proxy-authorization")
+_JSON_U = re.compile(r"\\u([0-9a-fA-F]{4})")
+
+
+def _content_kind(headers) -> str:
+    ctype = headers.get("content-type", "").lower()
+    if "json" in ctype:
+        return "json"
+    if ctype.startswith("application/x-www-form-urlencoded"):
+        return "form"
+    return "raw"
+
+
+class Credentials:
+    def __init__(self, registry, store, audit):
+        self.registry = registry
+        self.store = store
+        self.audit = audit
+
+    # -- finding --------------------------------------------------------------------------------
+    def _scan(self, req: http.Request) -> tuple[list[Hit], list[Hit]]:
+        """(hits where the placeholder stands as written, hits visible only once decoded)."""
+        index = self.registry.placeholders
+        if not len(index):
+            return [], []
+        raw: list[Hit] = []
+        decoded: list[Hit] = []
+
+        def look(text: str, part: str, *, form: bool = False, extra: tuple[str, ...] = ()) -> None:
+            plain = index.scan(text, part)
+            raw.extend(plain)
+            seen = {h.secret.core for h in plain}
+            for view in (*views(text, form=form)[1:], *extra):
+                decoded.extend(h for h in index.scan(view, part) if h.secret.core not in seen)
+
+        for name, value in req.headers.items(multi=True):
+            basic = decode_basic(value) if name.lower() in _AUTH_HEADERS else None
+            if basic is not None:
+                raw.extend(index.scan(basic, "headers"))  # Basic auth is substituted inside the base64
+            look(f"{name}: {value}", "headers")
+        path, _, query = req.path.partition("?")
+        look(path, "path")
+        if query:
+            look(query, "query", form=True)
+        body = req.get_content(strict=False) if req.raw_content else None
+        if body:
+            text = body.decode("latin-1")
+            kind = _content_kind(req.headers)
+            unescaped = (_JSON_U.sub(lambda m: chr(int(m.group(1), 16)), text),) if "\\u" in text else ()
+            look(text, "body", form=kind == "form", extra=unescaped)
+        return raw, decoded
+
+    # -- hooks ----------------------------------------------------------------------------------
+    async def request(self, flow: http.HTTPFlow) -> None:
+        info = flow.metadata.get(META)
+        if flow.response or info is None or info.get("decision") not in ("allow", "report"):
+            return
+        hits, hidden = self._scan(flow.request)
+        if not hits and not hidden:
+            return
+        session, host = info["session"], info["host"]
+        info["secrets"] = sorted({f"{h.secret.spec.name}@{h.part}" for h in hits + hidden})
+        for hit in hits + hidden:
+            secret = hit.secret
+            reason = None
+            if secret.session_id != session.id:
+                reason = "placeholder-foreign"
+            elif not secret.spec.approved_for(host):
+                reason = "placeholder-not-approved"
+            elif hit in hidden:
+                reason = "placeholder-encoded"
+            elif hit.partial:
+                reason = "placeholder-partial"
+            elif hit.part not in secret.spec.parts:
+                reason = "placeholder-wrong-part"
+            if reason:
+                name = None if reason == "placeholder-foreign" else secret.spec.name
+                info["alert"] = True
+                info["detail"] = (f"placeholder of session {secret.session_id}" if reason == "placeholder-foreign"
+                                  else f"secret {secret.spec.name} in {hit.part}")
+                return refuse(flow, reason, host, secret=name)
+        values: dict[str, str] = {}
+        for hit in hits:
+            spec = hit.secret.spec
+            if spec.name in values:
+                continue
+            try:
+                values[spec.name] = await self.store.get(spec.name, parse_source(spec.source))
+            except SecretBackendError as e:
+                logger.warning("%s", e)
+                info["detail"] = str(e)
+                return refuse(flow, "secret-unavailable", host, status=502, secret=spec.name)
+        bad = [n for n, v in values.items() if any(c in v for c in "\r\n\0")]
+        if bad and any(h.part == "headers" for h in hits if h.secret.spec.name in bad):
+            info["detail"] = f"secret {bad[0]} holds a line break and cannot go into a header"
+            return refuse(flow, "secret-unavailable", host, status=502, secret=bad[0])
+        self._substitute(flow.request, hits, values)
+
+    def _substitute(self, req: http.Request, hits: list[Hit], values: dict[str, str]) -> None:
+        secrets = {h.secret.placeholder: h.secret for h in hits}
+        parts = {h.part for h in hits}
+
+        def replace(text: str, context: str) -> str:
+            for placeholder, secret in secrets.items():
+                if placeholder in text:
+                    text = text.replace(placeholder, written(values[secret.spec.name], context))
+            return text
+
+        if "headers" in parts:
+            fields = []
+            for name, value in req.headers.items(multi=True):
+                basic = decode_basic(value) if name.lower() in _AUTH_HEADERS else None
+                if basic is not None and any(p in basic for p in secrets):
+                    value = encode_basic(replace(basic, "raw"))
+                elif value in secrets:  # the whole value: the secret's format applies
+                    secret = secrets[value]
+                    value = secret.spec.render(values[secret.spec.name])
+                else:
+                    value = replace(value, "raw")
+                fields.append((name.encode(), value.encode("utf-8", "surrogateescape")))
+            req.headers.fields = tuple(fields)
+        if "path" in parts or "query" in parts:
+            path, sep, query = req.path.partition("?")
+            req.path = replace(path, "path") + sep + replace(query, "query")
+        if "body" in parts:
+            body = req.get_content(strict=False) or b""
+            kind = _content_kind(req.headers)
+            for placeholder, secret in secrets.items():
+                body = body.replace(placeholder.encode(), written(values[secret.spec.name], kind).encode())
+            req.set_content(body)  # re-encodes per Content-Encoding and fixes Content-Length
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        """Mask real values that come back: the sandbox only ever sees placeholders."""
+        info = flow.metadata.get(META)
+        resp = flow.response
+        if info is None or resp is None or info.get("session") is None:
+            return
+        session = info["session"]
+        pairs = []
+        for secret in session.secrets.values():
+            value = self.store.peek(parse_source(secret.spec.source))
+            if value:
+                pairs.extend((form, secret.placeholder) for form in masks(value))
+        if not pairs:
+            return
+        fields, changed = [], False
+        for name, value in resp.headers.items(multi=True):
+            for form, placeholder in pairs:
+                if form in value:
+                    value, changed = value.replace(form, placeholder), True
+            fields.append((name.encode(), value.encode("utf-8", "surrogateescape")))
+        if changed:
+            resp.headers.fields = tuple(fields)
+        body = resp.get_content(strict=False) if resp.raw_content else None
+        if body:
+            new = body
+            for form, placeholder in pairs:
+                new = new.replace(form.encode(), placeholder.encode())
+            if new != body:
+                resp.set_content(new)
+                info["detail"] = "response masked"
+
