@@ -19,6 +19,8 @@ from mitmproxy import http
 
 from gateway.addons.refuse import META, refuse
 from gateway.secrets.backends import SecretBackendError, parse_source
+from gateway.secrets.model import SIGV4_DERIVED
+from gateway.secrets.sigv4 import SigV4Error, parse_authorization, resign
 from gateway.secrets.substitute import Hit, decode_basic, encode_basic, masks, views, written
 
 logger = logging.getLogger("egressgw.credentials")
@@ -85,6 +87,15 @@ class Credentials:
             return
         session, host = info["session"], info["host"]
         info["secrets"] = sorted({f"{h.secret.spec.name}@{h.part}" for h in hits + hidden})
+        signing = self._sigv4_target(flow.request, session, hits)
+        if signing is not None:
+            key_id, parsed = signing
+            if not key_id.spec.approved_for(host):
+                info["alert"] = True
+                return refuse(flow, "placeholder-not-approved", host, secret=key_id.spec.name)
+            # The key id and session token placeholders in the headers are the signature's business.
+            companions = {key_id.core} | {b.core for n, b in session.secrets.items() if n in SIGV4_DERIVED.values()}
+            hits = [h for h in hits if not (h.part == "headers" and h.secret.core in companions)]
         for hit in hits + hidden:
             secret = hit.secret
             reason = None
@@ -120,6 +131,45 @@ class Credentials:
             info["detail"] = f"secret {bad[0]} holds a line break and cannot go into a header"
             return refuse(flow, "secret-unavailable", host, status=502, secret=bad[0])
         self._substitute(flow.request, hits, values)
+        if signing is not None:
+            await self._resign(flow, session, *signing)
+
+    @staticmethod
+    def _sigv4_target(req: http.Request, session, hits: list[Hit]):
+        """(the key-id secret, parsed header) when the request is SigV4-signed with this session's placeholder."""
+        for value in req.headers.get_all("authorization"):
+            try:
+                parsed = parse_authorization(value)
+            except SigV4Error:
+                continue
+            for hit in hits if parsed else ():
+                secret = hit.secret
+                if secret.session_id == session.id and secret.spec.sigv4 and secret.placeholder == parsed.access_key_id:
+                    return secret, parsed
+        return None
+
+    async def _resign(self, flow: http.HTTPFlow, session, key_id, parsed) -> None:
+        info, req = flow.metadata[META], flow.request
+        spec = key_id.spec
+        try:
+            real = {"id": await self.store.get(spec.name, parse_source(spec.source))}
+            for key in ("secretAccessKey", "sessionToken"):
+                uri = spec.sigv4_source(key)
+                if uri:
+                    real[key] = await self.store.get(SIGV4_DERIVED[key], parse_source(uri))
+        except SecretBackendError as e:
+            info["detail"] = str(e)
+            return refuse(flow, "secret-unavailable", info["host"], status=502, secret=e.secret)
+        url = f"{'https' if flow.client_conn.tls else 'http'}://{req.host_header}{req.path}"
+        try:
+            headers = resign(req.method, url, list(req.headers.items(multi=True)), req.raw_content,
+                             access_key_id=real["id"], secret_access_key=real["secretAccessKey"],
+                             session_token=real.get("sessionToken"), region=parsed.region, service=parsed.service)
+        except SigV4Error as e:
+            info["detail"] = f"sigv4: {e}"
+            return refuse(flow, "bad-request", info["host"], secret=spec.name)
+        req.headers.fields = tuple((k.encode(), v.encode()) for k, v in headers)
+        info["secrets"] = sorted({*info.get("secrets", ()), f"{spec.name}@sigv4"})
 
     def _substitute(self, req: http.Request, hits: list[Hit], values: dict[str, str]) -> None:
         secrets = {h.secret.placeholder: h.secret for h in hits}

@@ -16,7 +16,8 @@ from gateway.policy.model import HostSelector
 PARTS = ("headers", "query", "path", "body", "websocket")
 DEFAULT_PARTS = frozenset({"headers"})
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_KEYS = {"name", "source", "hosts", "parts", "format"}
+_KEYS = {"name", "source", "hosts", "parts", "format", "sigv4"}
+SIGV4_DERIVED = {"secretAccessKey": "AWS_SECRET_ACCESS_KEY", "sessionToken": "AWS_SESSION_TOKEN"}
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,16 @@ class SecretSpec:
     hosts: tuple[HostSelector, ...]
     parts: frozenset[str] = DEFAULT_PARTS
     format: str | None = None  # e.g. "Bearer {}": used when a header's whole value is the placeholder
+    # AWS: this secret is an access key id; requests signed with its placeholder are re-signed with the real
+    # key pair. Maps "secretAccessKey" (required) and "sessionToken" (optional) to source URIs.
+    sigv4: tuple[tuple[str, str], ...] = ()
+
+    def sigv4_source(self, key: str) -> str | None:
+        return dict(self.sigv4).get(key)
+
+    def derived(self) -> list["SecretSpec"]:
+        """The companion secrets of an AWS key id: placeholders allowed in no part (signing only)."""
+        return [SecretSpec(SIGV4_DERIVED[k], uri, self.hosts, frozenset()) for k, uri in self.sigv4]
 
     def approved_for(self, host: str) -> bool:
         try:
@@ -45,6 +56,7 @@ class SecretSpec:
             "hosts": [s.to_dict() for s in self.hosts],
             "parts": sorted(self.parts),
             **({"format": self.format} if self.format else {}),
+            **({"sigv4": dict(self.sigv4)} if self.sigv4 else {}),
         }
 
 
@@ -98,7 +110,17 @@ def parse_secret(raw: object, where: str = "secret") -> SecretSpec:
     fmt = raw.get("format")
     if fmt is not None and (not isinstance(fmt, str) or fmt.count("{}") != 1):
         raise ValueError(f"{where}: format must contain {{}} exactly once, e.g. 'Bearer {{}}'")
-    return SecretSpec(name, source, tuple(hosts), frozenset(parts), fmt)
+    sigv4 = raw.get("sigv4")
+    if sigv4 is not None:
+        if not isinstance(sigv4, dict) or "secretAccessKey" not in sigv4 or not set(sigv4) <= set(SIGV4_DERIVED):
+            raise ValueError(f"{where}: sigv4 must be {{secretAccessKey: URI, sessionToken: URI (optional)}}")
+        for key, uri in sigv4.items():
+            try:
+                parse_source(uri)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{where}: sigv4.{key}: {e}") from None
+        sigv4 = tuple(sorted(sigv4.items()))
+    return SecretSpec(name, source, tuple(hosts), frozenset(parts), fmt, sigv4 or ())
 
 
 def parse_secrets(raw: object) -> list[SecretSpec]:
@@ -107,7 +129,7 @@ def parse_secrets(raw: object) -> list[SecretSpec]:
     if not isinstance(raw, list):
         raise ValueError("secrets must be a list")
     specs = [parse_secret(r, f"secrets[{i}]") for i, r in enumerate(raw)]
-    names = [s.name for s in specs]
+    names = [s.name for spec in specs for s in (spec, *spec.derived())]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"secret names must be unique: {dupes}")

@@ -109,7 +109,7 @@ class Sessions(_Base):
         except ValueError as e:
             return self.fail(400, str(e))
         secrets = []
-        for spec in specs:
+        for spec in (s for primary in specs for s in (primary, *primary.derived())):
             # The real value's shape (prefix, length, alphabet) shapes the placeholder; a backend that
             # cannot deliver now fails the creation, naming the secret and backend, never a value.
             try:

@@ -205,7 +205,76 @@ def test_deleted_session_placeholders_are_worthless(sandboxes, lab, secrets_file
     assert ph in wire and REAL["OPENAI_API_KEY"] not in wire
 
 
+AWS_REAL = {"id": "AKIA" + secrets.token_hex(8).upper(), "secret": secrets.token_urlsafe(30)[:40]}
+
+SIGN_AND_SEND = """
+import os, sys, urllib.request
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+creds = Credentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
+body = b"Action=GetCallerIdentity&Version=2011-06-15"
+req = AWSRequest(method="POST", url=sys.argv[1], data=body,
+                 headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+SigV4Auth(creds, "sts", "us-east-1").add_auth(req)
+r = urllib.request.Request(req.url, data=body, headers=dict(req.headers.items()), method="POST")
+try:
+    print(urllib.request.urlopen(r).status)
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
+"""
+
+
+def verify_sigv4(rec: dict, key_id: str, secret_key: str) -> bool:
+    """Check a received request's signature with the real key, as AWS would (botocore's signer)."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from gateway.lab.records import decode_body, header
+
+    auth = header(rec, "authorization")
+    fields = dict(p.strip().split("=", 1) for p in auth.split(" ", 1)[1].split(","))
+    akid, _date, region, service, _ = fields["Credential"].split("/")
+    assert akid == key_id
+    signed = fields["SignedHeaders"].split(";")
+    req = AWSRequest(method=rec["method"], url=f"https://{header(rec, 'host')}{rec['path']}",
+                     data=decode_body(rec), headers={h: header(rec, h) for h in signed})
+    req.context["timestamp"] = header(rec, "x-amz-date")
+    signer = SigV4Auth(Credentials(key_id, secret_key), service, region)
+    signature = signer.signature(signer.string_to_sign(req, signer.canonical_request(req)), req)
+    return signature == fields["Signature"]
+
+
+def test_sigv4_requests_are_resigned_with_the_real_keys(gateway, sandboxes, lab, tmp_path):
+    import sys
+
+    for name, value in (("akid", AWS_REAL["id"]), ("sk", AWS_REAL["secret"])):
+        (gateway.dir / f"aws-{name}").write_text(value)
+    spec = [{"name": "AWS_ACCESS_KEY_ID", "source": f"file://{gateway.dir / 'aws-akid'}",
+             "hosts": ["allowed.test"], "sigv4": {"secretAccessKey": f"file://{gateway.dir / 'aws-sk'}"}}]
+    path = tmp_path / "aws.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    box = sandboxes.up(RULES, "enforce", "--secrets", str(path))
+    assert box.env["AWS_ACCESS_KEY_ID"].startswith("AKIA") and len(box.env["AWS_ACCESS_KEY_ID"]) == 20
+    assert box.env["AWS_SECRET_ACCESS_KEY"] != AWS_REAL["secret"]
+    r = box.run(sys.executable, "-c", SIGN_AND_SEND, "https://allowed.test/echo", user="root")
+    assert r.stdout.strip() == "200", r.stdout + r.stderr
+    rec = received(lab, host="allowed.test", path="/echo")
+    assert verify_sigv4(rec, AWS_REAL["id"], AWS_REAL["secret"])
+    assert box.env["AWS_ACCESS_KEY_ID"] not in json.dumps(rec)
+    # The same signed request towards an unapproved host: refused, nothing arrives.
+    r = box.run(sys.executable, "-c", SIGN_AND_SEND, "https://other.test/echo", user="root")
+    assert r.stdout.startswith("403") and "AWS_ACCESS_KEY_ID" in r.stdout
+    assert not lab.records(kind="http", host="other.test")
+    # The secret key placeholder is for signing only: sent anywhere, it is refused.
+    status, body = box.curl("https://allowed.test/echo", "-H", f"X-Leak: {box.env['AWS_SECRET_ACCESS_KEY']}")
+    assert status == 403 and "AWS_SECRET_ACCESS_KEY" in body
+    REAL.update(AWS_ID=AWS_REAL["id"], AWS_SECRET=AWS_REAL["secret"])
+
+
 def test_no_secret_value_in_any_artifact(box, gateway, lab):
+    """Last in this module: every value used above, searched for in everything the run left."""
     artifacts = {
         "flow log": gateway.log_path.read_text(),
         "gateway output": gateway.stderr(),
