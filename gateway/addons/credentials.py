@@ -15,9 +15,11 @@ from __future__ import annotations
 import logging
 import re
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 
-from gateway.addons.refuse import META, refuse
+from gateway.addons.refuse import META, reason_text, refuse
+from gateway.log import events
+from gateway.log.writer import LogWriteError
 from gateway.secrets.backends import SecretBackendError, parse_source
 from gateway.secrets.model import SIGV4_DERIVED
 from gateway.secrets.sigv4 import SigV4Error, parse_authorization, resign
@@ -96,36 +98,17 @@ class Credentials:
             # The key id and session token placeholders in the headers are the signature's business.
             companions = {key_id.core} | {b.core for n, b in session.secrets.items() if n in SIGV4_DERIVED.values()}
             hits = [h for h in hits if not (h.part == "headers" and h.secret.core in companions)]
-        for hit in hits + hidden:
-            secret = hit.secret
-            reason = None
-            if secret.session_id != session.id:
-                reason = "placeholder-foreign"
-            elif not secret.spec.approved_for(host):
-                reason = "placeholder-not-approved"
-            elif hit in hidden:
-                reason = "placeholder-encoded"
-            elif hit.partial:
-                reason = "placeholder-partial"
-            elif hit.part not in secret.spec.parts:
-                reason = "placeholder-wrong-part"
-            if reason:
-                name = None if reason == "placeholder-foreign" else secret.spec.name
-                info["alert"] = True
-                info["detail"] = (f"placeholder of session {secret.session_id}" if reason == "placeholder-foreign"
-                                  else f"secret {secret.spec.name} in {hit.part}")
-                return refuse(flow, reason, host, secret=name)
-        values: dict[str, str] = {}
-        for hit in hits:
-            spec = hit.secret.spec
-            if spec.name in values:
-                continue
-            try:
-                values[spec.name] = await self.store.get(spec.name, parse_source(spec.source))
-            except SecretBackendError as e:
-                logger.warning("%s", e)
-                info["detail"] = str(e)
-                return refuse(flow, "secret-unavailable", host, status=502, secret=spec.name)
+        misuse = self._misuse(hits, hidden, session, host)
+        if misuse:
+            reason, secret, detail = misuse
+            info.update(alert=True, detail=detail)
+            return refuse(flow, reason, host, secret=secret)
+        try:
+            values = await self._values(hits)
+        except SecretBackendError as e:
+            logger.warning("%s", e)
+            info["detail"] = str(e)
+            return refuse(flow, "secret-unavailable", host, status=502, secret=e.secret)
         bad = [n for n, v in values.items() if any(c in v for c in "\r\n\0")]
         if bad and any(h.part == "headers" for h in hits if h.secret.spec.name in bad):
             info["detail"] = f"secret {bad[0]} holds a line break and cannot go into a header"
@@ -133,6 +116,33 @@ class Credentials:
         self._substitute(flow.request, hits, values)
         if signing is not None:
             await self._resign(flow, session, *signing)
+
+    @staticmethod
+    def _misuse(hits: list[Hit], hidden: list[Hit], session, host: str) -> tuple[str, str | None, str] | None:
+        """(reason, secret name to tell the sandbox, detail for the log) for the first misuse, or None."""
+        for hit in hits + hidden:
+            secret = hit.secret
+            if secret.session_id != session.id:
+                # Never name another session's secret to this sandbox; the log says whose it is.
+                return "placeholder-foreign", None, f"placeholder of session {secret.session_id}"
+            detail = f"secret {secret.spec.name} in {hit.part}"
+            if not secret.spec.approved_for(host):
+                return "placeholder-not-approved", secret.spec.name, detail
+            if hit in hidden:
+                return "placeholder-encoded", secret.spec.name, detail
+            if hit.partial:
+                return "placeholder-partial", secret.spec.name, detail
+            if hit.part not in secret.spec.parts:
+                return "placeholder-wrong-part", secret.spec.name, detail
+        return None
+
+    async def _values(self, hits: list[Hit]) -> dict[str, str]:
+        values: dict[str, str] = {}
+        for hit in hits:
+            spec = hit.secret.spec
+            if spec.name not in values:
+                values[spec.name] = await self.store.get(spec.name, parse_source(spec.source))
+        return values
 
     @staticmethod
     def _sigv4_target(req: http.Request, session, hits: list[Hit]):
@@ -204,18 +214,72 @@ class Credentials:
                 body = body.replace(placeholder.encode(), written(values[secret.spec.name], kind).encode())
             req.set_content(body)  # re-encodes per Content-Encoding and fixes Content-Length
 
+    async def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """Sandbox → origin messages: substitute where the secret opted in to `websocket`; origin → sandbox: mask.
+
+        A message with a placeholder that may not be used there is dropped, never forwarded."""
+        info = flow.metadata.get(META)
+        if info is None or info.get("session") is None or flow.websocket is None:
+            return
+        message = flow.websocket.messages[-1]
+        if not message.from_client:
+            pairs = self._mask_pairs(info["session"])
+            content = message.content
+            for form, placeholder in pairs:
+                content = content.replace(form.encode(), placeholder.encode())
+            message.content = content
+            return
+        index = self.registry.placeholders
+        text = message.content.decode("latin-1")
+        hits = index.scan(text, "websocket")
+        seen = {h.secret.core for h in hits}
+        hidden = [h for view in views(text)[1:] for h in index.scan(view, "websocket") if h.secret.core not in seen]
+        if not hits and not hidden:
+            return
+        session, host = info["session"], info["host"]
+        misuse = self._misuse(hits, hidden, session, host)
+        try:
+            values = None if misuse else await self._values(hits)
+        except SecretBackendError as e:
+            misuse = ("secret-unavailable", e.secret, str(e))
+        if misuse:
+            message.drop()
+            # mitmproxy's WebSocket layer cannot be closed from a hook: the sandbox is told in-band instead.
+            notice = f"egressgw refused this message: {reason_text(misuse[0], misuse[1])} ({host})"
+            ctx.master.commands.call("inject.websocket", flow, True, notice.encode(), True)
+            self._emit_refusal(flow, info, *misuse)
+            return
+        content = message.content
+        for hit in hits:
+            content = content.replace(hit.secret.placeholder.encode(), values[hit.secret.spec.name].encode())
+        message.content = content
+
+    def _emit_refusal(self, flow: http.HTTPFlow, info: dict, reason: str, secret: str | None, detail: str) -> None:
+        session = info["session"]
+        try:
+            self.audit.emit(events.make_event(
+                events.HTTP, session=session.id, dest_host=info.get("host"), method="WEBSOCKET",
+                client=f"{flow.client_conn.peername[0]}:{flow.client_conn.peername[1]}",
+                decision="deny", reason=reason, alert=True, secrets=[f"{secret or '?'}@websocket"],
+                detail=f"websocket message dropped: {detail}"))
+        except LogWriteError:
+            pass  # the connection is already killed
+
+    def _mask_pairs(self, session) -> list[tuple[str, str]]:
+        pairs = []
+        for secret in session.secrets.values():
+            value = self.store.peek(parse_source(secret.spec.source))
+            if value:
+                pairs.extend((form, secret.placeholder) for form in masks(value))
+        return pairs
+
     def response(self, flow: http.HTTPFlow) -> None:
         """Mask real values that come back: the sandbox only ever sees placeholders."""
         info = flow.metadata.get(META)
         resp = flow.response
         if info is None or resp is None or info.get("session") is None:
             return
-        session = info["session"]
-        pairs = []
-        for secret in session.secrets.values():
-            value = self.store.peek(parse_source(secret.spec.source))
-            if value:
-                pairs.extend((form, secret.placeholder) for form in masks(value))
+        pairs = self._mask_pairs(info["session"])
         if not pairs:
             return
         fields, changed = [], False

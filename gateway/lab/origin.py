@@ -47,6 +47,8 @@ the pid and the bound listeners.
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import logging
 import os
@@ -68,6 +70,7 @@ __all__ = ["OriginServer", "read_records", "main", "BODY_LIMIT"]
 
 log = logging.getLogger("egressgw.lab.origin")
 
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455
 BODY_LIMIT = 64 * 1024  # bytes of a request body kept in the record
 TCP_FIRST_LIMIT = 4096
 UDP_DATA_LIMIT = 4096
@@ -382,11 +385,49 @@ class OriginServer:
             self._send(sock, 400, [("Content-Type", "text/plain")], f"{error}\n".encode(), False, info)
             return False
 
+        if target.split("?")[0] == "/ws" and "websocket" in ",".join(hmap.get("upgrade", [])).lower():
+            rec["status"] = 101
+            self.recorder.write("http", **rec)
+            self._websocket(sock, rfile, hmap, info)
+            return False
         status, rheaders, payload = self._route(method, target, rec, body, hmap)
         rec["status"] = status
         self.recorder.write("http", **rec)
         self._send(sock, status, rheaders, payload, keep_alive, info, head=(method == "HEAD"))
         return keep_alive
+
+    def _websocket(self, sock: socket.socket, rfile: Any, hmap: dict[str, list[str]], info: dict) -> None:
+        """`/ws`: a WebSocket echo (RFC 6455). Every message is recorded (`kind: ws`) and sent back."""
+        key = (hmap.get("sec-websocket-key") or [""])[0].strip()
+        accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        sock.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      f"Sec-WebSocket-Accept: {accept}\r\n\r\n").encode())
+        while True:
+            head = rfile.read(2)
+            if len(head) < 2:
+                return
+            opcode, masked, length = head[0] & 0x0F, head[1] & 0x80, head[1] & 0x7F
+            if length == 126:
+                length = struct.unpack(">H", rfile.read(2))[0]
+            elif length == 127:
+                length = struct.unpack(">Q", rfile.read(8))[0]
+            if length > BODY_LIMIT:
+                return
+            mask = rfile.read(4) if masked else b"\0\0\0\0"
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(rfile.read(length)))
+            if opcode == 0x8:  # close
+                sock.sendall(b"\x88\x00")
+                return
+            if opcode == 0x9:  # ping
+                sock.sendall(bytes([0x8A, len(data)]) + data)
+                continue
+            text, enc = encode_bytes(data)
+            self.recorder.write("ws", **info, data=text, data_encoding=enc, data_len=len(data))
+            size = len(data)
+            header = bytes([0x80 | opcode])
+            header += bytes([size]) if size < 126 else (b"\x7e" + struct.pack(">H", size) if size < 65536
+                                                        else b"\x7f" + struct.pack(">Q", size))
+            sock.sendall(header + data)
 
     @staticmethod
     def _read_headers(rfile: Any) -> list[tuple[str, str]]:

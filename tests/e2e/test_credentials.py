@@ -273,6 +273,60 @@ def test_sigv4_requests_are_resigned_with_the_real_keys(gateway, sandboxes, lab,
     REAL.update(AWS_ID=AWS_REAL["id"], AWS_SECRET=AWS_REAL["secret"])
 
 
+WS_CLIENT = """
+import os, socket, ssl, sys
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+host, message = sys.argv[1], sys.argv[2]
+ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+sock = ctx.wrap_socket(socket.create_connection((host, 443), timeout=5), server_hostname=host)
+ws = WSConnection(ConnectionType.CLIENT)
+sock.sendall(ws.send(Request(host=host, target="/ws")))
+
+def wait(kind):
+    while True:
+        for event in ws.events():
+            if isinstance(event, kind):
+                return event
+            if isinstance(event, CloseConnection):
+                sys.exit("closed")
+        data = sock.recv(65536)
+        if not data:
+            sys.exit("connection closed")
+        ws.receive_data(data)
+
+wait(AcceptConnection)
+sock.sendall(ws.send(TextMessage(data=message)))
+print(wait(TextMessage).data)
+"""
+
+
+def test_websocket_messages_where_opted_in(gateway, sandboxes, lab, tmp_path):
+    import sys
+
+    path = tmp_path / "ws.yaml"
+    path.write_text(yaml.safe_dump([
+        {"name": "WS_TOKEN", "source": "env://EGW_TEST_OPENAI", "hosts": ["allowed.test"],
+         "parts": ["headers", "websocket"]},
+        {"name": "HDR_TOKEN", "source": "env://EGW_TEST_OPENAI", "hosts": ["allowed.test"]},
+    ]))
+    box = sandboxes.up(RULES, "enforce", "--secrets", str(path))
+    ph = box.env["WS_TOKEN"]
+    r = box.run(sys.executable, "-c", WS_CLIENT, "allowed.test", f'{{"auth": "{ph}"}}', user="root")
+    assert r.returncode == 0, r.stderr
+    # The origin got the real value; its echo came back to the sandbox masked.
+    got = lab.records(kind="ws")[-1]
+    assert REAL["OPENAI_API_KEY"] in got["data"] and ph not in got["data"]
+    assert ph in r.stdout and REAL["OPENAI_API_KEY"] not in r.stdout
+    # A secret that did not opt in: the message is dropped, and the sandbox told why.
+    before = len(lab.records(kind="ws"))
+    r = box.run(sys.executable, "-c", WS_CLIENT, "allowed.test", f"token {box.env['HDR_TOKEN']}", user="root")
+    assert "egressgw refused this message" in r.stdout and "HDR_TOKEN" in r.stdout, r.stderr
+    assert len(lab.records(kind="ws")) == before
+    event = box.events(method="WEBSOCKET")[-1]
+    assert event["reason"] == "placeholder-wrong-part" and event["alert"] is True
+
+
 def test_no_secret_value_in_any_artifact(box, gateway, lab):
     """Last in this module: every value used above, searched for in everything the run left."""
     artifacts = {
