@@ -1,0 +1,972 @@
+"""egressgw benchmark: direct vs bare mitmdump vs egressgw, in one run.
+
+Run as root via ``bash bench/run`` (or ``make bench``). See bench/README.md.
+
+All traffic stays inside namespaces this script (and the lab) creates:
+
+* direct   wrk in the lab's gateway namespace -> nginx in the origin namespace
+* mitmdump wrk in a sandbox namespace (``netns.up``) whose TCP is redirected
+           to ``mitmdump --mode transparent`` running in the gateway namespace
+* egressgw wrk in a sandbox made by ``egressgw sandbox up`` with a ~20-rule
+           policy, redirected to a real ``egressgw run`` (``LabGateway``)
+
+Figures: requests/s (keep-alive and new connection per request, HTTP and
+HTTPS), p50/p99 latency at 1 and 10 connections, bulk MB/s of a 1 MiB file
+over HTTPS, and the proxies' RSS. Output: a markdown table on stdout,
+bench/results/latest.{json,md}, optional py-spy profiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import collections
+import contextlib
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from gateway.lab import Lab  # noqa: E402
+from gateway.lab.gateway import LabGateway  # noqa: E402
+from gateway.policy import load_policy_text  # noqa: E402
+
+LUA = BENCH / "wrk_report.lua"
+HOST = "allowed.test"  # served by nginx on every origin address; the lab's cert names it
+MITM_PORT = 15101  # mitmdump's transparent listener in the gateway namespace
+MITM_DNS_PORT = 15153  # required by netns.up; nothing listens (the sandbox uses a hosts file)
+MITM_POOL = "10.212.0.0/16"  # distinct from LabGateway's default pool (10.211.0.0/16)
+THROUGHPUT_TARGET = 0.85  # egressgw >= 0.85 x mitmdump requests/s and MB/s
+LATENCY_TARGET = 1.20  # egressgw p50 <= 1.2 x mitmdump p50
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+# ---- the policy egressgw enforces ------------------------------------------------------------
+
+POLICY = """\
+apiVersion: egressgw.dev/v1alpha1
+kind: EgressPolicy
+metadata:
+  name: bench
+spec:
+  mode: enforce
+  egress:
+    - name: anthropic-api
+      hosts: [{matchName: api.anthropic.com}]
+    - name: openai-api
+      hosts: [{matchName: api.openai.com}]
+    - name: github-git
+      hosts: [{matchName: github.com}]
+    - name: github-api
+      hosts: [{matchName: api.github.com}]
+    - name: github-downloads
+      hosts: [{matchName: codeload.github.com}, {matchName: objects.githubusercontent.com},
+              {matchName: raw.githubusercontent.com}]
+      methods: [GET, HEAD]
+    - name: github-ssh
+      protocol: tcp
+      hosts: [{matchName: github.com}]
+      ports: [22]
+    - name: pypi
+      hosts: [{matchName: pypi.org}, {matchName: files.pythonhosted.org}]
+      methods: [GET, HEAD]
+    - name: npm
+      hosts: [{matchName: registry.npmjs.org}]
+      methods: [GET, HEAD]
+    - name: crates
+      hosts: [{matchName: crates.io}, {matchName: static.crates.io}, {matchName: index.crates.io}]
+      methods: [GET]
+    - name: go-modules
+      hosts: [{matchName: proxy.golang.org}, {matchName: sum.golang.org}]
+      methods: [GET]
+    - name: debian
+      hosts: [{matchName: deb.debian.org}, {matchPattern: "*.debian.org"}]
+      ports: [80, 443]
+      methods: [GET, HEAD]
+    - name: docker-hub
+      hosts: [{matchName: registry-1.docker.io}, {matchName: auth.docker.io},
+              {matchPattern: "*.cloudflarestorage.com"}]
+    - name: cdn
+      hosts: [{matchPattern: "*.cdn.example.com"}]
+    - name: api-example
+      hosts: [{matchName: api.example.com}]
+      methods: [GET, POST]
+      paths: ["/v1/*", "/v2/*"]
+    - name: huggingface
+      hosts: [{matchName: huggingface.co}, {matchPattern: "*.hf.co"}]
+      methods: [GET, HEAD]
+    - name: sentry
+      hosts: [{matchPattern: "*.ingest.sentry.io"}]
+      methods: [POST]
+      paths: ["/api/*"]
+    - name: legacy
+      hosts: [{matchName: legacy.example.com}]
+      ports: [80, 8443]
+      methods: [GET]
+    - name: lab-other
+      hosts: [{matchName: other.test}]
+      methods: [GET]
+      paths: ["/v1/*"]
+    - name: lab-api
+      hosts: [{matchName: api.allowed.test}]
+      methods: [GET]
+      paths: ["/v1/*"]
+    - name: bench-origin
+      hosts: [{matchName: allowed.test}]
+      ports: [8080, 8443]   # listing 8080 is what allows plain HTTP there
+      methods: [GET]
+"""
+
+
+# ---- the cases ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    scheme: str  # http | https
+    path: str
+    conns: int
+    threads: int
+    close: bool = False  # new connection per request
+
+
+def cases(bulk_conns: int) -> list[Case]:
+    return [
+        Case("http_ka_c10", "http", "/", 10, 2),
+        Case("https_ka_c10", "https", "/", 10, 2),
+        Case("http_new_c10", "http", "/", 10, 2, close=True),
+        Case("https_new_c10", "https", "/", 10, 2, close=True),
+        Case("http_ka_c1", "http", "/", 1, 1),
+        Case("https_ka_c1", "https", "/", 1, 1),
+        Case("https_bulk", "https", "/bytes/1m", bulk_conns, 2),
+    ]
+
+
+# (label, case, field, unit, kind) ; kind: "tput" (higher is better) or "lat" (lower is better)
+ROWS: list[tuple[str, str, str, str, str]] = [
+    ("HTTP keep-alive, 10 conn", "http_ka_c10", "rps", "req/s", "tput"),
+    ("HTTPS keep-alive, 10 conn", "https_ka_c10", "rps", "req/s", "tput"),
+    ("HTTP new conn/request, 10 conn", "http_new_c10", "rps", "req/s", "tput"),
+    ("HTTPS new conn/request, 10 conn", "https_new_c10", "rps", "req/s", "tput"),
+    ("HTTPS bulk 1 MiB, {bulk} conn", "https_bulk", "mbps", "MB/s", "tput"),
+    ("HTTP p50, 1 conn", "http_ka_c1", "p50_ms", "ms", "lat"),
+    ("HTTP p99, 1 conn", "http_ka_c1", "p99_ms", "ms", "info"),
+    ("HTTPS p50, 1 conn", "https_ka_c1", "p50_ms", "ms", "lat"),
+    ("HTTPS p99, 1 conn", "https_ka_c1", "p99_ms", "ms", "info"),
+    ("HTTP p50, 10 conn", "http_ka_c10", "p50_ms", "ms", "lat"),
+    ("HTTP p99, 10 conn", "http_ka_c10", "p99_ms", "ms", "info"),
+    ("HTTPS p50, 10 conn", "https_ka_c10", "p50_ms", "ms", "lat"),
+    ("HTTPS p99, 10 conn", "https_ka_c10", "p99_ms", "ms", "info"),
+    ("proxy CPU/request, HTTP keep-alive 10 conn", "http_ka_c10", "proxy_cpu_us_per_req", "us", "info"),
+    ("proxy CPU/request, HTTPS keep-alive 10 conn", "https_ka_c10", "proxy_cpu_us_per_req", "us", "info"),
+    ("proxy CPU/request, HTTPS new conn 10 conn", "https_new_c10", "proxy_cpu_us_per_req", "us", "info"),
+    ("proxy CPU/request, HTTPS bulk 1 MiB", "https_bulk", "proxy_cpu_us_per_req", "us", "info"),
+]
+
+
+# ---- small helpers ------------------------------------------------------------------------------
+
+
+def ns_enter(ns: str) -> list[str]:
+    # nsenter --net only: `ip netns exec` would also unshare the mount namespace, and a
+    # sandbox namespace created there would be invisible (and vanish with the process).
+    return ["nsenter", f"--net=/run/netns/{ns}", "--"]
+
+
+def run(argv: list[str], *, timeout: float = 60, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    p = subprocess.run(argv, timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        raise BenchError(f"`{' '.join(argv)}` exited {p.returncode}:\n{p.stderr.strip() or p.stdout.strip()}")
+    return p
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants."""
+    pids = [pid]
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children[ppid].append(int(d))
+    i = 0
+    while i < len(pids):
+        pids.extend(children.get(pids[i], []))
+        i += 1
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """user+system CPU seconds of pid and its descendants."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in _tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / ticks
+
+
+def rss_kib(pid: int) -> dict[str, int]:
+    """VmRSS / VmHWM (peak) of pid plus its descendants, in KiB."""
+    out = {"rss_kib": 0, "hwm_kib": 0, "processes": 0}
+    for p in _tree(pid):
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        out["rss_kib"] += int(fields.get("VmRSS", "0 kB").split()[0])
+        out["hwm_kib"] += int(fields.get("VmHWM", "0 kB").split()[0])
+        out["processes"] += 1
+    return out
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        import mitmproxy.version
+
+        mitm = mitmproxy.version.VERSION
+    except Exception:  # noqa: BLE001
+        mitm = "?"
+    wrk = run(["wrk", "-v"], check=False).stdout.split(" [")[0].splitlines()
+    nginx = run(["nginx", "-v"], check=False).stderr.strip()
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "mitmproxy": mitm,
+        "wrk": wrk[0].strip() if wrk else "?",
+        "nginx": nginx.split("/", 1)[-1] if nginx else "?",
+    }
+
+
+def code_version() -> dict[str, Any]:
+    """Which code was measured: commit, and the files modified since (the tree may be dirty)."""
+    head = run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], check=False).stdout.strip()
+    dirty = run(["git", "-C", str(REPO), "status", "--porcelain", "--", "gateway", "netns"], check=False).stdout
+    return {"commit": head or "?", "dirty_files": [line[3:] for line in dirty.splitlines() if line.strip()]}
+
+
+def others_running(ours: tuple[str, ...]) -> dict[str, Any]:
+    """Load average and network namespaces that are not this run's: other labs or tests on the machine
+    compete for the same CPUs and make the figures noisy."""
+    try:
+        names = sorted(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        names = []
+    foreign = [n for n in names if not any(tag in n for tag in ours)]
+    return {"loadavg_1m": float(Path("/proc/loadavg").read_text().split()[0]), "foreign_netns": foreign}
+
+
+def preflight() -> None:
+    if os.geteuid() != 0:
+        raise BenchError("must run as root (it creates network namespaces, veths and nftables rules): sudo bash bench/run")
+    missing = [c for c in ("wrk", "nginx", "nft", "ip", "nsenter", "curl") if shutil.which(c) is None]
+    if missing:
+        raise BenchError(f"missing commands: {' '.join(missing)} (fix: apt-get install -y wrk nginx nftables iproute2 util-linux curl)")
+    if not LUA.exists():
+        raise BenchError(f"{LUA} is missing")
+
+
+def mitmdump_path() -> str:
+    here = Path(sys.executable).parent / "mitmdump"
+    if here.exists():
+        return str(here)
+    found = shutil.which("mitmdump")
+    if not found:
+        raise BenchError("mitmdump not found next to this Python nor on PATH (fix: install the project into this venv)")
+    return found
+
+
+# ---- load generation ------------------------------------------------------------------------------
+
+
+class Runner:
+    """Runs wrk cases inside one namespace; with `pid`, also what the proxy process spent."""
+
+    def __init__(self, ns: str, warmup: float, duration: float, pid: int | None = None):
+        self.ns = ns
+        self.warmup = warmup
+        self.duration = duration
+        self.pid = pid
+
+    def url(self, case: Case, lab: Lab) -> str:
+        port = lab.nginx_https_port if case.scheme == "https" else lab.nginx_http_port
+        return f"{case.scheme}://{HOST}:{port}{case.path}"
+
+    def wrk(self, case: Case, lab: Lab, seconds: float) -> dict[str, Any]:
+        argv = ["ip", "netns", "exec", self.ns, "wrk", "-t", str(case.threads), "-c", str(case.conns),
+                "-d", f"{max(1, round(seconds))}s", "--timeout", "5s", "-s", str(LUA)]
+        if case.close:
+            argv += ["-H", "Connection: close"]
+        argv.append(self.url(case, lab))
+        p = run(argv, timeout=seconds + 30, check=False)
+        m = re.search(r"^WRKJSON (\{.*\})$", p.stdout, re.M)
+        if p.returncode != 0 or not m:
+            raise BenchError(f"wrk failed ({p.returncode}) in {self.ns}: {' '.join(argv)}\n{p.stdout}\n{p.stderr}")
+        raw = json.loads(m.group(1))
+        secs = raw["duration_us"] / 1e6
+        lat = raw["latency_us"]
+        errors = {k: v for k, v in raw["errors"].items() if v}
+        return {
+            "rps": raw["requests"] / secs,
+            "mbps": raw["bytes"] / secs / 1e6,
+            "requests": raw["requests"],
+            "seconds": round(secs, 3),
+            "p50_ms": lat["p50"] / 1000,
+            "p90_ms": lat["p90"] / 1000,
+            "p99_ms": lat["p99"] / 1000,
+            "mean_ms": lat["mean"] / 1000,
+            "max_ms": lat["max"] / 1000,
+            "errors": errors,
+            "conns": case.conns,
+            "threads": case.threads,
+            "new_conn_per_request": case.close,
+            "url": self.url(case, lab),
+        }
+
+    def measure(self, case: Case, lab: Lab, label: str) -> dict[str, Any]:
+        """Warm-up run, then the measured run (plus the proxy's CPU time and RSS across it)."""
+        if self.warmup > 0:
+            self.wrk(case, lab, self.warmup)
+        cpu0 = cpu_seconds(self.pid) if self.pid else None
+        r = self.wrk(case, lab, self.duration)
+        if self.pid and cpu0 is not None:
+            cpu = cpu_seconds(self.pid) - cpu0
+            r["proxy_cpu_s"] = round(cpu, 3)
+            r["proxy_cpu_util"] = round(cpu / r["seconds"], 3)  # 1.0 = one core busy
+            r["proxy_cpu_us_per_req"] = round(1e6 * cpu / r["requests"], 1) if r["requests"] else None
+            r["proxy_rss_kib"] = rss_kib(self.pid)["rss_kib"]
+        err = f"  ERRORS {r['errors']}" if r["errors"] else ""
+        cpu_s = (f" proxy CPU {r['proxy_cpu_util']:4.0%} {r['proxy_cpu_us_per_req']:6.0f} us/req"
+                 if r.get("proxy_cpu_us_per_req") else "")
+        log(f"  {label:12s} {case.key:14s} {r['rps']:9.0f} req/s {r['mbps']:7.1f} MB/s "
+            f"p50 {r['p50_ms']:7.3f} ms p99 {r['p99_ms']:7.3f} ms{cpu_s}{err}")
+        return r
+
+
+def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One figure per field from several rounds of a case: the median (plus the rounds themselves)."""
+    if len(rounds) == 1:
+        return dict(rounds[0])
+    out: dict[str, Any] = {}
+    for k, v in rounds[0].items():
+        vals = [r.get(k) for r in rounds]
+        if k not in ("conns", "threads") and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vals):
+            out[k] = statistics.median(vals)
+        else:
+            out[k] = v
+    errors: dict[str, int] = collections.Counter()
+    for r in rounds:
+        errors.update(r.get("errors") or {})
+    out["errors"] = dict(errors)
+    out["rounds"] = [{k: r.get(k) for k in ("rps", "mbps", "p50_ms", "p99_ms", "proxy_cpu_us_per_req")} for r in rounds]
+    out["rps_spread_pct"] = round(100 * (max(r["rps"] for r in rounds) - min(r["rps"] for r in rounds))
+                                  / statistics.median(r["rps"] for r in rounds), 1)
+    return out
+
+
+def sanity(ns: str, lab: Lab, cacert: str | Path, what: str) -> None:
+    """A verifying client (curl --cacert) gets nginx's answers over this path, HTTP and HTTPS."""
+    checks = [
+        (f"https://{HOST}:{lab.nginx_https_port}/", "ok"),
+        (f"http://{HOST}:{lab.nginx_http_port}/", "ok"),
+    ]
+    for url, body in checks:
+        p = run(["ip", "netns", "exec", ns, "curl", "-sS", "-m", "10", "--cacert", str(cacert),
+                 "-w", "\n%{http_code}", url], check=False, timeout=30)
+        text, _, code = p.stdout.rpartition("\n")
+        if p.returncode != 0 or code != "200" or text.strip() != body:
+            raise BenchError(f"{what}: sanity check {url} failed (exit {p.returncode}, status {code!r}): "
+                             f"{p.stderr.strip()} {text.strip()[:200]}")
+    url = f"https://{HOST}:{lab.nginx_https_port}/bytes/1m"
+    p = run(["ip", "netns", "exec", ns, "curl", "-sS", "-m", "20", "--cacert", str(cacert), "-o", "/dev/null",
+             "-w", "%{http_code} %{size_download}", url], check=False, timeout=30)
+    if p.stdout.strip() != f"200 {1024 * 1024}":
+        raise BenchError(f"{what}: sanity check {url} failed: {p.stdout.strip()} {p.stderr.strip()}")
+
+
+# ---- profiling ----------------------------------------------------------------------------------------
+
+
+def profile(pid: int, runner: Runner, lab: Lab, case: Case, seconds: float, out_dir: Path, tag: str) -> dict[str, Any]:
+    """py-spy the proxy while `case` loads it; returns a summary (also written as text)."""
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(pyspy).exists() and not shutil.which(pyspy):
+        log("py-spy not installed (pip install py-spy): no profile")
+        return {"error": "py-spy not installed"}
+    raw_path = out_dir / f"profile-{tag}.collapsed"
+    svg_path = out_dir / f"profile-{tag}.svg"
+    common = ["--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200", "--nonblocking", "--idle"]
+    spies = [
+        subprocess.Popen([pyspy, "record", *common, "--format", "raw", "-o", str(raw_path)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
+        subprocess.Popen([pyspy, "record", *common, "--format", "flamegraph", "-o", str(svg_path)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
+    ]
+    time.sleep(0.3)
+    load = runner.wrk(case, lab, seconds + 2)
+    for s in spies:
+        try:
+            _, err = s.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            s.kill()
+            err = "timeout"
+        if s.returncode != 0:
+            log(f"py-spy exited {s.returncode}: {err.strip()[-500:]}")
+    summary = summarize_profile(raw_path) if raw_path.exists() else {"error": "no raw profile"}
+    summary["load"] = {k: load[k] for k in ("rps", "p50_ms", "p99_ms")}
+    summary["case"] = case.key
+    summary["svg"] = str(svg_path) if svg_path.exists() else None
+    (out_dir / f"profile-{tag}.txt").write_text(format_profile(summary, tag))
+    return summary
+
+
+_ENTRY = {"<module> (gateway/__main__.py)", "main (gateway/cli.py)", "_run (gateway/commands/run.py)",
+          "run (gateway/app.py)", "Gateway.run (gateway/app.py)"}
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+
+
+def _bucket(file: str) -> str:
+    """Area of a py-spy frame's file (py-spy prints paths relative to sys.path: gateway/..., asyncio/...)."""
+    f = file.replace("\\", "/")
+    for marker in ("/site-packages/", "/lib/python3.12/", str(REPO) + "/"):
+        if marker in f:
+            f = f.split(marker, 1)[1]
+    top = f.strip("<>").replace("frozen ", "").split("/", 1)[0].split(".", 1)[0]
+    if top == "gateway" or top == "netns":
+        return "egressgw (gateway/*)"
+    areas = {
+        "mitmproxy": "mitmproxy", "asyncio": "asyncio", "selectors": "asyncio",
+        "ssl": "TLS (ssl / pyOpenSSL / cryptography)", "OpenSSL": "TLS (ssl / pyOpenSSL / cryptography)",
+        "cryptography": "TLS (ssl / pyOpenSSL / cryptography)", "h11": "h11/h2", "h2": "h11/h2",
+        "hpack": "h11/h2", "tornado": "tornado", "dns": "dnspython", "logging": "logging",
+    }
+    if top in areas:
+        return areas[top]
+    if top in sys.stdlib_module_names or top == "string":
+        return "other stdlib (contextlib, dataclasses, encodings, ...)"
+    return "other"
+
+
+def summarize_profile(raw_path: Path) -> dict[str, Any]:
+    total = 0
+    idle = 0
+    empty = 0
+    ours = 0  # samples with a gateway/* frame other than the entry chain below
+    self_fn: collections.Counter[str] = collections.Counter()
+    incl_fn: collections.Counter[str] = collections.Counter()
+    self_bucket: collections.Counter[str] = collections.Counter()
+    incl_ours: collections.Counter[str] = collections.Counter()  # inclusive, gateway/* frames only
+    for line in raw_path.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        count = int(n)
+        frames = [f for f in stack.split(";") if f]
+        if frames and frames[0].startswith("process "):
+            frames = frames[1:]
+        if frames and frames[0].startswith("thread "):
+            frames = frames[1:]
+        if not frames:  # no Python frame at that instant (native code, or a torn --nonblocking read)
+            empty += count
+            continue
+        total += count
+        parsed = []
+        for fr in frames:
+            m = _FRAME.match(fr)
+            parsed.append((m.group("func"), m.group("file") or "") if m else (fr, ""))
+        if not parsed:
+            continue
+        leaf_func, leaf_file = parsed[-1]
+        if leaf_func.endswith((".select", ".poll")) and leaf_file.endswith("selectors.py"):
+            idle += count  # waiting in epoll: the event loop had nothing to do
+        if any(_bucket(file).startswith("egressgw") and f"{func} ({_short(file)})" not in _ENTRY
+               for func, file in parsed):
+            ours += count
+        key = f"{leaf_func} ({_short(leaf_file)})"
+        self_fn[key] += count
+        self_bucket[_bucket(leaf_file)] += count
+        seen = set()
+        for func, file in parsed:
+            k = f"{func} ({_short(file)})"
+            if k in seen:
+                continue
+            seen.add(k)
+            incl_fn[k] += count
+            if _bucket(file).startswith("egressgw") and k not in _ENTRY:
+                incl_ours[k] += count
+    pct = (lambda c: round(100.0 * c / total, 1)) if total else (lambda c: 0.0)
+    return {
+        "samples": total,
+        "samples_without_python_stack": empty,
+        "idle_pct": pct(idle),
+        "gateway_inclusive_pct": pct(ours),
+        "self_by_area": {k: pct(v) for k, v in self_bucket.most_common()},
+        "top_self": [(k, pct(v)) for k, v in self_fn.most_common(25)],
+        "top_inclusive": [(k, pct(v)) for k, v in incl_fn.most_common(40)],
+        "top_inclusive_gateway": [(k, pct(v)) for k, v in incl_ours.most_common(25)],
+    }
+
+
+def _short(file: str) -> str:
+    f = file.replace("\\", "/")
+    for marker in ("/site-packages/", "/lib/python3.12/", str(REPO) + "/"):
+        if marker in f:
+            return f.split(marker, 1)[1]
+    return f
+
+
+def format_profile(s: dict[str, Any], tag: str) -> str:
+    if "error" in s:
+        return f"profile {tag}: {s['error']}\n"
+    lines = [f"profile {tag}: {s['samples']} samples under {s['case']} "
+             f"({s['load']['rps']:.0f} req/s while sampled); event-loop idle {s['idle_pct']}%; "
+             f"samples inside gateway/* code (inclusive): {s['gateway_inclusive_pct']}%", "",
+             f"(percentages of the {s['samples']} samples with a Python stack; "
+             f"{s['samples_without_python_stack']} samples had none)", "", "self time by area:"]
+    lines += [f"  {v:5.1f}%  {k}" for k, v in s["self_by_area"].items()]
+    lines += ["", "top self time:"] + [f"  {v:5.1f}%  {k}" for k, v in s["top_self"]]
+    lines += ["", "top inclusive (gateway/* frames):"] + [f"  {v:5.1f}%  {k}" for k, v in s["top_inclusive_gateway"]]
+    lines += ["", "top inclusive (all):"] + [f"  {v:5.1f}%  {k}" for k, v in s["top_inclusive"]]
+    return "\n".join(lines) + "\n"
+
+
+# ---- the three paths ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """One way to the origin: where the client runs, what it trusts, which proxy process (if any)."""
+
+    name: str
+    runner: Runner
+    cacert: Path
+    pid: int | None = None
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.cases = [c for c in cases(args.bulk_conns) if not args.cases or c.key in args.cases]
+        self.results: dict[str, Any] = {"paths": {}, "memory": {}, "profiles": {}}
+        self.out = Path(args.out)
+        self.tag = secrets.token_hex(2)
+        self.stack = contextlib.ExitStack()  # everything we start/create, undone in reverse order
+        self.gw: LabGateway | None = None
+
+    def close(self) -> None:
+        """Undo everything (idempotent); a second Ctrl-C must not cut the teardown short."""
+        old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.stack.close()
+        except Exception as e:  # noqa: BLE001 - every callback has run; say what failed
+            log(f"WARNING: cleanup: {e}")
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    def run(self) -> dict[str, Any]:
+        preflight()
+        self.out.mkdir(parents=True, exist_ok=True)
+        for old in self.out.glob("profile-*"):  # profiles of an earlier run would mislead
+            old.unlink()
+        a = self.args
+        self.results["machine"] = machine()
+        self.results["code"] = code_version()
+        mine = (f"egb{self.tag}-", f"egw-bm{self.tag}", f"egw-be{self.tag}")
+        self.results["activity"] = {"start": others_running(mine)}
+        if self.results["activity"]["start"]["foreign_netns"]:
+            log(f"WARNING: other namespaces exist ({' '.join(self.results['activity']['start']['foreign_netns'])}): "
+                "another lab or test run may compete for the CPUs")
+        self.results["config"] = {
+            "warmup_s": a.warmup, "duration_s": a.duration, "rounds": a.rounds, "bulk_conns": a.bulk_conns,
+            "nginx_workers": a.nginx_workers, "policy_rules": POLICY.count("- name:"), "paths": a.paths,
+            "cases": [c.key for c in self.cases],
+        }
+        started = time.monotonic()
+        self.stack.callback(self._last_resort)
+        lab = Lab(prefix=f"egb{self.tag}", nginx=True, nginx_workers=a.nginx_workers, record=False)
+        self.stack.callback(lab.stop)
+        log(f"starting lab {lab.prefix} (nginx, DNS) ...")
+        lab.start()
+        targets_ = [getattr(self, f"setup_{p}")(lab) for p in a.paths]
+        for t in targets_:
+            sanity(t.runner.ns, lab, t.cacert, t.name)
+            if t.pid:
+                self.results["memory"][t.name] = {"start_rss_kib": rss_kib(t.pid)["rss_kib"]}
+        proxies = [t for t in targets_ if t.pid]
+        measured: dict[str, dict[str, list[dict[str, Any]]]] = {t.name: {} for t in targets_}
+        log(f"measuring {len(self.cases)} cases; proxies interleaved, {a.rounds} round(s) each, "
+            f"{a.warmup:g} s warm-up + {a.duration:g} s per run")
+        for case in self.cases:
+            for t in targets_:
+                if not t.pid:  # direct: one round (it is not what is being compared)
+                    measured[t.name][case.key] = [t.runner.measure(case, lab, t.name)]
+            for r in range(a.rounds):
+                # alternate the order so neither proxy always runs first (drift, caches, nginx state)
+                order = proxies if r % 2 == 0 else proxies[::-1]
+                for t in order:
+                    measured[t.name].setdefault(case.key, []).append(t.runner.measure(case, lab, f"{t.name}#{r + 1}"))
+        for name, per_case in measured.items():
+            self.results["paths"][name] = {k: combine(v) for k, v in per_case.items()}
+        for t in proxies:
+            self.results["memory"][t.name].update(rss_kib(t.pid))
+            before_bulk = [r.get("proxy_rss_kib") for k, r in self.results["paths"][t.name].items() if k != "https_bulk"]
+            if before_bulk and all(before_bulk):
+                # the 1 MiB bodies are buffered whole (several at once): most of the growth comes from them
+                self.results["memory"][t.name]["before_bulk_rss_kib"] = max(before_bulk)
+        self._flow_log_check()
+        for t in proxies:
+            if a.profile == "always" or (a.profile == "auto" and t.name == "egressgw" and self._missed()):
+                self.results["profiles"][t.name] = self._profile(t, lab)
+        self.results["activity"]["end"] = others_running(mine)
+        self.results["elapsed_s"] = round(time.monotonic() - started, 1)
+        return self.results
+
+    # -- the paths --------------------------------------------------------------------
+    def setup_direct(self, lab: Lab) -> Target:
+        log("path direct: wrk in the lab gateway namespace -> nginx")
+        return Target("direct", Runner(lab.gw_ns, self.args.warmup, self.args.duration), Path(lab.ca_cert))
+
+    def _netns_call(self, lab: Lab, code: str, *argv: str) -> str:
+        return run([*ns_enter(lab.gw_ns), sys.executable, "-c", code, *argv],
+                   cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
+
+    def setup_mitmdump(self, lab: Lab) -> Target:
+        log("path mitmdump: sandbox netns (netns.up) -> mitmdump --mode transparent -> nginx")
+        base = lab.work / "mitmdump"
+        confdir = base / "confdir"
+        # The egressgw sandbox's state dir, deliberately: a netns state dir owns the egw* veths and
+        # egressgw_* tables of its gateway namespace, and `up` sweeps those no state file of its own
+        # claims -- so a second state dir in the same namespace would get its sandbox swept away.
+        state = self.gateway(lab).dir / "state"
+        confdir.mkdir(parents=True, exist_ok=True)
+        state.mkdir(parents=True, exist_ok=True)
+        name = f"bm{self.tag}"
+        logf = open(base / "mitmdump.log", "ab")
+        proc = subprocess.Popen(
+            [*ns_enter(lab.gw_ns), mitmdump_path(), "--mode", f"transparent@0.0.0.0:{MITM_PORT}",
+             "--set", "connection_strategy=lazy", "--set", f"ssl_verify_upstream_trusted_ca={lab.ca_cert}",
+             "--set", f"confdir={confdir}", "-q"],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        logf.close()
+        self.stack.callback(_stop_group, proc)
+        self._wait_listen(lab, proc, MITM_PORT, base / "mitmdump.log", "mitmdump")
+        code = ("import json, sys, netns\n"
+                "sb = netns.up(sys.argv[1], transparent_port=int(sys.argv[2]), dns_port=int(sys.argv[3]),"
+                " pool=sys.argv[4], state_dir=sys.argv[5])\n"
+                "print(json.dumps(sb.__dict__))\n")
+        down = "import sys, netns\nnetns.down(sys.argv[1], state_dir=sys.argv[2])\n"
+        self.stack.callback(lambda: self._netns_call(lab, down, name, str(state)))
+        sb = json.loads(self._netns_call(lab, code, name, str(MITM_PORT), str(MITM_DNS_PORT), MITM_POOL, str(state)))
+        etc = Path("/etc/netns") / sb["netns"]
+        etc.mkdir(parents=True, exist_ok=True)
+        self.stack.callback(shutil.rmtree, etc, True)
+        # No DNS in this sandbox: `ip netns exec` bind-mounts this file over /etc/hosts.
+        (etc / "hosts").write_text(f"127.0.0.1 localhost\n{lab.hosts[HOST]} {HOST}\n")
+        runner = Runner(sb["netns"], self.args.warmup, self.args.duration, pid=proc.pid)
+        return Target("mitmdump", runner, confdir / "mitmproxy-ca-cert.pem", proc.pid)
+
+    def setup_egressgw(self, lab: Lab) -> Target:
+        log("path egressgw: `egressgw sandbox up` sandbox -> egressgw run (LabGateway) -> nginx")
+        policy_path = lab.work / "bench-policy.yaml"
+        policy_path.write_text(POLICY)
+        load_policy_text(POLICY, str(policy_path))  # fail early and clearly if the format moved on
+        name = f"be{self.tag}"
+        gw = self.gateway(lab)
+        self.stack.callback(gw.stop)
+        gw.start()
+        self.stack.callback(self._sandbox_down, gw, name)
+        info = gw.sandbox_up(name, policy_path)
+        assert gw.proc is not None
+        # In this sandbox names resolve through the gateway's DNS listener (its resolv.conf).
+        runner = Runner(info["netns"], self.args.warmup, self.args.duration, pid=gw.proc.pid)
+        return Target("egressgw", runner, gw.dir / "ca" / "sandbox-ca-bundle.pem", gw.proc.pid)
+
+    def _last_resort(self) -> None:
+        """Runs last: remove any sandbox namespace of this run that the normal teardown left behind."""
+        for name in (f"bm{self.tag}", f"be{self.tag}"):
+            ns = f"egw-{name}"
+            if os.path.lexists(f"/run/netns/{ns}"):
+                log(f"WARNING: {ns} was left behind; deleting it")
+                run(["ip", "netns", "del", ns], check=False)
+            shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
+
+    @staticmethod
+    def _sandbox_down(gw: LabGateway, name: str) -> None:
+        r = gw.cli("sandbox", "down", name, check=False)
+        if r.returncode != 0:
+            log(f"WARNING: egressgw sandbox down {name} failed ({r.returncode}): {r.stderr.strip()[-800:]}")
+
+    def gateway(self, lab: Lab) -> LabGateway:
+        """The LabGateway (created, not started, on first use)."""
+        if self.gw is None:
+            self.gw = LabGateway(lab, name="egressgw")
+        return self.gw
+
+    def _flow_log_check(self) -> None:
+        gw = self.gw
+        if gw is None or gw.proc is None:
+            return
+        events_ = gw.events()
+        denied = sum(1 for e in events_ if e.get("decision") == "deny")
+        allowed_http = sum(1 for e in events_ if e.get("event") == "http" and e.get("decision") == "allow")
+        self.results["egressgw_flow_log"] = {"http_allow_events": allowed_http, "deny_events": denied}
+        if denied:
+            log(f"WARNING: egressgw denied {denied} flows during the bench")
+
+    def _profile(self, t: Target, lab: Lab) -> dict[str, Any]:
+        out = {}
+        for key in self.args.profile_case:
+            case = next((c for c in cases(self.args.bulk_conns) if c.key == key))
+            log(f"profiling {t.name} (pid {t.pid}) with py-spy for {self.args.profile_seconds:.0f}s under {key} ...")
+            assert t.pid is not None
+            out[key] = profile(t.pid, t.runner, lab, case, self.args.profile_seconds, self.out, f"{t.name}-{key}")
+        return out
+
+    def _missed(self) -> bool:
+        return any(t["result"] == "MISS" for t in targets(self.results))
+
+    @staticmethod
+    def _wait_listen(lab: Lab, proc: subprocess.Popen, port: int, logfile: Path, what: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise BenchError(f"{what} exited with {proc.returncode}:\n{_tail(logfile)}")
+            out = run([*ns_enter(lab.gw_ns), "ss", "-Hltn", f"sport = :{port}"], check=False).stdout
+            if out.strip():
+                return
+            time.sleep(0.1)
+        raise BenchError(f"{what} not listening on :{port} after {timeout}s:\n{_tail(logfile)}")
+
+
+def _tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+# ---- reporting ------------------------------------------------------------------------------------------
+
+
+def _get(results: dict[str, Any], path: str, case: str, field: str) -> float | None:
+    return results["paths"].get(path, {}).get(case, {}).get(field)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for label, case, field, _unit, kind in ROWS:
+        if kind == "info":
+            continue
+        r = _ratio(_get(results, "egressgw", case, field), _get(results, "mitmdump", case, field))
+        if r is None:
+            continue
+        if kind == "tput":
+            ok, goal = r >= THROUGHPUT_TARGET, f">= {THROUGHPUT_TARGET:.2f}x"
+        else:
+            ok, goal = r <= LATENCY_TARGET, f"<= {LATENCY_TARGET:.2f}x"
+        out.append({"metric": label.format(bulk=results["config"]["bulk_conns"]), "case": case, "field": field,
+                    "ratio": round(r, 3), "target": goal, "result": "PASS" if ok else "MISS"})
+    return out
+
+
+def _fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    if unit == "ms":
+        return f"{v:.3f}"
+    if unit == "MB/s":
+        return f"{v:.1f}"
+    if unit == "us":
+        return f"{v:,.0f}"
+    return f"{v:,.0f}"
+
+
+def render(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    c = results["config"]
+    lines = [
+        "# egressgw benchmark",
+        "",
+        f"machine: {m['nproc']} CPU, {m['cpu']}, kernel {m['kernel']}, Python {m['python']}, "
+        f"mitmproxy {m['mitmproxy']}, {m['wrk']}, nginx {m['nginx']}",
+        f"code: {results.get('code', {}).get('commit', '?')}"
+        + (f" + {len(results['code']['dirty_files'])} modified files under gateway/ netns/"
+           if results.get("code", {}).get("dirty_files") else ""),
+        f"each case: {c['warmup_s']:g} s warm-up + {c['duration_s']:g} s measured with wrk, "
+        f"proxies {c['rounds']} interleaved round(s) (median), direct 1; "
+        f"keep-alive unless noted; 10 conn = wrk -t2 -c10, 1 conn = wrk -t1 -c1; "
+        f"egressgw policy: {c['policy_rules']} rules",
+        "",
+        "| metric | direct | mitmdump | egressgw | egressgw/mitmdump | egressgw/direct | target |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    tmap = {(t["case"], t["field"]): t for t in targets(results)}
+    for label, case, field, unit, _kind in ROWS:
+        d, mi, e = (_get(results, p, case, field) for p in ("direct", "mitmdump", "egressgw"))
+        rm, rd = _ratio(e, mi), _ratio(e, d)
+        t = tmap.get((case, field))
+        tcell = f"{t['result']} ({t['target']})" if t else ""
+        lines.append(f"| {label.format(bulk=c['bulk_conns'])} ({unit}) | {_fmt(d, unit)} | {_fmt(mi, unit)} | "
+                     f"{_fmt(e, unit)} | {f'{rm:.2f}x' if rm else '-'} | {f'{rd:.2f}x' if rd else '-'} | {tcell} |")
+    mem = results.get("memory", {})
+    mrow = []
+    labels = {"start_rss_kib": "proxy RSS before load (MiB)",
+              "before_bulk_rss_kib": "proxy RSS after all but the bulk case (MiB)",
+              "rss_kib": "proxy RSS after run (MiB)",
+              "hwm_kib": "proxy peak RSS (MiB)"}
+    for key, label in labels.items():
+        mi = mem.get("mitmdump", {}).get(key)
+        e = mem.get("egressgw", {}).get(key)
+        r = _ratio(e, mi)
+        mrow.append(f"| {label} | - | {mi / 1024:.1f} | {e / 1024:.1f} | {f'{r:.2f}x' if r else '-'} | - | |"
+                    if mi is not None and e is not None else
+                    f"| {label} | - | {_fmt(mi and mi / 1024, 'MB/s')} | {_fmt(e and e / 1024, 'MB/s')} | - | - | |")
+    lines += mrow
+    errs = []
+    for path, rs in results["paths"].items():
+        for case, r in rs.items():
+            if r.get("errors"):
+                errs.append(f"{path}/{case}: {r['errors']}")
+    tl = targets(results)
+    if tl:
+        passed = sum(t["result"] == "PASS" for t in tl)
+        lines += ["", f"targets (egressgw vs bare mitmdump): {passed}/{len(tl)} PASS"]
+        lines += [f"- {t['result']}  {t['metric']}: {t['ratio']:.2f}x (target {t['target']})" for t in tl]
+    if errs:
+        lines += ["", "wrk errors (socket errors / non-2xx):"] + [f"- {e}" for e in errs]
+    fl = results.get("egressgw_flow_log")
+    if fl:
+        lines += ["", f"egressgw flow log: {fl['http_allow_events']} allowed http events, {fl['deny_events']} denials"]
+    for tag, p in ((f"{proxy} {case}", p) for proxy, ps in results.get("profiles", {}).items()
+                   for case, p in ps.items()):
+        if "error" in p:
+            continue
+        lines += ["", f"profile {tag} ({p['load']['rps']:.0f} req/s while sampled, {p['samples']} samples, "
+                  f"idle {p['idle_pct']}%, in gateway/* code {p['gateway_inclusive_pct']}% incl.): "
+                  + ", ".join(f"{k} {v}%" for k, v in list(p["self_by_area"].items())[:6])]
+        lines += [f"- self {v}%  {k}" for k, v in p["top_self"][:8]]
+        if p["top_inclusive_gateway"]:
+            lines += [f"- incl {v}%  {k}" for k, v in p["top_inclusive_gateway"][:8]]
+    act = results.get("activity", {})
+    foreign = sorted(set(act.get("start", {}).get("foreign_netns", [])) | set(act.get("end", {}).get("foreign_netns", [])))
+    if foreign:
+        lines += ["", f"WARNING: other network namespaces existed during the run ({', '.join(foreign)}): "
+                  "another lab/test run probably shared the CPUs; treat the figures as noisy"]
+    lines.append("")
+    lines.append(f"elapsed: {results.get('elapsed_s', 0):.0f} s")
+    return "\n".join(lines) + "\n"
+
+
+# ---- main ------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per case (default 5)")
+    ap.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per case (default 1; 0 = none)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="measured runs per case and proxy, interleaved mitmdump/egressgw; median reported (default 2)")
+    ap.add_argument("--cases", nargs="+", choices=[c.key for c in cases(1)], help="only these cases")
+    ap.add_argument("--bulk-conns", type=int, default=4, help="connections for the 1 MiB download (default 4)")
+    ap.add_argument("--nginx-workers", type=int, default=2)
+    ap.add_argument("--paths", nargs="+", default=["direct", "mitmdump", "egressgw"],
+                    choices=["direct", "mitmdump", "egressgw"])
+    ap.add_argument("--profile", choices=["auto", "always", "never"], default="auto",
+                    help="py-spy the proxies: auto = egressgw only, if it misses a target (default)")
+    ap.add_argument("--profile-case", nargs="+", default=["https_ka_c10", "https_new_c10"],
+                    choices=[c.key for c in cases(1)], help="load(s) to profile under (default: %(default)s)")
+    ap.add_argument("--profile-seconds", type=float, default=10.0)
+    ap.add_argument("--out", default=str(BENCH / "results"), help="results directory")
+    args = ap.parse_args(argv)
+
+    bench = Bench(args)
+    atexit.register(bench.close)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored (`cmd &`)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    try:
+        results = bench.run()
+    except BenchError as e:
+        log(f"FAILED: {e}")
+        return 2
+    except KeyboardInterrupt:
+        log("interrupted; cleaning up")
+        return 130
+    except SystemExit as e:
+        log("stopped by a signal; cleaning up")
+        return int(e.code or 1)
+    finally:
+        bench.close()
+    results["targets"] = targets(results)
+    md = render(results)
+    out = Path(args.out)
+    (out / "latest.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "latest.md").write_text(md)
+    print(md, end="")
+    log(f"wrote {out / 'latest.json'} and {out / 'latest.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
