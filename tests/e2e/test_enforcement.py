@@ -72,6 +72,7 @@ def test_refused_host_by_address_and_sni_fails(box, lab):
     status, _ = box.curl("https://denied.test/", "--resolve", "denied.test:443:198.18.1.12")
     assert status == 0
     assert not lab.records(local_addr="198.18.1.12")
+    assert not lab.dns_records(qname="denied.test.")  # decided before any lookup
     assert box.events(event="tls", sni="denied.test", decision="deny", reason="host-not-allowed")
 
 
@@ -164,3 +165,15 @@ def test_metrics_count_decisions_without_hosts_or_sessions(box, gateway):
     assert 'egressgw_dns_queries_total{action="deny",rcode="NXDOMAIN"}' in text
     assert "egressgw_active_sessions" in text
     assert "allowed.test" not in text and box.session not in text
+
+
+def test_gateway_ca_key_is_private_and_sandboxes_get_only_the_certificate(box, gateway):
+    import os
+    import stat
+
+    ca = gateway.dir / "ca"
+    assert stat.S_IMODE(os.stat(ca / "mitmproxy-ca.pem").st_mode) == 0o600
+    bundle = box.env["SSL_CERT_FILE"]
+    assert "PRIVATE KEY" not in open(bundle).read()
+    assert box.run("cat", str(ca / "mitmproxy-ca.pem")).returncode != 0  # nobody cannot read the key
+    assert stat.S_IMODE(os.stat(gateway.control_sock).st_mode) == 0o600
