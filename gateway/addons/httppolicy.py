@@ -8,6 +8,8 @@ taken on request headers, before any upstream connection exists.
 
 from __future__ import annotations
 
+import functools
+
 from mitmproxy import http
 from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import RegularMode
@@ -18,6 +20,7 @@ from gateway.log.writer import LogWriteError
 from gateway.policy.hosts import normalize_host, parse_ip_literal
 
 
+@functools.lru_cache(maxsize=4096)
 def _host_of(authority: str) -> str | None:
     try:
         host, _ = url.parse_authority(authority, check=True)
@@ -26,6 +29,7 @@ def _host_of(authority: str) -> str | None:
     return host
 
 
+@functools.lru_cache(maxsize=4096)
 def _canonical(host: str | None) -> str | None:
     if not host:
         return None
