@@ -10,6 +10,11 @@ All traffic stays inside namespaces this script (and the lab) creates:
 * egressgw wrk in a sandbox made by ``egressgw sandbox up`` with a ~20-rule
            policy, redirected to a real ``egressgw run`` (``LabGateway``)
 
+Credentials section (same run, same gateway): sandbox A (the egressgw path's
+sandbox, no secrets) against sandbox B (same policy, 10 secrets), each request
+carrying three credential headers: placeholders of three of B's secrets in B
+(so substitution runs on every request), random values of the same length in A.
+
 Figures: requests/s (keep-alive and new connection per request, HTTP and
 HTTPS), p50/p99 latency at 1 and 10 connections, bulk MB/s of a 1 MiB file
 over HTTPS, and the proxies' RSS. Output: a markdown table on stdout,
@@ -30,12 +35,15 @@ import secrets
 import shutil
 import signal
 import statistics
+import string
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -45,6 +53,7 @@ if str(REPO) not in sys.path:
 from gateway.lab import Lab  # noqa: E402
 from gateway.lab.gateway import LabGateway  # noqa: E402
 from gateway.policy import load_policy_text  # noqa: E402
+from gateway.secrets.placeholders import CORE_RE, KNOWN_PREFIXES  # noqa: E402
 
 LUA = BENCH / "wrk_report.lua"
 HOST = "allowed.test"  # served by nginx on every origin address; the lab's cert names it
@@ -53,6 +62,7 @@ MITM_DNS_PORT = 15153  # required by netns.up; nothing listens (the sandbox uses
 MITM_POOL = "10.212.0.0/16"  # distinct from LabGateway's default pool (10.211.0.0/16)
 THROUGHPUT_TARGET = 0.85  # egressgw >= 0.85 x mitmdump requests/s and MB/s
 LATENCY_TARGET = 1.20  # egressgw p50 <= 1.2 x mitmdump p50
+CRED_TARGET = 0.95  # requests/s with 10 secrets and substitution >= 0.95 x the same policy without secrets
 
 
 def log(msg: str) -> None:
@@ -185,6 +195,81 @@ ROWS: list[tuple[str, str, str, str, str]] = [
     ("proxy CPU/request, HTTPS new conn 10 conn", "https_new_c10", "proxy_cpu_us_per_req", "us", "info"),
     ("proxy CPU/request, HTTPS bulk 1 MiB", "https_bulk", "proxy_cpu_us_per_req", "us", "info"),
 ]
+
+
+# ---- the credentials section ---------------------------------------------------------------------
+
+_HEX = "0123456789abcdef"
+_ALNUM = string.ascii_letters + string.digits
+_B64URL = _ALNUM + "-_"
+
+
+def _rand(alphabet: str, n: int) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+# (name, a fresh fake value of the real credential's shape, source kind, header it is sent in or None).
+# The values are random: nothing real is ever used, and placeholders take their prefix, length and alphabet.
+BENCH_SECRETS: list[tuple[str, Any, str, str | None]] = [
+    ("OPENAI_API_KEY", lambda: "sk-proj-" + _rand(_HEX, 48), "env", "Authorization: Bearer {}"),
+    ("ANTHROPIC_API_KEY", lambda: "sk-ant-api03-" + _rand(_B64URL, 93) + "AA", "file", "x-api-key: {}"),
+    ("GITLAB_TOKEN", lambda: "glpat-" + _rand(_B64URL, 20), "env", "PRIVATE-TOKEN: {}"),
+    ("GITHUB_TOKEN", lambda: "ghp_" + _rand(_ALNUM, 36), "file", None),
+    ("HF_TOKEN", lambda: "hf_" + _rand(string.ascii_letters, 34), "env", None),
+    ("NPM_TOKEN", lambda: "npm_" + _rand(_ALNUM, 36), "file", None),
+    ("PYPI_TOKEN", lambda: "pypi-AgEIcHlwaS5vcmc" + _rand(_B64URL, 160), "env", None),
+    ("SLACK_BOT_TOKEN", lambda: f"xoxb-{_rand(string.digits, 12)}-{_rand(string.digits, 13)}-{_rand(_ALNUM, 24)}",
+     "file", None),
+    ("STRIPE_SECRET_KEY", lambda: "sk_live_" + _rand(_ALNUM, 99), "env", None),
+    ("GOOGLE_API_KEY", lambda: "AIza" + _rand(_B64URL, 35), "file", None),
+]
+CRED_ENV_PREFIX = "EGWBENCH_"  # env:// sources read the gateway's EGWBENCH_<NAME>
+CRED_CASES = ("https_ka_c10", "https_ka_c1")
+
+# (label, case, field, unit, kind) for the credentials table; kind "tput" has the CRED_TARGET
+CRED_ROWS: list[tuple[str, str, str, str, str]] = [
+    ("HTTPS keep-alive, 10 conn", "https_ka_c10", "rps", "req/s", "tput"),
+    ("HTTPS p50, 1 conn", "https_ka_c1", "p50_ms", "ms", "info"),
+    ("HTTPS p99, 1 conn", "https_ka_c1", "p99_ms", "ms", "info"),
+    ("HTTPS p50, 10 conn", "https_ka_c10", "p50_ms", "ms", "info"),
+    ("proxy CPU/request, HTTPS keep-alive 10 conn", "https_ka_c10", "proxy_cpu_us_per_req", "us", "info"),
+    ("proxy CPU/request, HTTPS 1 conn", "https_ka_c1", "proxy_cpu_us_per_req", "us", "info"),
+]
+
+
+def bench_secrets(gw_dir: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The 10 secrets of sandbox B: (the --secrets YAML list, the gateway's environment for env:// sources).
+
+    Half the sources are env:// (set through LabGateway.start(env=...)), half file:// files in the gateway's
+    directory (mode 0600); every secret is approved for the bench origin only, in headers (the default)."""
+    sdir = gw_dir / "bench-secrets"
+    sdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    specs, env = [], {}
+    for name, make, kind, _header in BENCH_SECRETS:
+        value = make()
+        if kind == "env":
+            env[CRED_ENV_PREFIX + name] = value
+            source = f"env://{CRED_ENV_PREFIX}{name}"
+        else:
+            f = sdir / name
+            f.write_text(value + "\n")
+            f.chmod(0o600)
+            source = f"file://{f}"
+        specs.append({"name": name, "source": source, "hosts": [{"matchName": HOST}]})
+    return specs, env
+
+
+def lookalike(placeholder: str) -> str:
+    """A random value of the placeholder's length, prefix and alphabet that is no placeholder (no marker+core)."""
+    prefix = next((p for p in KNOWN_PREFIXES if placeholder.startswith(p)), "")
+    tail = placeholder[len(prefix):]
+    classes = (string.ascii_lowercase, string.ascii_uppercase, string.digits)
+    alphabet = "".join(c for c in classes if any(ch in c for ch in tail))
+    alphabet += "".join(sorted({ch for ch in tail if ch not in _ALNUM}))
+    while True:
+        value = prefix + _rand(alphabet, len(tail))
+        if not CORE_RE.search(value):
+            return value
 
 
 # ---- small helpers ------------------------------------------------------------------------------
@@ -322,11 +407,13 @@ def mitmdump_path() -> str:
 class Runner:
     """Runs wrk cases inside one namespace; with `pid`, also what the proxy process spent."""
 
-    def __init__(self, ns: str, warmup: float, duration: float, pid: int | None = None):
+    def __init__(self, ns: str, warmup: float, duration: float, pid: int | None = None,
+                 headers: tuple[str, ...] = ()):
         self.ns = ns
         self.warmup = warmup
         self.duration = duration
         self.pid = pid
+        self.headers = headers  # extra request headers ("Name: value"), sent with every request
 
     def url(self, case: Case, lab: Lab) -> str:
         port = lab.nginx_https_port if case.scheme == "https" else lab.nginx_http_port
@@ -337,6 +424,8 @@ class Runner:
                 "-d", f"{max(1, round(seconds))}s", "--timeout", "5s", "-s", str(LUA)]
         if case.close:
             argv += ["-H", "Connection: close"]
+        for h in self.headers:
+            argv += ["-H", h]
         argv.append(self.url(case, lab))
         p = run(argv, timeout=seconds + 30, check=False)
         m = re.search(r"^WRKJSON (\{.*\})$", p.stdout, re.M)
@@ -496,6 +585,9 @@ def summarize_profile(raw_path: Path) -> dict[str, Any]:
     incl_fn: collections.Counter[str] = collections.Counter()
     self_bucket: collections.Counter[str] = collections.Counter()
     incl_ours: collections.Counter[str] = collections.Counter()  # inclusive, gateway/* frames only
+    incl_cred: collections.Counter[str] = collections.Counter()  # inclusive, credentials code only
+    self_cred: collections.Counter[str] = collections.Counter()
+    cred_any = 0  # samples with a credentials frame anywhere on the stack
     for line in raw_path.read_text(errors="replace").splitlines():
         stack, _, n = line.rpartition(" ")
         if not n.isdigit():
@@ -524,6 +616,10 @@ def summarize_profile(raw_path: Path) -> dict[str, Any]:
             ours += count
         key = f"{leaf_func} ({_short(leaf_file)})"
         self_fn[key] += count
+        if _is_cred(leaf_file):
+            self_cred[key] += count
+        if any(_is_cred(file) for _func, file in parsed):
+            cred_any += count
         self_bucket[_bucket(leaf_file)] += count
         seen = set()
         for func, file in parsed:
@@ -534,6 +630,8 @@ def summarize_profile(raw_path: Path) -> dict[str, Any]:
             incl_fn[k] += count
             if _bucket(file).startswith("egressgw") and k not in _ENTRY:
                 incl_ours[k] += count
+            if _is_cred(file):
+                incl_cred[k] += count
     pct = (lambda c: round(100.0 * c / total, 1)) if total else (lambda c: 0.0)
     return {
         "samples": total,
@@ -544,7 +642,17 @@ def summarize_profile(raw_path: Path) -> dict[str, Any]:
         "top_self": [(k, pct(v)) for k, v in self_fn.most_common(25)],
         "top_inclusive": [(k, pct(v)) for k, v in incl_fn.most_common(40)],
         "top_inclusive_gateway": [(k, pct(v)) for k, v in incl_ours.most_common(25)],
+        "credentials_inclusive_pct": pct(cred_any),
+        "credentials_self_pct": pct(sum(self_cred.values())),
+        "credentials_inclusive": [(k, pct(v)) for k, v in incl_cred.most_common(25)],
+        "credentials_self": [(k, pct(v)) for k, v in self_cred.most_common(15)],
     }
+
+
+def _is_cred(file: str) -> bool:
+    """A frame of the credentials code: the addon and what it calls in gateway/secrets/."""
+    f = _short(file)
+    return f == "gateway/addons/credentials.py" or f.startswith("gateway/secrets/")
 
 
 def _short(file: str) -> str:
@@ -566,6 +674,10 @@ def format_profile(s: dict[str, Any], tag: str) -> str:
     lines += [f"  {v:5.1f}%  {k}" for k, v in s["self_by_area"].items()]
     lines += ["", "top self time:"] + [f"  {v:5.1f}%  {k}" for k, v in s["top_self"]]
     lines += ["", "top inclusive (gateway/* frames):"] + [f"  {v:5.1f}%  {k}" for k, v in s["top_inclusive_gateway"]]
+    lines += ["", f"credentials code (gateway/addons/credentials.py, gateway/secrets/*): "
+              f"{s['credentials_inclusive_pct']}% inclusive, {s['credentials_self_pct']}% self", "  inclusive:"]
+    lines += [f"  {v:5.1f}%  {k}" for k, v in s["credentials_inclusive"]]
+    lines += ["  self:"] + [f"  {v:5.1f}%  {k}" for k, v in s["credentials_self"]]
     lines += ["", "top inclusive (all):"] + [f"  {v:5.1f}%  {k}" for k, v in s["top_inclusive"]]
     return "\n".join(lines) + "\n"
 
@@ -586,12 +698,18 @@ class Target:
 class Bench:
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self.cases = [c for c in cases(args.bulk_conns) if not args.cases or c.key in args.cases]
+        main_ = args.only in (None, "main")
+        self.cases = [c for c in cases(args.bulk_conns) if main_ and (not args.cases or c.key in args.cases)]
+        self.paths = args.paths if main_ else ["egressgw"]
+        self.credentials = args.only in (None, "credentials") and "egressgw" in self.paths
         self.results: dict[str, Any] = {"paths": {}, "memory": {}, "profiles": {}}
         self.out = Path(args.out)
         self.tag = secrets.token_hex(2)
         self.stack = contextlib.ExitStack()  # everything we start/create, undone in reverse order
         self.gw: LabGateway | None = None
+        self.egw_info: dict[str, Any] = {}  # `sandbox up --json` of the egressgw path's sandbox (= sandbox A)
+        self.cred_env: dict[str, str] = {}  # the gateway's environment for the env:// secret sources
+        self.cred_specs: list[dict[str, Any]] = []
 
     def close(self) -> None:
         """Undo everything (idempotent); a second Ctrl-C must not cut the teardown short."""
@@ -612,15 +730,17 @@ class Bench:
         a = self.args
         self.results["machine"] = machine()
         self.results["code"] = code_version()
-        mine = (f"egb{self.tag}-", f"egw-bm{self.tag}", f"egw-be{self.tag}")
+        mine = (f"egb{self.tag}-", f"egw-bm{self.tag}", f"egw-be{self.tag}", f"egw-bc{self.tag}")
         self.results["activity"] = {"start": others_running(mine)}
         if self.results["activity"]["start"]["foreign_netns"]:
             log(f"WARNING: other namespaces exist ({' '.join(self.results['activity']['start']['foreign_netns'])}): "
                 "another lab or test run may compete for the CPUs")
         self.results["config"] = {
             "warmup_s": a.warmup, "duration_s": a.duration, "rounds": a.rounds, "bulk_conns": a.bulk_conns,
-            "nginx_workers": a.nginx_workers, "policy_rules": POLICY.count("- name:"), "paths": a.paths,
-            "cases": [c.key for c in self.cases],
+            "nginx_workers": a.nginx_workers, "policy_rules": POLICY.count("- name:"), "paths": self.paths,
+            "cases": [c.key for c in self.cases], "only": a.only,
+            "credentials": {"rounds": a.cred_rounds, "duration_s": a.cred_duration, "cases": list(CRED_CASES)}
+            if self.credentials else None,
         }
         started = time.monotonic()
         self.stack.callback(self._last_resort)
@@ -628,11 +748,12 @@ class Bench:
         self.stack.callback(lab.stop)
         log(f"starting lab {lab.prefix} (nginx, DNS) ...")
         lab.start()
-        targets_ = [getattr(self, f"setup_{p}")(lab) for p in a.paths]
+        targets_ = [getattr(self, f"setup_{p}")(lab) for p in self.paths]
         for t in targets_:
             sanity(t.runner.ns, lab, t.cacert, t.name)
             if t.pid:
                 self.results["memory"][t.name] = {"start_rss_kib": rss_kib(t.pid)["rss_kib"]}
+        cred = self.setup_credentials(lab, next(t for t in targets_ if t.name == "egressgw")) if self.credentials else None
         proxies = [t for t in targets_ if t.pid]
         measured: dict[str, dict[str, list[dict[str, Any]]]] = {t.name: {} for t in targets_}
         log(f"measuring {len(self.cases)} cases; proxies interleaved, {a.rounds} round(s) each, "
@@ -654,10 +775,16 @@ class Bench:
             if before_bulk and all(before_bulk):
                 # the 1 MiB bodies are buffered whole (several at once): most of the growth comes from them
                 self.results["memory"][t.name]["before_bulk_rss_kib"] = max(before_bulk)
+        if cred is not None:
+            self.measure_credentials(lab, cred)
         self._flow_log_check()
         for t in proxies:
-            if a.profile == "always" or (a.profile == "auto" and t.name == "egressgw" and self._missed()):
+            if self.cases and (a.profile == "always"
+                               or (a.profile == "auto" and t.name == "egressgw" and self._missed())):
                 self.results["profiles"][t.name] = self._profile(t, lab)
+        if cred is not None and (a.profile == "always" or (a.profile == "auto" and
+                                                           self.results["credentials"]["result"] == "MISS")):
+            self.results["credentials"]["profiles"] = self._profile_credentials(lab, cred)
         self.results["activity"]["end"] = others_running(mine)
         self.results["elapsed_s"] = round(time.monotonic() - started, 1)
         return self.results
@@ -713,18 +840,169 @@ class Bench:
         load_policy_text(POLICY, str(policy_path))  # fail early and clearly if the format moved on
         name = f"be{self.tag}"
         gw = self.gateway(lab)
+        if self.credentials:
+            # sandbox B's secrets: env:// sources are read from the gateway's own environment
+            self.cred_specs, self.cred_env = bench_secrets(gw.dir)
         self.stack.callback(gw.stop)
-        gw.start()
+        gw.start(env=self.cred_env)
         self.stack.callback(self._sandbox_down, gw, name)
         info = gw.sandbox_up(name, policy_path)
+        self.egw_info = info
         assert gw.proc is not None
         # In this sandbox names resolve through the gateway's DNS listener (its resolv.conf).
         runner = Runner(info["netns"], self.args.warmup, self.args.duration, pid=gw.proc.pid)
         return Target("egressgw", runner, gw.dir / "ca" / "sandbox-ca-bundle.pem", gw.proc.pid)
 
+    # -- the credentials section ------------------------------------------------------------
+    def setup_credentials(self, lab: Lab, egw: Target) -> dict[str, Any]:
+        """Sandbox B (the bench policy plus 10 secrets) next to the egressgw path's sandbox A (no secrets).
+
+        Both send the same three credential headers: in B the placeholders of three of its secrets (substituted
+        on every request), in A random values of the same lengths and prefixes that are no placeholders. One
+        curl through each checks the answer and what the flow log says about secrets."""
+        gw = self.gateway(lab)
+        log(f"credentials: sandbox B = bench policy + {len(self.cred_specs)} secrets (--secrets), "
+            f"sandbox A = the egressgw path's sandbox (no secrets)")
+        secrets_path = gw.dir / "bench-secrets.yaml"
+        secrets_path.write_text(yaml.safe_dump(self.cred_specs, sort_keys=False))
+        name = f"bc{self.tag}"
+        self.stack.callback(self._sandbox_down, gw, name)
+        info = gw.sandbox_up(name, lab.work / "bench-policy.yaml", "--secrets", str(secrets_path))
+        env = info.get("env", {})
+        missing = [n for n, *_ in BENCH_SECRETS if not env.get(n)]
+        if missing:
+            raise BenchError(f"credentials: `sandbox up --secrets` gave no placeholder for {missing}")
+        used = [(n, h) for n, _make, _kind, h in BENCH_SECRETS if h]
+        b_headers = tuple(h.format(env[n]) for n, h in used)
+        a_headers = tuple(h.format(lookalike(env[n])) for n, h in used)
+        assert [len(x) for x in a_headers] == [len(x) for x in b_headers]
+        dur = self.args.cred_duration
+        a = Runner(egw.runner.ns, self.args.warmup, dur, pid=egw.pid, headers=a_headers)
+        b = Runner(info["netns"], self.args.warmup, dur, pid=egw.pid, headers=b_headers)
+        expected = sorted(f"{n}@headers" for n, _ in used)
+        cred = {"A": a, "B": b, "sessions": {"A": self.egw_info["session"], "B": info["session"]},
+                "expected": expected, "headers": [h.split(":", 1)[0] for _, h in used]}
+        for key, runner in (("A", a), ("B", b)):
+            self._cred_check(lab, egw.cacert, runner, cred["sessions"][key], expected if key == "B" else None, key)
+        log(f"credentials: checked: B's requests go out with {', '.join(expected)} substituted; A's with none")
+        return cred
+
+    def _cred_check(self, lab: Lab, cacert: Path, runner: Runner, session: str, want: list[str] | None,
+                    key: str) -> None:
+        gw = self.gateway(lab)
+        before = len(gw.events(event="http", session=session))
+        argv = ["ip", "netns", "exec", runner.ns, "curl", "-sS", "-m", "10", "--cacert", str(cacert),
+                "-w", "\n%{http_code}"]
+        for h in runner.headers:
+            argv += ["-H", h]
+        url = f"https://{HOST}:{lab.nginx_https_port}/"
+        p = run([*argv, url], check=False, timeout=30)
+        text, _, code = p.stdout.rpartition("\n")
+        if p.returncode != 0 or code != "200" or text.strip() != "ok":
+            raise BenchError(f"credentials: sandbox {key}: {url} with the credential headers failed "
+                             f"(exit {p.returncode}, status {code!r}): {p.stderr.strip()} {text.strip()[:300]}")
+        deadline = time.monotonic() + 5
+        while True:
+            evs = gw.events(event="http", session=session)[before:]
+            if evs or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if not evs:
+            raise BenchError(f"credentials: sandbox {key}: no flow-log event for the check request")
+        ev = evs[-1]
+        got = ev.get("secrets")
+        if ev.get("decision") != "allow" or ev.get("status") != 200 or (got or None) != want:
+            raise BenchError(f"credentials: sandbox {key}: flow log says decision={ev.get('decision')} "
+                             f"status={ev.get('status')} secrets={got} reason={ev.get('reason')} "
+                             f"(expected allow, 200, secrets={want})")
+
+    def measure_credentials(self, lab: Lab, cred: dict[str, Any]) -> None:
+        a = self.args
+        cs = [c for c in cases(a.bulk_conns) if c.key in CRED_CASES]
+        log(f"credentials: measuring {', '.join(c.key for c in cs)}; sandboxes A/B interleaved, "
+            f"{a.cred_rounds} round(s) each")
+        gw = self.gateway(lab)
+        counts0 = {k: len(gw.events(event="http", session=sid)) for k, sid in cred["sessions"].items()}
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {"A": {}, "B": {}}
+        for case in cs:
+            for r in range(a.cred_rounds):
+                for k in (("A", "B") if r % 2 == 0 else ("B", "A")):
+                    runs[k].setdefault(case.key, []).append(cred[k].measure(case, lab, f"cred-{k}#{r + 1}"))
+        res = {k: {c: combine(v) for c, v in per.items()} for k, per in runs.items()}
+        # what the gateway did with the measured requests: every one of B's substituted, none refused
+        verify: dict[str, Any] = {}
+        for k, sid in cred["sessions"].items():
+            evs = gw.events(event="http", session=sid)[counts0[k]:]
+            # Events without a status: flows that failed before an answer, e.g. wrk closing its connections
+            # at the end of a run with requests in flight. Counted, and a few kept, but not held against B.
+            done = [e for e in evs if e.get("status") is not None]
+            want = cred["expected"] if k == "B" else None
+            odd = [e for e in evs if e.get("status") is None or (e.get("secrets") or None) != want
+                   or e.get("decision") != "allow"]
+            verify[k] = {
+                "http_events": len(evs),
+                "answered": len(done),
+                "without_answer": len(evs) - len(done),
+                "with_secrets": sum(1 for e in evs if e.get("secrets")),
+                "answered_with_expected_secrets": sum(1 for e in done if (e.get("secrets") or None) == want),
+                "denied": sum(1 for e in evs if e.get("decision") != "allow"),
+                "status_403": sum(1 for e in evs if e.get("status") == 403),
+                "wrk_errors": sum(sum(r.get("errors", {}).values()) for r in res[k].values()),
+                "odd_samples": [{f: e.get(f) for f in ("decision", "status", "reason", "secrets", "alert", "detail")}
+                                for e in odd[:5]],
+            }
+        ok = (verify["B"]["answered"] > 0
+              and all(v["answered_with_expected_secrets"] == v["answered"] for v in verify.values())
+              and verify["A"]["with_secrets"] == 0
+              and not any(v["denied"] or v["status_403"] or v["wrk_errors"] for v in verify.values()))
+        if not ok:
+            log(f"WARNING: credentials: unexpected flow-log / wrk figures: {verify}")
+        rows = []
+        for label, case, field, unit, kind in CRED_ROWS:
+            av, bv = res["A"].get(case, {}).get(field), res["B"].get(case, {}).get(field)
+            r = _ratio(bv, av)
+            row = {"metric": label, "case": case, "field": field, "unit": unit, "A": av, "B": bv,
+                   "ratio": round(r, 3) if r is not None else None}
+            if kind == "tput" and r is not None:
+                row.update(target=f">= {CRED_TARGET:.2f}x", result="PASS" if r >= CRED_TARGET else "MISS")
+            rows.append(row)
+        per_round = [round(b["rps"] / a_["rps"], 3) for a_, b in zip(runs["A"]["https_ka_c10"], runs["B"]["https_ka_c10"])
+                     ] if "https_ka_c10" in runs["A"] else []
+        tput = next((r for r in rows if "result" in r), None)
+        self.results["credentials"] = {
+            "secrets": len(self.cred_specs),
+            "secret_names": [s_["name"] for s_ in self.cred_specs],
+            "sources": {k: sum(1 for s_ in self.cred_specs if s_["source"].startswith(k)) for k in ("env://", "file://")},
+            "headers": cred["headers"],
+            "substituted_per_request": cred["expected"],
+            "rounds": a.cred_rounds,
+            "duration_s": a.cred_duration,
+            "sessions": cred["sessions"],
+            "A": res["A"], "B": res["B"],
+            "rows": rows,
+            "rps_ratio_per_round": per_round,
+            "ratio": tput["ratio"] if tput else None,
+            "target": f">= {CRED_TARGET:.2f}x",
+            "result": tput["result"] if tput else None,
+            "verify": verify,
+            "verified": ok,
+        }
+
+    def _profile_credentials(self, lab: Lab, cred: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        case = next(c for c in cases(self.args.bulk_conns) if c.key == "https_ka_c10")
+        for k in ("B", "A"):
+            runner = cred[k]
+            assert runner.pid is not None
+            log(f"profiling egressgw (pid {runner.pid}) with py-spy for {self.args.profile_seconds:.0f}s "
+                f"under {case.key} from sandbox {k} ...")
+            out[f"sandbox {k} {case.key}"] = profile(runner.pid, runner, lab, case, self.args.profile_seconds,
+                                                    self.out, f"egressgw-credentials-{k}-{case.key}")
+        return out
+
     def _last_resort(self) -> None:
         """Runs last: remove any sandbox namespace of this run that the normal teardown left behind."""
-        for name in (f"bm{self.tag}", f"be{self.tag}"):
+        for name in (f"bm{self.tag}", f"be{self.tag}", f"bc{self.tag}"):
             ns = f"egw-{name}"
             if os.path.lexists(f"/run/netns/{ns}"):
                 log(f"WARNING: {ns} was left behind; deleting it")
@@ -853,6 +1131,24 @@ def render(results: dict[str, Any]) -> str:
         f"proxies {c['rounds']} interleaved round(s) (median), direct 1; "
         f"keep-alive unless noted; 10 conn = wrk -t2 -c10, 1 conn = wrk -t1 -c1; "
         f"egressgw policy: {c['policy_rules']} rules",
+    ]
+    if c.get("cases"):
+        lines += render_main(results)
+    if results.get("credentials"):
+        lines += render_credentials(results["credentials"])
+    act = results.get("activity", {})
+    foreign = sorted(set(act.get("start", {}).get("foreign_netns", [])) | set(act.get("end", {}).get("foreign_netns", [])))
+    if foreign:
+        lines += ["", f"WARNING: other network namespaces existed during the run ({', '.join(foreign)}): "
+                  "another lab/test run probably shared the CPUs; treat the figures as noisy"]
+    lines.append("")
+    lines.append(f"elapsed: {results.get('elapsed_s', 0):.0f} s")
+    return "\n".join(lines) + "\n"
+
+
+def render_main(results: dict[str, Any]) -> list[str]:
+    c = results["config"]
+    lines = [
         "",
         "| metric | direct | mitmdump | egressgw | egressgw/mitmdump | egressgw/direct | target |",
         "|---|---:|---:|---:|---:|---:|---|",
@@ -895,7 +1191,7 @@ def render(results: dict[str, Any]) -> str:
     if fl:
         lines += ["", f"egressgw flow log: {fl['http_allow_events']} allowed http events, {fl['deny_events']} denials"]
     for tag, p in ((f"{proxy} {case}", p) for proxy, ps in results.get("profiles", {}).items()
-                   for case, p in ps.items()):
+                   if proxy != "credentials" for case, p in ps.items()):
         if "error" in p:
             continue
         lines += ["", f"profile {tag} ({p['load']['rps']:.0f} req/s while sampled, {p['samples']} samples, "
@@ -904,14 +1200,52 @@ def render(results: dict[str, Any]) -> str:
         lines += [f"- self {v}%  {k}" for k, v in p["top_self"][:8]]
         if p["top_inclusive_gateway"]:
             lines += [f"- incl {v}%  {k}" for k, v in p["top_inclusive_gateway"][:8]]
-    act = results.get("activity", {})
-    foreign = sorted(set(act.get("start", {}).get("foreign_netns", [])) | set(act.get("end", {}).get("foreign_netns", [])))
-    if foreign:
-        lines += ["", f"WARNING: other network namespaces existed during the run ({', '.join(foreign)}): "
-                  "another lab/test run probably shared the CPUs; treat the figures as noisy"]
-    lines.append("")
-    lines.append(f"elapsed: {results.get('elapsed_s', 0):.0f} s")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def render_credentials(cr: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        f"## credentials: {cr['secrets']} secrets in the session, substitution on",
+        "",
+        f"egressgw sandbox B: bench policy + {cr['secrets']} secrets ({cr['sources'].get('env://', 0)} env://, "
+        f"{cr['sources'].get('file://', 0)} file://, approved for {HOST}, parts [headers]); every request carries "
+        f"{', '.join(cr['headers'])} with placeholders of {len(cr['substituted_per_request'])} of them, substituted. "
+        f"Sandbox A: same policy, no secrets, same headers with random values of the same lengths. "
+        f"Same gateway; {cr['rounds']} interleaved A/B round(s) of {cr.get('duration_s', 0):g} s (median).",
+        "",
+        "| metric | A: no secrets | B: 10 secrets | B/A | target |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for row in cr["rows"]:
+        unit = row["unit"]
+        tcell = f"{row['result']} ({row['target']})" if row.get("result") else ""
+        r = row["ratio"]
+        lines.append(f"| {row['metric']} ({unit}) | {_fmt(row['A'], unit)} | {_fmt(row['B'], unit)} | "
+                     f"{f'{r:.2f}x' if r else '-'} | {tcell} |")
+    if cr.get("result"):
+        lines += ["", f"target (requests/s with {cr['secrets']} secrets vs without): {cr['result']}  "
+                  f"{cr['ratio']:.2f}x (target {cr['target']}); B/A per round: "
+                  + ", ".join(f"{x:.2f}x" for x in cr.get("rps_ratio_per_round", []))]
+    v = cr["verify"]
+    lines += ["", f"checked: B: {v['B']['answered_with_expected_secrets']}/{v['B']['answered']} answered requests "
+              f"(incl. warm-ups) logged with secrets {cr['substituted_per_request']}, {v['B']['denied']} denied, "
+              f"{v['B']['status_403']} 403, {v['B']['wrk_errors']} wrk errors; A: {v['A']['with_secrets']}/"
+              f"{v['A']['http_events']} with secrets, {v['A']['denied']} denied, {v['A']['wrk_errors']} wrk errors; "
+              f"flows without an answer (client gone at a run's end): B {v['B']['without_answer']}, "
+              f"A {v['A']['without_answer']}"
+              + ("" if cr["verified"] else "  -- UNEXPECTED, see verify.*.odd_samples in the JSON")]
+    for tag, p in cr.get("profiles", {}).items():
+        if "error" in p:
+            lines += ["", f"profile {tag}: {p['error']}"]
+            continue
+        lines += ["", f"profile egressgw, load from {tag} ({p['load']['rps']:.0f} req/s while sampled, "
+                  f"{p['samples']} samples, idle {p['idle_pct']}%): credentials code "
+                  f"(gateway/addons/credentials.py, gateway/secrets/*) {p['credentials_inclusive_pct']}% inclusive, "
+                  f"{p['credentials_self_pct']}% self"]
+        lines += [f"- incl {v_}%  {k}" for k, v_ in p["credentials_inclusive"][:10]]
+        lines += [f"- self {v_}%  {k}" for k, v_ in p["credentials_self"][:6]]
+    return lines
 
 
 # ---- main ------------------------------------------------------------------------------------------------
@@ -933,6 +1267,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-case", nargs="+", default=["https_ka_c10", "https_new_c10"],
                     choices=[c.key for c in cases(1)], help="load(s) to profile under (default: %(default)s)")
     ap.add_argument("--profile-seconds", type=float, default=10.0)
+    ap.add_argument("--only", choices=["main", "credentials"],
+                    help="run one section: main (direct / mitmdump / egressgw) or credentials "
+                         "(egressgw without secrets vs with 10 secrets); default both")
+    ap.add_argument("--cred-rounds", type=int, default=6,
+                    help="credentials section: measured runs per case and sandbox, interleaved A/B (default 6)")
+    ap.add_argument("--cred-duration", type=float, default=3.0,
+                    help="credentials section: measured seconds per run (default 3; after the --warmup)")
     ap.add_argument("--out", default=str(BENCH / "results"), help="results directory")
     args = ap.parse_args(argv)
 
@@ -959,6 +1300,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.close()
     results["targets"] = targets(results)
+    cr = results.get("credentials")
+    if cr and cr.get("result"):
+        results["targets"].append({"metric": "credentials: HTTPS keep-alive, 10 conn, 10 secrets vs none",
+                                   "case": "https_ka_c10", "field": "rps", "ratio": cr["ratio"],
+                                   "target": cr["target"], "result": cr["result"]})
     md = render(results)
     out = Path(args.out)
     (out / "latest.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -223,10 +223,9 @@ class Credentials:
             return
         message = flow.websocket.messages[-1]
         if not message.from_client:
-            pairs = self._mask_pairs(info["session"])
             content = message.content
-            for form, placeholder in pairs:
-                content = content.replace(form.encode(), placeholder.encode())
+            for form, placeholder in self._mask_pairs(info["session"]):
+                content = content.replace(form, placeholder)
             message.content = content
             return
         index = self.registry.placeholders
@@ -265,12 +264,14 @@ class Credentials:
         except LogWriteError:
             pass  # the connection is already killed
 
-    def _mask_pairs(self, session) -> list[tuple[str, str]]:
+    def _mask_pairs(self, session) -> list[tuple[bytes, bytes]]:
+        """(form of a real value, its placeholder) for every secret of the session whose value is cached."""
         pairs = []
         for secret in session.secrets.values():
             value = self.store.peek(parse_source(secret.spec.source))
             if value:
-                pairs.extend((form, secret.placeholder) for form in masks(value))
+                placeholder = secret.placeholder.encode()
+                pairs.extend((form, placeholder) for form in masks(value))
         return pairs
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -283,19 +284,17 @@ class Credentials:
         if not pairs:
             return
         fields, changed = [], False
-        for name, value in resp.headers.items(multi=True):
+        for name, value in resp.headers.fields:
             for form, placeholder in pairs:
                 if form in value:
                     value, changed = value.replace(form, placeholder), True
-            fields.append((name.encode(), value.encode("utf-8", "surrogateescape")))
+            fields.append((name, value))
         if changed:
             resp.headers.fields = tuple(fields)
         body = resp.get_content(strict=False) if resp.raw_content else None
-        if body:
-            new = body
+        if body and any(form in body for form, _ in pairs):
             for form, placeholder in pairs:
-                new = new.replace(form.encode(), placeholder.encode())
-            if new != body:
-                resp.set_content(new)
-                info["detail"] = "response masked"
+                body = body.replace(form, placeholder)
+            resp.set_content(body)
+            info["detail"] = "response masked"
 

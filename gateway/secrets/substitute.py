@@ -9,6 +9,7 @@ sessions exist.
 from __future__ import annotations
 
 import base64
+import functools
 import binascii
 import json
 from dataclasses import dataclass
@@ -89,7 +90,10 @@ def written(value: str, context: str) -> str:
     return value
 
 
-def masks(value: str) -> list[str]:
-    """Forms of a real value to look for in responses (raw, JSON-escaped, URL-encoded)."""
+@functools.lru_cache(maxsize=1024)
+def masks(value: str) -> tuple[bytes, ...]:
+    """Forms of a real value to look for in responses (raw, JSON-escaped, URL-encoded), longest first.
+
+    Cached: every response of a session with secrets asks for them."""
     forms = {value, json.dumps(value)[1:-1], quote(value, safe=""), quote_plus(value, safe="")}
-    return sorted((f for f in forms if f), key=len, reverse=True)
+    return tuple(f.encode() for f in sorted((f for f in forms if f), key=len, reverse=True))
