@@ -17,6 +17,7 @@ import re
 
 from mitmproxy import ctx, http
 
+from gateway.addons.failclosed import fail_closed, refuse_http
 from gateway.addons.refuse import META, reason_text, refuse
 from gateway.log import events
 from gateway.log.writer import LogWriteError
@@ -80,6 +81,7 @@ class Credentials:
         return raw, decoded
 
     # -- hooks ----------------------------------------------------------------------------------
+    @fail_closed(refuse_http)
     async def request(self, flow: http.HTTPFlow) -> None:
         info = flow.metadata.get(META)
         if flow.response or info is None or info.get("decision") not in ("allow", "report"):
@@ -114,6 +116,8 @@ class Credentials:
             info["detail"] = f"secret {bad[0]} holds a line break and cannot go into a header"
             return refuse(flow, "secret-unavailable", host, status=502, secret=bad[0])
         self._substitute(flow.request, hits, values)
+        # Mask what was actually put in, whatever the cache does before the answer comes back.
+        info["masks"] = [(form, h.secret.placeholder.encode()) for h in hits for form in masks(values[h.secret.spec.name])]
         if signing is not None:
             await self._resign(flow, session, *signing)
 
@@ -280,7 +284,7 @@ class Credentials:
         resp = flow.response
         if info is None or resp is None or info.get("session") is None:
             return
-        pairs = self._mask_pairs(info["session"])
+        pairs = info.get("masks", []) + self._mask_pairs(info["session"])
         if not pairs:
             return
         fields, changed = [], False

@@ -14,6 +14,7 @@ from mitmproxy import http
 from mitmproxy.net.http import url
 from mitmproxy.proxy.mode_specs import RegularMode
 
+from gateway.addons.failclosed import fail_closed, refuse_http
 from gateway.addons.refuse import META, refuse
 from gateway.log import events
 from gateway.log.writer import LogWriteError
@@ -33,10 +34,9 @@ def _host_of(authority: str) -> str | None:
 def _canonical(host: str | None) -> str | None:
     if not host:
         return None
-    if parse_ip_literal(host) is not None:
-        return str(parse_ip_literal(host))
     try:
-        return normalize_host(host)
+        ip = parse_ip_literal(host)  # raises for names that only look numeric ("x.1")
+        return str(ip) if ip is not None else normalize_host(host)
     except ValueError:
         return None
 
@@ -47,6 +47,7 @@ class HttpPolicy:
         self.guard = guard
         self.audit = audit
 
+    @fail_closed(refuse_http)
     def http_connect(self, flow: http.HTTPFlow) -> None:
         """Explicit proxy CONNECT host:port."""
         if flow.response:  # identity refused it
@@ -85,6 +86,7 @@ class HttpPolicy:
             self.conns.of(flow.client_conn).refused = "log-unavailable"
             refuse(flow, "log-unavailable", None, status=503)
 
+    @fail_closed(refuse_http)
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response:
             return

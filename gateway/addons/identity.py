@@ -15,6 +15,7 @@ import binascii
 from mitmproxy import connection, http
 from mitmproxy.proxy.mode_specs import RegularMode, TransparentMode
 
+from gateway.addons.failclosed import fail_closed, refuse_client, refuse_http
 from gateway.addons.refuse import META, refuse
 from gateway.log import events
 
@@ -26,7 +27,7 @@ def proxy_credentials(flow: http.HTTPFlow) -> tuple[str, str] | None:
         return None
     try:
         user, sep, token = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII input; UnicodeDecodeError is one too
         return None
     return (user, token) if sep else None
 
@@ -37,6 +38,7 @@ class Identity:
         self.conns = conns
         self.audit = audit
 
+    @fail_closed(refuse_client)
     def client_connected(self, client: connection.Client) -> None:
         if not isinstance(client.proxy_mode, TransparentMode):
             return
@@ -51,6 +53,7 @@ class Identity:
     def client_disconnected(self, client: connection.Client) -> None:
         self.conns.drop(client)
 
+    @fail_closed(refuse_http)
     def http_connect(self, flow: http.HTTPFlow) -> None:
         state = self.conns.of(flow.client_conn)
         state.tunnel = True
@@ -59,10 +62,12 @@ class Identity:
             state.refused = "proxy-auth-required"
             refuse(flow, "proxy-auth-required", flow.request.host, status=407)
 
+    @fail_closed(refuse_http)
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         state = self.conns.of(flow.client_conn)
         if isinstance(flow.client_conn.proxy_mode, RegularMode) and not state.tunnel:
             # Absolute-form requests through the explicit proxy: every request carries its own credentials.
+            state.session = None
             state.session = self._authenticate(flow)
             if state.session is None:
                 refuse(flow, "proxy-auth-required", flow.request.host, status=407)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mitmproxy import tcp
 
+from gateway.addons.failclosed import fail_closed, refuse_tcp
 from gateway.log import events
 from gateway.log.writer import LogWriteError
 from gateway.policy.hosts import parse_ip_literal
@@ -20,6 +21,7 @@ class TcpPolicy:
         self.guard = guard
         self.audit = audit
 
+    @fail_closed(refuse_tcp)
     async def tcp_start(self, flow: tcp.TCPFlow) -> None:
         state = self.conns.of(flow.client_conn)
         host, port = flow.server_conn.address

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from mitmproxy import tls
 
+from gateway.addons.failclosed import fail_closed, refuse_tls
 from gateway.log import events
 from gateway.log.writer import LogWriteError
 from gateway.policy.hosts import normalize_host, parse_ip_literal
@@ -22,6 +23,7 @@ class TlsGate:
         self.guard = guard
         self.audit = audit
 
+    @fail_closed(refuse_tls)
     async def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         client = data.context.client
         state = self.conns.of(client)
@@ -39,12 +41,12 @@ class TlsGate:
         host = sni or state.host or (address[0] if address else None)
         if host is None:
             return self._refuse(data, state, fields, "bad-request")
-        ip = parse_ip_literal(host)
-        if ip is None:
-            try:
+        try:
+            ip = parse_ip_literal(host)
+            if ip is None:
                 host = normalize_host(host)
-            except ValueError:
-                return self._refuse(data, state, fields, "bad-request")
+        except ValueError:
+            return self._refuse(data, state, fields, "bad-request")
         fields["dest_host"] = host
         if state.host and host != state.host:
             # Explicit proxy: the tunnel was opened for another name.

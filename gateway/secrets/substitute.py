@@ -46,8 +46,9 @@ class PlaceholderIndex:
             secret = self._by_core.get(m.group(1))
             if secret is None:
                 continue
-            start = m.start() - secret.placeholder.index(m.group(0))
-            whole = start >= 0 and text.startswith(secret.placeholder, start)
+            offset = secret.placeholder.find(m.group(0))  # -1: the marker's case was changed
+            start = m.start() - offset
+            whole = offset >= 0 and start >= 0 and text.startswith(secret.placeholder, start)
             hits.append(Hit(secret, part, partial=not whole))
         return hits
 
@@ -59,7 +60,7 @@ def decode_basic(value: str) -> str | None:
         return None
     try:
         return base64.b64decode(token.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # non-ASCII input raises ValueError
         return None
 
 

@@ -17,7 +17,7 @@ addr = socket.gethostbyname(sys.argv[1])
 s = socket.create_connection((addr, int(sys.argv[2])), timeout=4)
 s.sendall(b"SSH-2.0-OpenSSH_9.2\\r\\n")
 try:
-    print(s.recv(100).decode().strip())
+    print(s.recv(100).decode().splitlines()[0])  # the banner; the echo of our own line may follow
 except OSError as e:
     print("error", e)
 """
