@@ -56,7 +56,7 @@ class HttpAudit:
         return events.make_event(
             events.HTTP,
             session=session.id if session else None,
-            client=f"{flow.client_conn.peername[0]}:{flow.client_conn.peername[1]}",
+            client=events.address(flow.client_conn.peername),
             dest_host=host, dest_ip=info.get("dest_ip"), dest_port=port,
             sni=flow.client_conn.sni, method=req.method,
             url=events.strip_query_values(f"{scheme}://{authority}{info.get('path', req.path)}") if host else None,

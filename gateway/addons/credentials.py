@@ -262,7 +262,7 @@ class Credentials:
         try:
             self.audit.emit(events.make_event(
                 events.HTTP, session=session.id, dest_host=info.get("host"), method="WEBSOCKET",
-                client=f"{flow.client_conn.peername[0]}:{flow.client_conn.peername[1]}",
+                client=events.address(flow.client_conn.peername),
                 decision="deny", reason=reason, alert=True, secrets=[f"{secret or '?'}@websocket"],
                 detail=f"websocket message dropped: {detail}"))
         except LogWriteError:

@@ -36,7 +36,7 @@ class DnsGate:
     async def dns_request(self, flow: mdns.DNSFlow) -> None:
         client = flow.client_conn.peername
         session = self.registry.by_source(client[0])
-        fields = {"client": f"{client[0]}:{client[1]}"}
+        fields = {"client": events.address(client)}
         q = flow.request.question if flow.request.questions else None
         if q is not None:
             fields.update(dns_qname=q.name, dns_qtype=dns.rdatatype.to_text(q.type))

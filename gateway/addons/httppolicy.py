@@ -79,7 +79,7 @@ class HttpPolicy:
         try:
             self.audit.emit(events.make_event(
                 events.CONNECT, session=session.id if session else None,
-                client=f"{flow.client_conn.peername[0]}:{flow.client_conn.peername[1]}",
+                client=events.address(flow.client_conn.peername),
                 dest_host=info.get("host", flow.request.host), dest_port=flow.request.port,
                 decision=info.get("decision", "deny"), rule=info.get("rule"), reason=info.get("reason")))
         except LogWriteError:

@@ -48,7 +48,7 @@ class Identity:
             client.error = "no session"
             state.refused = "no-session"
             self.audit.emit(events.make_event(
-                events.CONNECT, client=_addr(client.peername), decision="deny", reason="no-session"))
+                events.CONNECT, client=events.address(client.peername), decision="deny", reason="no-session"))
 
     def client_disconnected(self, client: connection.Client) -> None:
         self.conns.drop(client)
@@ -77,10 +77,3 @@ class Identity:
     def _authenticate(self, flow: http.HTTPFlow):
         creds = proxy_credentials(flow)
         return self.registry.authenticate(*creds) if creds else None
-
-
-def _addr(address) -> str | None:
-    if not address:
-        return None
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

@@ -25,7 +25,7 @@ class TcpPolicy:
     async def tcp_start(self, flow: tcp.TCPFlow) -> None:
         state = self.conns.of(flow.client_conn)
         host, port = flow.server_conn.address
-        fields = {"client": f"{flow.client_conn.peername[0]}:{flow.client_conn.peername[1]}", "dest_port": port}
+        fields = {"client": events.address(flow.client_conn.peername), "dest_port": port}
         session = state.session
         if state.refused:
             return

@@ -33,7 +33,7 @@ class TlsGate:
         address = data.context.server.address
         port = address[1] if address else 443
         sni = data.client_hello.sni
-        fields = {"client": f"{client.peername[0]}:{client.peername[1]}", "sni": sni, "dest_port": port}
+        fields = {"client": events.address(client.peername), "sni": sni, "dest_port": port}
         session = state.session
         if session is None:
             return self._refuse(data, state, fields, "no-session")

@@ -82,6 +82,14 @@ def strip_query_values(url: str) -> str:
     return clean(urlunsplit(parts._replace(query=query, fragment="")))
 
 
+def address(peer) -> str | None:
+    """`ip:port` (`[v6]:port`) of a connection's peer, as the flow log writes it."""
+    if not peer:
+        return None
+    host, port = peer[0], peer[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
 def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 

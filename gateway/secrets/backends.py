@@ -390,15 +390,7 @@ def _read_vault(source: Source, timeout: float) -> str:
     if not isinstance(data, dict):
         raise _Failure(f"the answer for {where} is not a KV version 2 secret",
                        f"check that {source.mount!r} is a KV version 2 mount")
-    if source.key not in data:
-        names = ", ".join(sorted(map(str, data))[:20]) or "none"
-        raise _Failure(f"key {source.key!r} not found in {where} (keys there: {names})",
-                       "fix the key after '#' in the source URI")
-    value = data[source.key]
-    if not isinstance(value, str):
-        raise _Failure(f"key {source.key!r} of {where} is a {type(value).__name__}, not a string",
-                       "store the value as a string")
-    return value
+    return _pick_key(data, source.key, where, "store the value as a string")
 
 
 def _vault_meta(body: object) -> dict:
@@ -462,18 +454,22 @@ def _read_aws(source: Source, timeout: float) -> str:
     if obj is _NOT_JSON or not isinstance(obj, dict):
         raise _Failure(f"secret {sid!r} is not a JSON object, so it has no key {source.key!r}",
                        "store key/value pairs (JSON), or drop '#KEY' to use the whole string")
-    if source.key not in obj:
-        names = ", ".join(sorted(map(str, obj))[:20]) or "none"
-        raise _Failure(f"key {source.key!r} not found in secret {sid!r} (keys there: {names})",
-                       "fix the key after '#' in the source URI")
-    value = obj[source.key]
-    if not isinstance(value, str):
-        raise _Failure(f"key {source.key!r} of secret {sid!r} is a {type(value).__name__}, not a string",
-                       "store the value as a JSON string")
-    return value
+    return _pick_key(obj, source.key, f"secret {sid!r}", "store the value as a JSON string")
 
 
 _NOT_JSON = object()
+
+
+def _pick_key(data: dict, key: str, where: str, string_fix: str) -> str:
+    """One field of a key/value secret (Vault KV data, a JSON secret): names the keys, never the values."""
+    if key not in data:
+        names = ", ".join(sorted(map(str, data))[:20]) or "none"
+        raise _Failure(f"key {key!r} not found in {where} (keys there: {names})",
+                       "fix the key after '#' in the source URI")
+    value = data[key]
+    if not isinstance(value, str):
+        raise _Failure(f"key {key!r} of {where} is a {type(value).__name__}, not a string", string_fix)
+    return value
 
 _READERS: dict[str, Callable[[Source, float], str]] = {
     "env": _read_env,
