@@ -41,6 +41,7 @@ from gateway.resolver import UpstreamResolver
 from gateway.secrets.backends import SecretStore
 from gateway.sessions.api import ControlAPI
 from gateway.sessions.registry import SessionRegistry
+from gateway.sessions.store import SessionStoreUnavailable, open_store
 
 logger = logging.getLogger("egressgw")
 
@@ -87,7 +88,7 @@ class Gateway:
 
     def __init__(self, config: Config):
         self.config = config
-        self.registry = SessionRegistry()
+        self.registry = SessionRegistry(open_store(config.session_store))
         self.audit = Audit(FlowLog(config.log_path))
         self.registry.subscribe(lambda what, s: self.audit.session_changed(what, s, len(self.registry)))
         self.resolver = UpstreamResolver(config.upstream_dns, config.upstream_timeout)
@@ -147,6 +148,13 @@ class Gateway:
             if path.exists():
                 os.chmod(path, 0o600)
         write_sandbox_bundle(self.config)
+        try:
+            loaded = self.registry.load()
+        except SessionStoreUnavailable as e:  # a shared store: its watcher keeps trying; until then, refuse
+            logger.error("%s", e)
+            loaded = 0
+        watch = getattr(self.registry.store, "watch", None)
+        watcher = asyncio.ensure_future(watch(self.registry.apply, self.registry.ids)) if watch else None
         proxy = str(self.config.proxy) if self.config.proxy else None
         control = ControlAPI(self.registry, self.config.control_token(), self.ready, proxy, self.store)
         self._serve_http(control.application(), self.config.control.tcp, self.config.control.unix)
@@ -156,13 +164,16 @@ class Gateway:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.master.shutdown)
         logger.warning(
-            "egressgw up: transparent %s, dns %s, proxy %s, control %s, metrics %s, log %s",
+            "egressgw up: transparent %s, dns %s, proxy %s, control %s, metrics %s, log %s, sessions %s (%d loaded)",
             self.config.transparent, self.config.dns, proxy or "off", self.config.control.url(),
-            self.config.metrics or "off", self.config.log_path,
+            self.config.metrics or "off", self.config.log_path, self.registry.store.url, loaded,
         )
         try:
             await self.master.run()
         finally:
+            if watcher:
+                watcher.cancel()
+            self.registry.store.close()
             for server in self._http_servers:
                 server.stop()
             if self.config.control.unix:

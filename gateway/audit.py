@@ -25,6 +25,7 @@ GATEWAY_REASONS = (
     "proxy-auth-required",
     "upstream-error",
     "log-unavailable",
+    "session-store-unavailable",
 )
 _LABEL_REASONS = frozenset(REASONS) | frozenset(GATEWAY_REASONS)
 

@@ -55,6 +55,7 @@ class Config:
     state_dir: str = "/run/egressgw"
     sandbox_pool: str = "10.211.0.0/16"
     allow_dest_ranges: tuple[str, ...] = ()
+    session_store: str = "sqlite:///var/lib/egressgw/sessions.db"
     source: str = "<defaults>"
 
     def control_token(self) -> str:
@@ -90,6 +91,7 @@ _KEYS = {
     "sandbox": {"pool", "stateDir"},
     "dialGuard": {"allowRanges"},
     "secrets": {"cacheSeconds"},
+    "sessions": {"store"},
 }
 
 
@@ -244,4 +246,19 @@ def config_from_dict(raw: dict, source: str = "<dict>", base_dir: Path | None = 
             kw["allow_dest_ranges"] = tuple(str(ipaddress.ip_network(r, strict=False)) for r in ranges)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{source}: dialGuard.allowRanges must be a list of networks: {e}") from None
+    store = get("sessions", "store")
+    if store is not None:
+        kw["session_store"] = _session_store(store, f"{source}: sessions.store", rel)
     return Config(**kw)
+
+
+def _session_store(value: object, what: str, rel) -> str:
+    """`memory`, `sqlite:///abs/path` or `sqlite://relative/path` (to the config file), `redis://...`."""
+    if value == "memory":
+        return value
+    if isinstance(value, str) and value.startswith("sqlite://") and len(value) > len("sqlite://"):
+        return "sqlite://" + rel(value.removeprefix("sqlite://"))
+    if isinstance(value, str) and value.startswith(("redis://", "rediss://")):
+        return value
+    raise ConfigError(f"{what}: {value!r} is not a session store "
+                      "(fix: memory, sqlite:///var/lib/egressgw/sessions.db or redis://HOST:6379/0)")

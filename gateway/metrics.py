@@ -24,6 +24,11 @@ DNS_QUERIES = Counter(
     registry=REGISTRY,
 )
 ACTIVE_SESSIONS = Gauge("egressgw_active_sessions", "Sessions registered now.", registry=REGISTRY)
+SESSION_STORE_UP = Gauge(
+    "egressgw_session_store_up",
+    "1 while the session store can vouch for this replica's sessions; 0 while their traffic is refused.",
+    registry=REGISTRY,
+)
 UPSTREAM_LATENCY = Histogram(
     "egressgw_upstream_latency_seconds",
     "Time from forwarding a request upstream to the first byte of its response.",

@@ -23,6 +23,7 @@ from mitmproxy.net.dns import response_codes
 from gateway.log import events
 from gateway.log.writer import LogWriteError
 from gateway.resolver import DnsFailure
+from gateway.sessions.store import SessionStoreUnavailable
 
 logger = logging.getLogger("egressgw.dns")
 
@@ -35,13 +36,16 @@ class DnsGate:
 
     async def dns_request(self, flow: mdns.DNSFlow) -> None:
         client = flow.client_conn.peername
-        session = self.registry.by_source(client[0])
+        try:
+            session, reason = self.registry.by_source(client[0]), "no-session"
+        except SessionStoreUnavailable:
+            session, reason = None, SessionStoreUnavailable.reason
         fields = {"client": events.address(client)}
         q = flow.request.question if flow.request.questions else None
         if q is not None:
             fields.update(dns_qname=q.name, dns_qtype=dns.rdatatype.to_text(q.type))
         if session is None:
-            return self._answer(flow, response_codes.REFUSED, fields, "deny", "no-session")
+            return self._answer(flow, response_codes.REFUSED, fields, "deny", reason)
         fields["session"] = session.id
         if q is None or len(flow.request.questions) != 1 or flow.request.op_code != 0 or q.class_ != 1:
             return self._answer(flow, response_codes.FORMERR, fields, "deny", "bad-request")

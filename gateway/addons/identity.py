@@ -4,7 +4,9 @@ Transparent connections are mapped to a session by their source address, at
 connect time. Explicit-proxy traffic carries the session in its proxy
 credentials (`Proxy-Authorization: Basic base64(session-id:token)`), checked
 on CONNECT and on every absolute-form request. Traffic that maps to no
-session is refused.
+session is refused. Every HTTP request re-checks that its session still
+exists, and while a shared session store cannot vouch for its sessions every
+lookup fails closed with reason `session-store-unavailable`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from mitmproxy.proxy.mode_specs import RegularMode, TransparentMode
 from gateway.addons.failclosed import fail_closed, refuse_client, refuse_http
 from gateway.addons.refuse import META, refuse
 from gateway.log import events
+from gateway.sessions.store import SessionStoreUnavailable
+
+STORE_DOWN = SessionStoreUnavailable.reason
 
 
 def proxy_credentials(flow: http.HTTPFlow) -> tuple[str, str] | None:
@@ -43,12 +48,15 @@ class Identity:
         if not isinstance(client.proxy_mode, TransparentMode):
             return
         state = self.conns.of(client)
-        state.session = self.registry.by_source(client.peername[0])
+        try:
+            state.session, reason = self.registry.by_source(client.peername[0]), "no-session"
+        except SessionStoreUnavailable:
+            state.session, reason = None, STORE_DOWN
         if state.session is None:
-            client.error = "no session"
-            state.refused = "no-session"
+            client.error = reason.replace("-", " ")
+            state.refused = reason
             self.audit.emit(events.make_event(
-                events.CONNECT, client=events.address(client.peername), decision="deny", reason="no-session"))
+                events.CONNECT, client=events.address(client.peername), decision="deny", reason=reason))
 
     def client_disconnected(self, client: connection.Client) -> None:
         self.conns.drop(client)
@@ -57,7 +65,11 @@ class Identity:
     def http_connect(self, flow: http.HTTPFlow) -> None:
         state = self.conns.of(flow.client_conn)
         state.tunnel = True
-        state.session = self._authenticate(flow)
+        try:
+            state.session = self._authenticate(flow)
+        except SessionStoreUnavailable:
+            state.refused = STORE_DOWN
+            return refuse(flow, STORE_DOWN, flow.request.host, status=503)
         if state.session is None:
             state.refused = "proxy-auth-required"
             refuse(flow, "proxy-auth-required", flow.request.host, status=407)
@@ -68,9 +80,20 @@ class Identity:
         if isinstance(flow.client_conn.proxy_mode, RegularMode) and not state.tunnel:
             # Absolute-form requests through the explicit proxy: every request carries its own credentials.
             state.session = None
-            state.session = self._authenticate(flow)
-            if state.session is None:
-                refuse(flow, "proxy-auth-required", flow.request.host, status=407)
+            try:
+                state.session = self._authenticate(flow)
+            except SessionStoreUnavailable:
+                refuse(flow, STORE_DOWN, flow.request.host, status=503)
+            else:
+                if state.session is None:
+                    refuse(flow, "proxy-auth-required", flow.request.host, status=407)
+        elif state.session is not None and not flow.response:
+            # A connection outlives changes: each request checks its session is still there and verifiable.
+            try:
+                if not self.registry.current(state.session):
+                    state.session = None
+            except SessionStoreUnavailable:
+                refuse(flow, STORE_DOWN, flow.request.host, status=503)
         flow.request.headers.pop("Proxy-Authorization", None)
         flow.metadata.setdefault(META, {})["session"] = state.session
 

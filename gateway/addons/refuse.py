@@ -25,6 +25,7 @@ _TEXT = {
     "bad-request": "malformed request",
     "proxy-auth-required": "proxy credentials required",
     "log-unavailable": "flow log unavailable",
+    "session-store-unavailable": "session store unavailable, try again",
     "placeholder-not-approved": "credential {secret} is not approved for this host",
     "placeholder-foreign": "credential placeholder of another session",
     "placeholder-wrong-part": "credential {secret} is not allowed in this part of the request",

@@ -32,8 +32,12 @@ class LabGateway:
     PROXY_PORT = 3128
     METRICS_PORT = 9469
 
-    def __init__(self, lab, name: str = "gw", pool: str = "10.211.0.0/16", extra_config: dict | None = None):
+    def __init__(self, lab, name: str = "gw", pool: str = "10.211.0.0/16", extra_config: dict | None = None,
+                 port_offset: int = 0):
+        """`port_offset` moves every listener, so several gateways (replicas) share the gateway namespace."""
         self.lab = lab
+        for attr in ("TRANSPARENT_PORT", "DNS_PORT", "PROXY_PORT", "METRICS_PORT"):
+            setattr(self, attr, getattr(type(self), attr) + port_offset)
         self.dir = Path(lab.work) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         # Sandboxed processes run as nobody and must read the CA bundle under this directory.
@@ -56,6 +60,7 @@ class LabGateway:
             "log": {"path": str(self.log_path)},
             "control": {"tokenFile": str(self.dir / "control.token")},
             "sandbox": {"pool": pool, "stateDir": str(self.dir / "state")},
+            "sessions": {"store": f"sqlite://{self.dir / 'sessions.db'}"},
         }
         for section, values in (extra_config or {}).items():
             config.setdefault(section, {}).update(values)

@@ -27,6 +27,7 @@ from gateway.policy import load_policy_text
 from gateway.secrets.backends import SecretBackendError, SecretStore, parse_source
 from gateway.secrets.model import parse_secrets
 from gateway.secrets.placeholders import make_placeholder
+from gateway.sessions.store import SessionStoreUnavailable
 
 MAX_BODY = 1 << 20
 
@@ -120,6 +121,8 @@ class Sessions(_Base):
         try:
             session = self.ctl.registry.create(name, policy, sources, session_id, policy_text=body["policy"],
                                                secrets=secrets)
+        except SessionStoreUnavailable as e:
+            return self.fail(503, str(e))
         except SessionError as e:
             return self.fail(409, str(e))
         self.set_status(201)
@@ -136,6 +139,8 @@ class OneSession(_Base):
     def delete(self, session_id: str) -> None:
         try:
             self.ctl.registry.delete(session_id)
+        except SessionStoreUnavailable as e:
+            return self.fail(503, str(e))
         except SessionError as e:
             return self.fail(404, str(e))
         self.set_status(204)
@@ -165,7 +170,10 @@ class SessionPolicy(_Base):
         policy = self.policy_from(raw, f"policy of session {session.name}")
         if policy is None:
             return
-        self.ctl.registry.replace_policy(session_id, policy, policy_text=raw)
+        try:
+            self.ctl.registry.replace_policy(session_id, policy, policy_text=raw)
+        except SessionStoreUnavailable as e:
+            return self.fail(503, str(e))
         self.finish(session.summary())
 
 

@@ -6,22 +6,40 @@ registry is the one place the gateway asks "whose traffic is this?".
 
 Replacing a session's policy swaps one reference: a decision already taken
 stands, the next request meets the new policy. Lookups are O(1) dicts.
+
+Every change is written through to a `SessionStore` (store.py: memory, SQLite,
+Redis) before it takes effect here; `load()` rebuilds the sessions a store
+holds, and `apply()` takes changes other replicas made (Redis). A store that
+cannot vouch for its sessions (`healthy()` false) makes every lookup raise
+`SessionStoreUnavailable`: traffic is refused until it is back.
 """
 
 from __future__ import annotations
 
 import hmac
-from secrets import token_hex, token_urlsafe
+import logging
 import time
+from secrets import token_hex, token_urlsafe
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from gateway.errors import SessionError
-from gateway.policy import Decider, Policy
+from gateway.errors import PolicyError, SessionError
+from gateway.policy import Decider, Policy, load_policy_text
 from gateway.secrets.model import BoundSecret, SecretSpec
 from gateway.secrets.placeholders import core_of
 from gateway.secrets.substitute import PlaceholderIndex
+from gateway.sessions.store import (
+    RECORD_VERSION,
+    MemoryStore,
+    SessionStore,
+    SessionStoreUnavailable,
+    decode_secret,
+    encode_secret,
+    token_hash,
+)
+
+logger = logging.getLogger("egressgw")
 
 # How many address→name memories a session keeps (DNS answers the gateway gave it).
 DNS_MEMORY_LIMIT = 4096
@@ -31,9 +49,11 @@ DNS_MEMORY_LIMIT = 4096
 class Session:
     id: str
     name: str
-    token: str = field(repr=False)
+    token_sha256: str = field(repr=False)
     policy: Policy
     decider: Decider = field(repr=False)
+    token: str = field(default="", repr=False)  # only on the replica that created it, to answer the creator
+    rev: str = ""  # changes with every write: replicas compare it to skip what they already have
     sources: frozenset[str] = frozenset()
     policy_text: str = field(default="", repr=False)
     secrets: dict[str, BoundSecret] = field(default_factory=dict, repr=False)
@@ -71,11 +91,26 @@ class Session:
             "env": self.env(),
         }
 
+    def record(self) -> dict:
+        """What a store keeps: no token (its hash), no secret value (specs and placeholders)."""
+        return {
+            "v": RECORD_VERSION,
+            "id": self.id,
+            "name": self.name,
+            "rev": self.rev,
+            "token_sha256": self.token_sha256,
+            "sources": sorted(self.sources),
+            "policy_text": self.policy_text,
+            "secrets": [encode_secret(s.spec, s.placeholder) for s in self.secrets.values()],
+            "created": self.created,
+        }
+
 
 class SessionRegistry:
-    """In-process registry. Listeners are told of every change (for the flow log and metrics)."""
+    """Sessions in memory, written through to a store. Listeners are told of every change (flow log, metrics)."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: SessionStore | None = None) -> None:
+        self.store = store if store is not None else MemoryStore()
         self._by_id: dict[str, Session] = {}
         self._by_source: dict[str, Session] = {}
         self._listeners: list[Callable[[str, Session], None]] = []
@@ -91,6 +126,44 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._by_id)
 
+    # -- lookups: the only calls on the traffic path --------------------------------------------
+    def _verified(self) -> None:
+        if not self.store.healthy():
+            raise SessionStoreUnavailable(f"session store {self.store.url} unavailable: sessions cannot be verified")
+
+    def get(self, session_id: str) -> Session:
+        try:
+            return self._by_id[session_id]
+        except KeyError:
+            raise SessionError(f"no session {session_id!r}") from None
+
+    def list(self) -> list[Session]:
+        return list(self._by_id.values())
+
+    def by_source(self, address: str) -> Session | None:
+        """Raises SessionStoreUnavailable when the store cannot vouch for its sessions."""
+        self._verified()
+        return self._by_source.get(address)
+
+    def authenticate(self, session_id: str, token: str) -> Session | None:
+        """Raises SessionStoreUnavailable when the store cannot vouch for its sessions."""
+        self._verified()
+        digest = token_hash(token).encode()
+        session = self._by_id.get(session_id)
+        if session is None:
+            # Compare anyway so a wrong id and a wrong token take the same time.
+            hmac.compare_digest(digest, digest)
+            return None
+        if hmac.compare_digest(session.token_sha256.encode(), digest):
+            return session
+        return None
+
+    def current(self, session: Session) -> bool:
+        """Whether a session a connection holds still exists (raises SessionStoreUnavailable, as lookups do)."""
+        self._verified()
+        return self._by_id.get(session.id) is session
+
+    # -- changes made here ------------------------------------------------------------------------
     def create(
         self,
         name: str,
@@ -104,6 +177,91 @@ class SessionRegistry:
         sources = frozenset(sources)
         if session_id is not None and session_id in self._by_id:
             raise SessionError(f"session {session_id} already exists (fix: delete it first or pick another id)")
+        self._check_sources(sources)
+        token = token_urlsafe(24)
+        session = Session(
+            id=session_id or "s-" + token_hex(8),
+            name=name,
+            token_sha256=token_hash(token),
+            token=token,
+            policy=policy,
+            decider=Decider(policy),
+            sources=sources,
+            policy_text=policy_text,
+            rev=token_hex(8),
+        )
+        for spec, placeholder in secrets:
+            session.secrets[spec.name] = BoundSecret(session.id, spec, placeholder, core_of(placeholder))
+        self.store.put(session.record())  # the store first: a session it refused never exists
+        self._add(session)
+        return session
+
+    def replace_policy(self, session_id: str, policy: Policy, policy_text: str = "") -> Session:
+        session = self.get(session_id)
+        decider = Decider(policy)  # compile first: a bad policy never half-replaces
+        rev = token_hex(8)
+        self.store.put({**session.record(), "policy_text": policy_text, "rev": rev})
+        self._swap_policy(session, policy, decider, policy_text, rev)
+        return session
+
+    def delete(self, session_id: str) -> Session:
+        session = self.get(session_id)
+        self.store.delete(session_id)
+        return self._remove(session)
+
+    # -- changes from the store ---------------------------------------------------------------
+    def load(self) -> int:
+        """Rebuild every session the store holds (at start). Returns how many."""
+        for record in self.store.load():
+            self.apply(record["id"], record)
+        return len(self._by_id)
+
+    def apply(self, session_id: str, record: dict | None) -> None:
+        """Take a change made elsewhere (another replica, or an earlier run). None: deleted."""
+        session = self._by_id.get(session_id)
+        if record is None:
+            if session is not None:
+                self._remove(session)
+            return
+        if session is not None and session.rev == record.get("rev"):
+            return
+        try:
+            policy = load_policy_text(record["policy_text"], source=f"policy of session {record['name']}")
+            if session is not None:
+                self._swap_policy(session, policy, Decider(policy), record["policy_text"], record.get("rev", ""))
+                return
+            fresh = self._from_record(record, policy)
+            self._check_sources(fresh.sources)
+        except (PolicyError, SessionError, KeyError, TypeError, ValueError) as e:
+            # Fail closed: a record that cannot be rebuilt is no session (and an old policy must not linger).
+            logger.error("session %s from store %s not loaded: %s", session_id, self.store.url, e)
+            if session is not None:
+                self._remove(session)
+            return
+        self._add(fresh)
+
+    def ids(self) -> set[str]:
+        return set(self._by_id)
+
+    def _from_record(self, record: dict, policy: Policy) -> Session:
+        session = Session(
+            id=record["id"],
+            name=record["name"],
+            token_sha256=record["token_sha256"],
+            policy=policy,
+            decider=Decider(policy),
+            sources=frozenset(record.get("sources", ())),
+            policy_text=record["policy_text"],
+            created=record.get("created", time.time()),
+            rev=record.get("rev", ""),
+        )
+        for raw in record.get("secrets", ()):
+            spec, placeholder = decode_secret(raw)
+            session.secrets[spec.name] = BoundSecret(session.id, spec, placeholder, core_of(placeholder))
+        return session
+
+    # -- the in-memory indexes ------------------------------------------------------------------
+    def _check_sources(self, sources: frozenset[str]) -> None:
         for src in sources:
             other = self._by_source.get(src)
             if other is not None:
@@ -111,58 +269,22 @@ class SessionRegistry:
                     f"source address {src} already belongs to session {other.id} ({other.name}) "
                     "(fix: delete that session first)"
                 )
-        session = Session(
-            id=session_id or "s-" + token_hex(8),
-            name=name,
-            token=token_urlsafe(24),
-            policy=policy,
-            decider=Decider(policy),
-            sources=sources,
-            policy_text=policy_text,
-        )
-        for spec, placeholder in secrets:
-            session.secrets[spec.name] = BoundSecret(session.id, spec, placeholder, core_of(placeholder))
+
+    def _add(self, session: Session) -> None:
         self._by_id[session.id] = session
-        for src in sources:
+        for src in session.sources:
             self._by_source[src] = session
         for bound in session.secrets.values():
             self.placeholders.add(bound)
         self._notify("created", session)
-        return session
 
-    def get(self, session_id: str) -> Session:
-        try:
-            return self._by_id[session_id]
-        except KeyError:
-            raise SessionError(f"no session {session_id!r}") from None
-
-    def list(self) -> list[Session]:
-        return list(self._by_id.values())
-
-    def by_source(self, address: str) -> Session | None:
-        return self._by_source.get(address)
-
-    def authenticate(self, session_id: str, token: str) -> Session | None:
-        session = self._by_id.get(session_id)
-        if session is None:
-            # Compare anyway so a wrong id and a wrong token take the same time.
-            hmac.compare_digest(token.encode(), token.encode())
-            return None
-        if hmac.compare_digest(session.token.encode(), token.encode()):
-            return session
-        return None
-
-    def replace_policy(self, session_id: str, policy: Policy, policy_text: str = "") -> Session:
-        session = self.get(session_id)
-        decider = Decider(policy)  # compile first: a bad policy never half-replaces
-        session.policy, session.decider, session.policy_text = policy, decider, policy_text
+    def _swap_policy(self, session: Session, policy: Policy, decider: Decider, text: str, rev: str) -> None:
+        # In place: connections holding this session meet the new policy on their next request.
+        session.policy, session.decider, session.policy_text, session.rev = policy, decider, text, rev
         self._notify("policy-replaced", session)
-        return session
 
-    def delete(self, session_id: str) -> Session:
-        session = self._by_id.pop(session_id, None)
-        if session is None:
-            raise SessionError(f"no session {session_id!r}")
+    def _remove(self, session: Session) -> Session:
+        self._by_id.pop(session.id, None)
         for src in session.sources:
             if self._by_source.get(src) is session:
                 del self._by_source[src]
