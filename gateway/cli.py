@@ -2,7 +2,7 @@
 
     egressgw run --config FILE                 the gateway
     egressgw policy check|explain ...          policy files
-    egressgw sandbox up|exec|list|down ...     sandbox namespaces on this host
+    egressgw sandbox up|attach|exec|list|down  sandbox namespaces on this host
     egressgw session list|show|delete|set-policy ...   sessions through the control API
 """
 

@@ -1,4 +1,6 @@
-"""Sandbox network namespaces for self-hosted hosts (see netns/sandbox.py)."""
+"""Sandbox network namespaces for self-hosted hosts (see netns/sandbox.py, netns/attach.py)."""
+
+from .attach import Target, boot_args, target
 
 from .sandbox import (
     DEFAULT_POOL,
@@ -14,5 +16,5 @@ from .sandbox import (
     up,
 )
 
-__all__ = ["Sandbox", "up", "down", "get", "list_sandboxes", "set_session", "exec_argv",
+__all__ = ["Target", "target", "boot_args", "Sandbox", "up", "down", "get", "list_sandboxes", "set_session", "exec_argv",
            "render_rules", "sweep_orphans", "DEFAULT_POOL", "DEFAULT_STATE_DIR"]

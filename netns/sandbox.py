@@ -21,7 +21,7 @@ import time
 
 from gateway.errors import SandboxError
 
-from . import addresses, links, naming, nft
+from . import addresses, attach, links, naming, nft
 from . import state as st
 from .addresses import DEFAULT_POOL
 from .nft import render_rules
@@ -56,8 +56,10 @@ def _check_ports(transparent_port: int, dns_port: int) -> None:
 # --------------------------------------------------------------------------- up
 
 def up(name: str, *, transparent_port: int, dns_port: int, pool: str = DEFAULT_POOL,
-       state_dir: str = DEFAULT_STATE_DIR) -> Sandbox:
-    """Create sandbox NAME; roll everything back and raise SandboxError if any step fails."""
+       state_dir: str = DEFAULT_STATE_DIR, target: attach.Target | None = None) -> Sandbox:
+    """Create sandbox NAME; roll everything back and raise SandboxError if any step fails.
+
+    `target` (see attach.py): govern an existing namespace or a microVM's tap instead of making a namespace."""
     naming.validate_name(name)
     _check_ports(transparent_port, dns_port)
     net = addresses.parse_pool(pool)
@@ -77,23 +79,30 @@ def up(name: str, *, transparent_port: int, dns_port: int, pool: str = DEFAULT_P
                  if n.startswith(naming.HOST_IF_PREFIX) and n[len(naming.HOST_IF_PREFIX):].isdigit()}
         taken = [n for link in g_links.values() for n in link.nets]
         blk = addresses.allocate(net, used, taken)
+        tap = target is not None and target.kind == attach.TAP
+        if tap and any(r.sandbox.host_if == target.tap for r in live):
+            raise SandboxError(f"tap {target.tap} already belongs to a sandbox (fix: `egressgw sandbox list`)")
         sb = Sandbox(
-            name=name, netns=ns, host_if=naming.host_if(blk.index),
-            sandbox_if=naming.sandbox_if(blk.index), host_addr=str(blk.host_addr),
+            name=name, netns="" if tap else ns, host_if=target.tap if tap else naming.host_if(blk.index),
+            sandbox_if="" if tap else naming.sandbox_if(blk.index), host_addr=str(blk.host_addr),
             sandbox_addr=str(blk.sandbox_addr), prefix=blk.prefix, index=blk.index,
             table=naming.table_name(name), transparent_port=transparent_port,
             dns_port=dns_port, session_id=None, created=time.time(),
+            kind=target.kind if target else "netns",
         )
         st.write(state_dir, sb, st.CREATING)   # a crash from here on leaves a trace for sweep
         progress: list[str] = []
         try:
-            _create(sb, progress)
+            _create(sb, progress, target)
         except BaseException as e:
             # Namespace and veth did not exist before (checked under the lock),
             # so whatever exists now is ours; the table only if our apply committed.
-            _, errors = teardown(host_ifs=[sb.host_if], netnses=[sb.netns],
-                                 tables=[sb.table] if "nft" in progress else [],
-                                 step=f"roll back sandbox {name}")
+            # A tap is the VMM's: only given back as it was.
+            errors = attach.release_tap(sb.host_if) if tap and "tap" in progress else []
+            _, more = teardown(host_ifs=[] if tap else [sb.host_if], netnses=[sb.netns] if sb.netns else [],
+                               tables=[sb.table] if "nft" in progress else [],
+                               step=f"roll back sandbox {name}")
+            errors += more
             if not errors:
                 st.remove(state_dir, name)
             if not isinstance(e, Exception):
@@ -114,16 +123,26 @@ def _ipv6_available() -> bool:
     return os.path.isdir("/proc/sys/net/ipv6")
 
 
-def _create(sb: Sandbox, progress: list[str]) -> None:
+def _create(sb: Sandbox, progress: list[str], target: attach.Target | None = None) -> None:
     # 1. Rules first. They match the host interface by name, so they are in
     #    force before the first packet can cross the veth. `create table`
     #    fails rather than touch a table of that name that is not ours.
     nft.apply(sb, replace=False)
     progress.append("nft")
+    if target is not None and target.kind == attach.TAP:
+        progress.append("tap")
+        attach.configure_tap(sb)
+        return
 
-    # 2. Namespace, veth (peer created directly inside the sandbox), host side.
-    host = [f"netns add {sb.netns}",
-            f"link add {sb.host_if} type veth peer name {sb.sandbox_if} netns {sb.netns}"]
+    # 2. Namespace (new, or the existing one pinned under our name), veth (peer
+    #    created directly inside the sandbox), host side.
+    host = []
+    if target is None:
+        host.append(f"netns add {sb.netns}")
+    else:
+        attach.pin(target, sb.netns)
+        attach.check_only_loopback(sb.netns)
+    host.append(f"link add {sb.host_if} type veth peer name {sb.sandbox_if} netns {sb.netns}")
     if _ipv6_available():
         host.append(f"link set dev {sb.host_if} addrgenmode none")  # no fe80:: on the host side
     host += [f"addr add {sb.host_addr}/{sb.prefix} dev {sb.host_if}",
@@ -209,7 +228,11 @@ def down(name: str, *, state_dir: str = DEFAULT_STATE_DIR) -> bool:
     ns = naming.netns_name(name)
     with st.locked(state_dir):
         rec = st.read(state_dir, name)
-        if rec is not None:
+        errors = []
+        if rec is not None and rec.sandbox.kind == attach.TAP:
+            errors = attach.release_tap(rec.sandbox.host_if)  # cut first; the tap itself is the VMM's
+            host_ifs, tables = [], [rec.sandbox.table]
+        elif rec is not None:
             host_ifs, tables = [rec.sandbox.host_if], [rec.sandbox.table]
         else:
             # No state file: find what is left by name / by the veth leading into egw-NAME.
@@ -222,8 +245,9 @@ def down(name: str, *, state_dir: str = DEFAULT_STATE_DIR) -> bool:
                                 and link.name.startswith(naming.HOST_IF_PREFIX)]
             table = naming.table_name(name)
             tables = [table] if table in nft.list_tables() else []
-        removed, errors = teardown(host_ifs=host_ifs, netnses=[ns], tables=tables,
-                                   step=f"down {name}")
+        removed, more = teardown(host_ifs=host_ifs, netnses=[ns], tables=tables,
+                                 step=f"down {name}")
+        errors += more
         if errors:
             raise SandboxError(f"sandbox {name} only partly removed (state kept; run down "
                                "again):\n" + "\n".join(errors))
@@ -282,6 +306,9 @@ def exec_argv(sb: Sandbox, cmd: list[str], *, user: str | None = "nobody",
     """
     if not cmd:
         raise SandboxError("exec: empty command (fix: give the program to run)")
+    if sb.kind == attach.TAP:
+        raise SandboxError(f"exec: sandbox {sb.name} is a microVM behind tap {sb.host_if} "
+                           "(fix: run commands through the VMM, e.g. its serial console or an agent)")
     if "=" in cmd[0]:
         raise SandboxError(f"exec: command {cmd[0]!r} contains '=' and would be taken as a "
                            "variable by env (fix: use ./path or a full path)")

@@ -40,6 +40,7 @@ class Sandbox:
     dns_port: int
     session_id: str | None
     created: float
+    kind: str = "netns"  # "netns" (made by up), "attached" (an existing namespace), "tap" (a microVM's tap)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import os
 
 from gateway.errors import SandboxError
 
-from . import links, naming, nft, state
+from . import attach, links, naming, nft, state
 from .teardown import teardown
 
 
@@ -50,7 +50,10 @@ def sweep_locked(state_dir: str) -> tuple[list[str], list[state.Record], dict[st
     g_links = links.snapshot()
     tables = set(nft.list_tables())
 
-    live = [r for r in records if r.status == state.READY and r.sandbox.netns in present]
+    def alive(sb) -> bool:
+        return sb.host_if in g_links if sb.kind == "tap" else sb.netns in present
+
+    live = [r for r in records if r.status == state.READY and alive(r.sandbox)]
     stale = [r for r in records if r not in live]
     claimed_ifs = {r.sandbox.host_if for r in live}
     claimed_tables = {r.sandbox.table for r in live}
@@ -59,8 +62,10 @@ def sweep_locked(state_dir: str) -> tuple[list[str], list[state.Record], dict[st
     # 1. State files whose namespace is gone, or left "creating" by a crashed up.
     for r in stale:
         sb = r.sandbox
-        rm, err = teardown(host_ifs=[sb.host_if] if sb.host_if not in claimed_ifs else [],
-                           netnses=[sb.netns] if sb.netns not in claimed_ns else [],
+        tap = sb.kind == "tap"  # a tap is the VMM's: released, never deleted
+        errors += attach.release_tap(sb.host_if) if tap else []
+        rm, err = teardown(host_ifs=[sb.host_if] if sb.host_if not in claimed_ifs and not tap else [],
+                           netnses=[sb.netns] if sb.netns and sb.netns not in claimed_ns else [],
                            tables=[sb.table] if sb.table in tables else [],
                            step=f"sweep stale sandbox {sb.name}")
         tables.discard(sb.table)

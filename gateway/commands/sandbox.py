@@ -58,6 +58,17 @@ def add_parser(sub) -> None:
     add_secret_arguments(up)
     up.set_defaults(func=_up)
 
+    at = s.add_parser("attach", help="govern a sandbox that already has its own namespace, or a microVM's tap")
+    at.add_argument("name")
+    at.add_argument("--policy", required=True, metavar="FILE")
+    which = at.add_mutually_exclusive_group(required=True)
+    which.add_argument("--netns-pid", type=int, metavar="PID", help="a process inside the sandbox's namespace")
+    which.add_argument("--netns-path", metavar="PATH", help="/proc/PID/ns/net or /run/netns/NAME")
+    which.add_argument("--tap", metavar="DEV", help="a Firecracker tap device in the gateway namespace")
+    at.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_secret_arguments(at)
+    at.set_defaults(func=_attach)
+
     ex = s.add_parser("exec", help="run a command inside a sandbox (unprivileged by default)")
     ex.add_argument("name")
     ex.add_argument("--user", default="nobody", help="user to run as (default nobody; 'root' keeps root)")
@@ -71,11 +82,21 @@ def add_parser(sub) -> None:
     down = s.add_parser("down", help="remove a sandbox and its session (idempotent)")
     down.add_argument("name")
     down.set_defaults(func=_down)
-    for parser in (up, ex, ls, down):
+    for parser in (up, at, ex, ls, down):
         add_config_argument(parser)
 
 
 def _up(args) -> int:
+    return _govern(args, None)
+
+
+def _attach(args) -> int:
+    # Checked before anything is allocated: a target that is not there fails with a fix.
+    return _govern(args, netns.target(netns_pid=args.netns_pid, netns_path=args.netns_path, tap=args.tap))
+
+
+def _govern(args, target) -> int:
+    """up and attach: the same rules, the same session, the same rollback."""
     config = config_from_args(args)
     if ipaddress.ip_address(config.transparent.host).is_loopback or ipaddress.ip_address(config.dns.host).is_loopback:
         raise ConfigError(
@@ -88,7 +109,7 @@ def _up(args) -> int:
     client = control_client(config)
     client.health()
     sb = netns.up(args.name, transparent_port=config.transparent.port, dns_port=config.dns.port,
-                  pool=config.sandbox_pool, state_dir=config.state_dir)
+                  pool=config.sandbox_pool, state_dir=config.state_dir, target=target)
     try:
         session = client.create_session(args.name, policy_text, [sb.sandbox_addr], secrets=secrets)
         netns.set_session(args.name, session["id"], state_dir=config.state_dir)
@@ -99,11 +120,18 @@ def _up(args) -> int:
     result = {
         "name": sb.name, "netns": sb.netns, "address": sb.sandbox_addr, "gateway": sb.host_addr,
         "session": session["id"], "policy": session["policy"], "mode": session["mode"], "env": env,
+        "kind": sb.kind, "prefix": sb.prefix,
     }
+    if sb.kind == "tap":
+        result.update(tap=sb.host_if, boot_args=netns.boot_args(sb))
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"sandbox {sb.name} up: netns {sb.netns}, address {sb.sandbox_addr}, session {session['id']}")
+        where = f"tap {sb.host_if}" if sb.kind == "tap" else f"netns {sb.netns}"
+        print(f"sandbox {sb.name} up ({sb.kind}): {where}, address {sb.sandbox_addr}, session {session['id']}")
+        if sb.kind != "netns":
+            print(f"the sandbox's side: address {sb.sandbox_addr}/{sb.prefix}, default route and DNS via {sb.host_addr}"
+                  + (f"; microVM kernel argument: {netns.boot_args(sb)}" if sb.kind == "tap" else ""))
         print(f"policy {session['policy']} ({session['mode']}); environment for processes inside:")
         for k, v in env.items():
             print(f"  export {k}={v}")
