@@ -89,6 +89,7 @@ class Gateway:
     def __init__(self, config: Config):
         self.config = config
         self.registry = SessionRegistry(open_store(config.session_store))
+        metrics.SESSION_STORE_UP.set(1 if self.registry.store.healthy() else 0)  # a shared store: 0 until synced
         self.audit = Audit(FlowLog(config.log_path))
         self.registry.subscribe(lambda what, s: self.audit.session_changed(what, s, len(self.registry)))
         self.resolver = UpstreamResolver(config.upstream_dns, config.upstream_timeout)
