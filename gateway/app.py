@@ -148,7 +148,7 @@ class Gateway:
             path = Path(self.config.ca_dir, key)
             if path.exists():
                 os.chmod(path, 0o600)
-        write_sandbox_bundle(self.config)
+        bundle = write_sandbox_bundle(self.config)
         try:
             loaded = self.registry.load()
         except SessionStoreUnavailable as e:  # a shared store: its watcher keeps trying; until then, refuse
@@ -157,7 +157,7 @@ class Gateway:
         watch = getattr(self.registry.store, "watch", None)
         watcher = asyncio.ensure_future(watch(self.registry.apply, self.registry.ids)) if watch else None
         proxy = str(self.config.proxy) if self.config.proxy else None
-        control = ControlAPI(self.registry, self.config.control_token(), self.ready, proxy, self.store)
+        control = ControlAPI(self.registry, self.config.control_token(), self.ready, proxy, self.store, bundle)
         self._serve_http(control.application(), self.config.control.tcp, self.config.control.unix)
         if self.config.metrics:
             self._serve_http(tornado.web.Application([(r"/metrics", _Metrics)], log_function=lambda handler: None), self.config.metrics)

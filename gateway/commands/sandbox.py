@@ -10,6 +10,7 @@ from pathlib import Path
 
 import netns
 from gateway.app import sandbox_bundle_path
+from gateway.client import CA_VARIABLES
 from gateway.commands.common import (
     add_config_argument,
     add_secret_arguments,
@@ -20,18 +21,6 @@ from gateway.commands.common import (
 from gateway.errors import ConfigError, ControlAPIError, SandboxError
 from gateway.policy import load_policy_file
 
-CA_VARIABLES = (
-    "SSL_CERT_FILE",  # OpenSSL, Python ssl/httpx, Go, Ruby
-    "REQUESTS_CA_BUNDLE",  # Python requests
-    "CURL_CA_BUNDLE",  # curl
-    "NODE_EXTRA_CA_CERTS",  # Node.js
-    "GIT_SSL_CAINFO",  # git over HTTPS
-    "PIP_CERT",  # pip
-    "AWS_CA_BUNDLE",  # AWS CLI and SDKs
-    "DENO_CERT",  # Deno
-    "CARGO_HTTP_CAINFO",  # cargo
-    "NPM_CONFIG_CAFILE",  # npm
-)
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/tmp",

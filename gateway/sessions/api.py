@@ -12,6 +12,7 @@ answered 400 with every problem (line and fix), and the old policy stays.
     DELETE /v1/sessions/{id}               delete: its traffic is refused from the next packet
     GET    /v1/sessions/{id}/policy        the policy as YAML text
     PUT    /v1/sessions/{id}/policy        body: YAML text (or {"policy": YAML}); takes effect on the next request
+    GET    /v1/ca                          the CA bundle a sandbox must trust (PEM; certificates only, never a key)
 """
 
 from __future__ import annotations
@@ -80,6 +81,16 @@ class Health(_Base):
         ready = self.ctl.ready()
         self.set_status(200 if ready else 503)
         self.finish({"status": "ok" if ready else "starting", "sessions": len(self.ctl.registry)})
+
+
+class CABundle(_Base):
+    def get(self) -> None:
+        if not self.ctl.ca_bundle:
+            return self.fail(404, "this gateway has no CA bundle yet")
+        with open(self.ctl.ca_bundle) as f:
+            pem = f.read()
+        self.set_header("Content-Type", "application/x-pem-file")
+        self.finish(pem)
 
 
 class Sessions(_Base):
@@ -182,8 +193,10 @@ def _quiet(handler) -> None:
 
 
 class ControlAPI:
-    def __init__(self, registry, token: str, ready=lambda: True, proxy_address: str | None = None, store=None):
+    def __init__(self, registry, token: str, ready=lambda: True, proxy_address: str | None = None, store=None,
+                 ca_bundle: str | None = None):
         self.registry = registry
+        self.ca_bundle = ca_bundle
         self.store = store if store is not None else SecretStore()
         self.token = token
         self.ready = ready
@@ -193,6 +206,7 @@ class ControlAPI:
         kw = {"ctl": self}
         return tornado.web.Application([
             (r"/v1/health", Health, kw),
+            (r"/v1/ca", CABundle, kw),
             (r"/v1/sessions", Sessions, kw),
             (r"/v1/sessions/([^/]+)", OneSession, kw),
             (r"/v1/sessions/([^/]+)/policy", SessionPolicy, kw),

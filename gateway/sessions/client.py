@@ -87,6 +87,10 @@ class ControlClient:
             body["id"] = session_id
         return self.request("POST", "/v1/sessions", body)
 
+    def ca_bundle(self) -> str:
+        """The PEM bundle sandboxes must trust (the gateway CA, plus the roots for pass-through hosts)."""
+        return self.request("GET", "/v1/ca")
+
     def list_sessions(self) -> list[dict]:
         return self.request("GET", "/v1/sessions")["sessions"]
 

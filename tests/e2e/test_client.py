@@ -1,0 +1,97 @@
+"""gateway.client against a real lab gateway: the env and CA it returns are all a sandbox needs.
+
+curl and Python, run in the gateway's lab namespace with nothing but that env (as a provider SDK
+would pass it), go through the explicit proxy with the session's credentials, trust the gateway's CA,
+and have their credential placeholder replaced at the approved host only.
+"""
+
+from __future__ import annotations
+
+import secrets
+import textwrap
+
+import pytest
+
+from conftest import policy_text
+from gateway.client import CA_VARIABLES, create_sandbox_access, delete_sandbox_access
+from gateway.lab.gateway import LabGateway
+
+REAL_KEY = "sk-proj-" + secrets.token_hex(20)
+POLICY = policy_text("client", "- name: allowed\n  hosts: [{matchName: allowed.test}]\n")
+SECRETS = [{"name": "OPENAI_API_KEY", "source": "env://EGW_CLIENT_KEY", "hosts": ["allowed.test"],
+            "format": "Bearer {}"}]
+BASE = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
+
+
+@pytest.fixture(scope="module")
+def gw(lab):
+    g = LabGateway(lab, "client-gw", port_offset=30).start(env={"EGW_CLIENT_KEY": REAL_KEY})
+    yield g
+    g.stop()
+
+
+@pytest.fixture
+def access(gw, tmp_path):
+    tmp_path.chmod(0o755)
+    token = (gw.dir / "control.token").read_text().strip()
+    a = create_sandbox_access(f"unix://{gw.control_sock}", token, "provider-sandbox", POLICY, secrets=SECRETS,
+                              ca_path=str(tmp_path / "ca-bundle.pem"))
+    (tmp_path / "ca-bundle.pem").write_text(a.ca_pem)
+    yield a
+    try:
+        delete_sandbox_access(f"unix://{gw.control_sock}", token, a)
+    except Exception:
+        pass
+
+
+def _run(gw, env: dict, script: str):
+    return gw.lab.run_in(gw.lab.gw_ns, ["sh", "-c", script], env={**BASE, **env})
+
+
+def test_env_and_ca_are_complete_and_hold_no_value(access, gw):
+    env = access.env
+    assert env["HTTPS_PROXY"] == env["https_proxy"] == env["HTTP_PROXY"] == access.proxy_url
+    assert access.proxy_url.startswith(f"http://{access.session_id}:") and access.proxy_url.endswith(
+        f"@127.0.0.1:{gw.PROXY_PORT}")
+    assert "localhost" in env["NO_PROXY"]
+    assert all(env[v] == access.ca_path for v in CA_VARIABLES)
+    assert env["OPENAI_API_KEY"] == access.placeholders["OPENAI_API_KEY"] != REAL_KEY
+    assert REAL_KEY not in repr(access) and REAL_KEY not in str(env)
+    assert access.proxy_url not in repr(access)
+    assert "BEGIN CERTIFICATE" in access.ca_pem and "PRIVATE KEY" not in access.ca_pem
+
+
+def test_curl_and_python_through_the_returned_env(access, gw, lab):
+    r = _run(gw, access.env, 'curl -sS -m 5 -H "Authorization: Bearer $OPENAI_API_KEY" https://allowed.test/')
+    assert r.stdout.strip() == "hello from allowed.test", r.stderr
+    rec = lab.records(kind="http", host="allowed.test")[-1]
+    assert any(k.lower() == "authorization" and v == f"Bearer {REAL_KEY}" for k, v in rec["headers"])
+    assert gw.events(session=access.session_id, dest_host="allowed.test", decision="allow")
+    py = textwrap.dedent("""
+        import urllib.request, urllib.error
+        try:
+            print(urllib.request.urlopen("https://allowed.test/", timeout=5).read().decode().strip())
+        except Exception as e:
+            print("failed", e)
+        try:
+            urllib.request.urlopen("https://denied.test/", timeout=5)
+            print("denied.test reached")
+        except Exception as e:
+            print("refused", type(e).__name__)
+    """)
+    r = _run(gw, access.env, f"python3 -c '{py}'")
+    lines = r.stdout.strip().splitlines()
+    assert lines[0] == "hello from allowed.test", r.stdout + r.stderr
+    assert lines[1].startswith("refused")
+    assert not lab.records(host="denied.test")
+
+
+def test_without_the_env_nothing_authenticates_and_deleting_ends_it(access, gw):
+    token = (gw.dir / "control.token").read_text().strip()
+    bare = {v: access.ca_path for v in CA_VARIABLES}
+    r = _run(gw, {**bare, "HTTPS_PROXY": f"http://127.0.0.1:{gw.PROXY_PORT}"},
+             "curl -sS -m 5 -o /dev/null -w '%{http_connect}' https://allowed.test/")
+    assert r.stdout.strip() == "407"
+    delete_sandbox_access(f"unix://{gw.control_sock}", token, access)
+    r = _run(gw, access.env, "curl -sS -m 5 -o /dev/null -w '%{http_connect}' https://allowed.test/")
+    assert r.stdout.strip() == "407"
