@@ -95,3 +95,54 @@ def test_without_the_env_nothing_authenticates_and_deleting_ends_it(access, gw):
     delete_sandbox_access(f"unix://{gw.control_sock}", token, access)
     r = _run(gw, access.env, "curl -sS -m 5 -o /dev/null -w '%{http_connect}' https://allowed.test/")
     assert r.stdout.strip() == "407"
+
+
+@pytest.fixture
+def internal_network(lab):
+    """docs/providers/docker.md with plain namespaces: a 'container' on an internal network whose only
+    peer is the gateway (like compose's `internal: true` network), no default route, no resolver."""
+    ns, host_if = f"egwdock{secrets.token_hex(2)}", f"egwdk{secrets.token_hex(2)}"
+    import subprocess
+
+    def ip(*args, netns=None):
+        argv = ["ip", *(["-n", netns] if netns else []), *args]
+        subprocess.run(argv, check=True, capture_output=True)
+
+    ip("netns", "add", ns)
+    ip("link", "add", host_if, "netns", lab.gw_ns, "type", "veth", "peer", "name", "eth0", "netns", ns)
+    ip("addr", "add", "10.250.7.1/30", "dev", host_if, netns=lab.gw_ns)
+    ip("link", "set", host_if, "up", netns=lab.gw_ns)
+    ip("addr", "add", "10.250.7.2/30", "dev", "eth0", netns=ns)
+    ip("link", "set", "eth0", "up", netns=ns)
+    ip("link", "set", "lo", "up", netns=ns)
+    yield ns
+    subprocess.run(["ip", "-n", lab.gw_ns, "link", "del", host_if], capture_output=True)
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_docker_like_recipe_internal_network_only_the_proxy(lab, internal_network, tmp_path):
+    tmp_path.chmod(0o755)
+    g = LabGateway(lab, "dock-gw", port_offset=40, extra_config={"listen": {"proxy": "10.250.7.1:3128"}}).start()
+    try:
+        token = (g.dir / "control.token").read_text().strip()
+        a = create_sandbox_access(f"unix://{g.control_sock}", token, "container", POLICY,
+                                  ca_path=str(tmp_path / "ca.pem"))
+        (tmp_path / "ca.pem").write_text(a.ca_pem)
+        assert a.proxy_url.endswith("@10.250.7.1:3128")
+
+        def container(script: str):
+            return lab.run_in(internal_network, ["sh", "-c", script], env={**BASE, **a.env})
+
+        r = container("curl -sS -m 5 https://allowed.test/")
+        assert r.stdout.strip() == "hello from allowed.test", r.stderr
+        assert container("curl -sS -m 5 -o /dev/null -w '%{http_connect}' https://denied.test/").stdout == "403"
+        # No way around the proxy: no route to the origins, no resolver.
+        before = len(lab.records(kind="http"))
+        r = container("curl -sS -m 3 --noproxy '*' http://198.18.1.10/")
+        assert r.returncode == 7 and len(lab.records(kind="http")) == before  # could not connect
+        r = container("ip route get 198.18.1.10")
+        assert r.returncode != 0 and "unreachable" in r.stderr.lower()
+        r = container("getent hosts allowed.test")
+        assert r.returncode != 0
+    finally:
+        g.stop()
