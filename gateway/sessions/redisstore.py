@@ -29,7 +29,7 @@ import redis.asyncio
 
 from gateway import metrics
 from gateway.errors import ConfigError
-from gateway.sessions.store import SessionStoreUnavailable, Watcher
+from gateway.sessions.store import SessionStoreUnavailable, Watcher, decode_record
 
 logger = logging.getLogger("egressgw")
 
@@ -63,7 +63,7 @@ class RedisStore:
         except redis.RedisError as e:
             raise SessionStoreUnavailable(f"session store {self.url} unreachable: {e}") from None
         self._mark_verified()
-        return [json.loads(v) for v in raw.values()]
+        return [r for r in (decode_record(k, v, self.url) for k, v in raw.items()) if r is not None]
 
     def put(self, record: dict) -> None:
         self._write(record["id"], record.get("rev", ""), json.dumps(record, sort_keys=True))
@@ -124,6 +124,9 @@ class RedisStore:
                 raise
             except (redis.RedisError, OSError) as e:
                 self._mark_lost(e)
+            except Exception as e:  # noqa: BLE001 - e.g. the flow log failing in a listener: never stop watching
+                logger.exception("session store %s: applying a change failed", self.url)
+                self._mark_lost(f"{type(e).__name__}: {e}")
             finally:
                 try:
                     await pubsub.aclose()
@@ -134,7 +137,7 @@ class RedisStore:
 
     async def _resync(self, client, apply: Watcher, known: Callable[[], set[str]]) -> None:
         raw = await client.hgetall(self.hash_key)
-        records = {k: json.loads(v) for k, v in raw.items()}
+        records = {k: r for k, v in raw.items() if (r := decode_record(k, v, self.url)) is not None}
         for session_id in known() - records.keys():
             apply(session_id, None)
         for session_id, record in records.items():
@@ -148,5 +151,5 @@ class RedisStore:
             logger.warning("ignored a malformed message on %s", self.channel)
             return
         value = await client.hget(self.hash_key, session_id)
-        apply(session_id, json.loads(value) if value is not None else None)
+        apply(session_id, decode_record(session_id, value, self.url) if value is not None else None)
         self._mark_verified()

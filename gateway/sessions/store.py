@@ -43,6 +43,18 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def decode_record(session_id: str, text: str, url: str) -> dict | None:
+    """A stored record, or None (logged) when it is not a JSON object: no session, fail closed."""
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        logger.error("session store %s: record %s is not a JSON object; ignored", url, session_id)
+        return None
+    return record
+
+
 def encode_secret(spec, placeholder: str) -> dict:
     return {"spec": spec.describe(), "placeholder": placeholder}
 
@@ -117,7 +129,8 @@ class SqliteStore:
                               "(fix: point it at a writable path, or delete a corrupt file)") from None
 
     def load(self) -> list[dict]:
-        return [json.loads(row[0]) for row in self._db.execute("SELECT record FROM sessions ORDER BY rowid")]
+        rows = self._db.execute("SELECT id, record FROM sessions ORDER BY rowid")
+        return [r for r in (decode_record(i, text, self.url) for i, text in rows) if r is not None]
 
     def put(self, record: dict) -> None:
         try:

@@ -93,6 +93,20 @@ async def _scenario(server: RedisServer) -> None:
         await _until(lambda: _lookup_ok(b, t.id, t.token), 1.0)
         a.delete(t.id)
         await _until(lambda: t.id not in b.ids(), 1.0)
+
+        # A garbage record is no session and stops nothing; a listener that raises neither.
+        a.store._sync.hset(a.store.hash_key, "s-garbage", "{not json")
+        a.store._sync.publish(a.store.channel, '{"id": "s-garbage"}')
+        def boom(what, session):
+            if session.name == "gamma":
+                raise RuntimeError("flow log unwritable")
+        b.subscribe(boom)
+        u = a.create("gamma", load_policy_text(TEXT_A), [], policy_text=TEXT_A)
+        await asyncio.sleep(1.5)
+        assert "s-garbage" not in b.ids() and b.store.healthy()
+        v = a.create("delta", load_policy_text(TEXT_A), [], policy_text=TEXT_A)
+        await _until(lambda: _lookup_ok(b, v.id, v.token), 3.0)
+        assert u.id in b.ids()
     finally:
         for task in tasks:
             task.cancel()

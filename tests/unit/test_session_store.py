@@ -87,10 +87,12 @@ def test_a_record_that_cannot_be_rebuilt_is_no_session(tmp_path, caplog):
     s = reg.create("alpha", load_policy_text(TEXT_A), ["10.211.0.2"], policy_text=TEXT_A)
     broken = {**s.record(), "id": "s-broken", "sources": ["10.211.0.9"], "policy_text": "spec: [not a policy"}
     reg.store.put(broken)
+    reg.store._db.execute("INSERT INTO sessions (id, record) VALUES ('s-garbage', '{not json')")
     again = _registry(db)
     assert again.load() == 1
     assert again.by_source("10.211.0.9") is None
     assert "s-broken" in caplog.text and "not loaded" in caplog.text
+    assert "s-garbage" in caplog.text and "not a JSON object" in caplog.text
 
 
 def test_remote_change_replaces_in_place_and_a_bad_one_removes(tmp_path):
