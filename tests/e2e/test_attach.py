@@ -196,3 +196,26 @@ def test_attach_a_microvm_tap_and_release_it(gateway, sandboxes, lab):
         assert all(s["id"] != info["session"] for s in gateway.client().list_sessions())
     finally:
         lab.run_in(lab.gw_ns, ["ip", "link", "del", tap])
+
+
+def test_attach_by_netns_path_leaves_the_original_name_alone(gateway, sandboxes, lab):
+    ns = f"hand{sandboxes.tag}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        name = f"atp{sandboxes.tag}"
+        r = gateway.cli("sandbox", "attach", name, "--policy", str(sandboxes.policy_file(name, POLICY)),
+                        "--netns-path", f"/run/netns/{ns}", "--json")
+        info = json.loads(r.stdout)
+        sandboxes.names.append(name)
+        assert os.stat(f"/run/netns/{ns}").st_ino == os.stat(f"/run/netns/egw-{name}").st_ino
+        bundle = str(gateway.dir / "ca" / "sandbox-ca-bundle.pem")
+        got = lab.run_in(ns, ["curl", "-sS", "-m", "5", "--cacert", bundle, "--resolve",
+                              "allowed.test:443:198.18.1.10", "https://allowed.test/"])
+        assert got.stdout.strip() == "hello from allowed.test", got.stderr
+        assert gateway.events(session=info["session"], dest_host="allowed.test", decision="allow")
+        gateway.cli("sandbox", "down", name)
+        assert os.path.lexists(f"/run/netns/{ns}") and not os.path.lexists(f"/run/netns/egw-{name}")
+        links = json.loads(subprocess.run(["ip", "-n", ns, "-j", "link"], capture_output=True, text=True).stdout)
+        assert [link["ifname"] for link in links] == ["lo"]
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)

@@ -82,8 +82,10 @@ def test_stopped_gateway_leaves_no_egress(sandboxes, gateway, lab, leak_counter)
         assert leak_counter() == 0
     finally:
         gateway.start()
-    # Sessions live in the gateway: after a restart the old sandbox maps to no session, and stays shut.
-    assert box.curl("https://allowed.test/", "--resolve", "allowed.test:443:198.18.1.10")[0] == 0
+    # Sessions persist in the gateway's session store (SQLite): after a restart the sandbox is served
+    # again, under the same policy.
+    assert box.curl("https://allowed.test/", "--resolve", "allowed.test:443:198.18.1.10")[0] == 200
+    assert box.curl("https://denied.test/", "--resolve", "denied.test:443:198.18.1.12")[0] == 0
 
 
 def test_broken_policy_file_names_the_line(gateway, tmp_path):
