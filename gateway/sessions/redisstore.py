@@ -54,6 +54,7 @@ class RedisStore:
         except ValueError as e:
             raise ConfigError(f"sessions.store {self.url}: {e} (fix: redis://host:6379/0)") from None
         self._verified_at = 0.0  # monotonic time of the last successful read
+        self._lost = False  # lost since the last success: say so when it comes back
         metrics.SESSION_STORE_UP.set(0)
 
     # -- the SessionStore interface (writes are synchronous: the API answers once Redis has them) ---
@@ -90,15 +91,17 @@ class RedisStore:
         self._sync.close()
 
     def _mark_verified(self) -> None:
-        if not self.healthy():
+        if self._lost:
             logger.warning("session store %s reachable: sessions verified again", self.url)
+            self._lost = False
         self._verified_at = time.monotonic()
         metrics.SESSION_STORE_UP.set(1)
 
     def _mark_lost(self, error: object) -> None:
-        if self._verified_at:
+        if not self._lost:
             logger.error("session store %s lost (%s): refusing session traffic (session-store-unavailable)",
                          self.url, error)
+        self._lost = True
         self._verified_at = 0.0
         metrics.SESSION_STORE_UP.set(0)
 
