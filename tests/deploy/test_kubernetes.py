@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from conftest import DEPLOY
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 from gateway.config import config_from_dict
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")

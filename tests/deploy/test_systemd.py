@@ -7,8 +7,9 @@ import shutil
 import subprocess
 
 import pytest
+from pathlib import Path
 
-from conftest import DEPLOY
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 UNITS = DEPLOY / "systemd"
 ANALYZE = shutil.which("systemd-analyze")
