@@ -1,0 +1,420 @@
+"""Bounded decoders: content codings (gzip, deflate, br, zstd), escape views with offset maps,
+base64/hex blocks, multipart parts and form fields.
+
+Every decoder is bounded: decompression stops at `Limits.max_output` bytes or when the output
+outgrows the input by `Limits.max_ratio`, and nesting stops at `Limits.max_depth`. Crossing a
+bound is reported as `DecodeLimit` (see `scanner.Detector.scan`), never unbounded memory.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+import zlib
+from bisect import bisect_right
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import brotli
+import zstandard
+
+from gateway.errors import EgressgwError
+
+PIECE = 1 << 20  # decompressor output granularity
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_output: int = 64 << 20  # bytes of decompressed output per part (one-shot scan)
+    max_ratio: int = 1100  # output/input ratio above which a body is a bomb (deflate's own maximum is ~1032)
+    ratio_floor: int = 8 << 20  # the ratio is only enforced once output exceeds this
+    stream_max_output: int = 4 << 30  # decompressed bytes per streamed body
+    max_depth: int = 4  # nested containers and decoded views
+    max_parts: int = 1000  # multipart parts
+    max_blocks: int = 256  # base64/hex blocks decoded per view
+
+
+class DecodeLimit(EgressgwError):
+    """A decoder bound was hit: the body was only partly inspected.
+
+    `part` names where, `reason` what (no content), `hits` holds what was found before the bound.
+    The caller should treat the body as uninspected (block, fail closed).
+    """
+
+    def __init__(self, part: str, reason: str, hits: list | None = None):
+        self.part = part
+        self.reason = reason
+        self.hits = list(hits or [])
+        super().__init__(f"{part}: {reason} (fix: raise the detection limits or refuse such bodies)")
+
+
+class _Bound(Exception):
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+# --- content codings ----------------------------------------------------------------------------
+
+CODING_NAMES = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate", "br": "br", "zstd": "zstd"}
+
+
+def parse_codings(header: str | None) -> list[str] | None:
+    """Content-Encoding list in decode order; None if a coding is unknown; [] for identity."""
+    if not header:
+        return []
+    out = []
+    for tok in header.lower().split(","):
+        tok = tok.strip()
+        if tok in ("", "identity"):
+            continue
+        if tok not in CODING_NAMES:
+            return None
+        out.append(CODING_NAMES[tok])
+    return out[::-1]
+
+
+def sniff(data: bytes) -> str | None:
+    """A compression format recognised by its magic bytes."""
+    if data[:3] == b"\x1f\x8b\x08":
+        return "gzip"
+    if data[:4] == b"\x28\xb5\x2f\xfd":
+        return "zstd"
+    if len(data) > 2 and data[0] == 0x78 and ((data[0] << 8) | data[1]) % 31 == 0 and data[1] in (0x01, 0x5E, 0x9C, 0xDA):
+        return "deflate"
+    return None
+
+
+class Inflater:
+    """Push-based incremental decompressor: feed(data, sink) calls sink(piece) with <= PIECE bytes."""
+
+    def __init__(self, coding: str):
+        self.coding = coding
+        self._z: object | None = None
+        self._first = True
+        if coding == "br":
+            self._z = brotli.Decompressor()
+        elif coding == "zstd":
+            self._z = zstandard.ZstdDecompressor().decompressobj()
+        elif coding == "gzip":
+            self._z = zlib.decompressobj(31)
+
+    def feed(self, data: bytes, sink: Callable[[bytes], None]) -> None:
+        if not data:
+            return
+        c = self.coding
+        if c == "deflate" and self._first:
+            zl = len(data) > 1 and (data[0] & 0x0F) == 8 and ((data[0] << 8) | data[1]) % 31 == 0
+            self._z = zlib.decompressobj(15 if zl else -15)
+        self._first = False
+        if c in ("gzip", "deflate"):
+            d = self._z
+            buf = data
+            while buf:
+                out = d.decompress(buf, PIECE)  # type: ignore[union-attr]
+                if out:
+                    sink(out)
+                if d.eof:  # type: ignore[union-attr]
+                    rest = d.unused_data  # type: ignore[union-attr]
+                    if c == "gzip" and rest[:2] == b"\x1f\x8b":
+                        self._z = d = zlib.decompressobj(31)
+                        buf = rest
+                        continue
+                    return
+                buf = d.unconsumed_tail  # type: ignore[union-attr]
+        elif c == "br":
+            d = self._z
+            out = d.process(data, output_buffer_limit=PIECE)  # type: ignore[union-attr]
+            if out:
+                sink(out)
+            while not d.can_accept_more_data() and not d.is_finished():  # type: ignore[union-attr]
+                out = d.process(b"", output_buffer_limit=PIECE)  # type: ignore[union-attr]
+                if not out:
+                    break
+                sink(out)
+        elif c == "zstd":
+            # zstandard's decompressobj has no output cap: feed it small slices so one call
+            # cannot expand by more than a slice's worth (zstd frames are bounded by ratio checks).
+            d = self._z
+            for i in range(0, len(data), 16384):
+                out = d.decompress(data[i : i + 16384])  # type: ignore[union-attr]
+                for j in range(0, len(out), PIECE):
+                    sink(out[j : j + PIECE])
+        else:
+            sink(data)
+
+
+class BoundedSink:
+    """Collects or forwards decompressed output and enforces the size and ratio limits."""
+
+    def __init__(self, limits: Limits, total_cap: int | None, forward: Callable[[bytes], None] | None = None):
+        self.limits = limits
+        self.cap = total_cap
+        self.forward = forward
+        self.pieces: list[bytes] = []
+        self.out = 0
+        self.inp = 0
+
+    def __call__(self, piece: bytes) -> None:
+        self.out += len(piece)
+        if self.cap is not None and self.out > self.cap:
+            keep = len(piece) - (self.out - self.cap)
+            if keep > 0:
+                self._emit(piece[:keep])
+            raise _Bound(f"decompressed size exceeds {self.cap} bytes")
+        if self.out > self.limits.ratio_floor and self.out > self.limits.max_ratio * max(self.inp, 1):
+            raise _Bound(f"decompression ratio exceeds {self.limits.max_ratio}:1")
+        self._emit(piece)
+
+    def _emit(self, piece: bytes) -> None:
+        if self.forward is not None:
+            self.forward(piece)
+        else:
+            self.pieces.append(piece)
+
+
+def inflate(data: bytes, codings: list[str], limits: Limits) -> tuple[bytes, str | None]:
+    """Decode `data` through `codings` (decode order). Returns (output, bound reason or None).
+
+    Raises ValueError if the data is not valid for the coding.
+    """
+    cur = data
+    for coding in codings:
+        sink = BoundedSink(limits, limits.max_output)
+        sink.inp = len(cur)
+        inf = Inflater(coding)
+        try:
+            inf.feed(cur, sink)
+        except _Bound as b:
+            return b"".join(sink.pieces), b.reason
+        except (zlib.error, brotli.error, zstandard.ZstdError) as e:
+            raise ValueError(f"invalid {coding} data ({e.__class__.__name__})") from None
+        cur = b"".join(sink.pieces)
+    return cur, None
+
+
+# --- escape views with offset maps --------------------------------------------------------------
+
+
+class OffsetMap:
+    """Maps offsets in a decoded view back to the bytes it was decoded from."""
+
+    __slots__ = ("ds", "de", "ss", "se")
+
+    def __init__(self) -> None:
+        self.ds: list[int] = []
+        self.de: list[int] = []
+        self.ss: list[int] = []
+        self.se: list[int] = []
+
+    def _point(self, d: int) -> tuple[int, bool, int]:
+        i = bisect_right(self.ds, d) - 1
+        if i < 0:
+            return d, False, i
+        if d < self.de[i]:
+            return self.ss[i], True, i
+        return self.se[i] + (d - self.de[i]), False, i
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        s = self._point(start)[0]
+        if end <= start:
+            return s, s
+        last, inside, i = self._point(end - 1)
+        return s, (self.se[i] if inside else last + 1)
+
+
+def unescape(data: bytes, rx: re.Pattern[bytes], fn: Callable[[re.Match[bytes]], bytes | None]) -> tuple[bytes, OffsetMap]:
+    out: list[bytes] = []
+    m_ = OffsetMap()
+    last = 0
+    dpos = 0
+    for m in rx.finditer(data):
+        rep = fn(m)
+        if rep is None:
+            continue
+        s, e = m.span()
+        out.append(data[last:s])
+        dpos += s - last
+        m_.ds.append(dpos)
+        m_.ss.append(s)
+        out.append(rep)
+        dpos += len(rep)
+        m_.de.append(dpos)
+        m_.se.append(e)
+        last = e
+    out.append(data[last:])
+    return b"".join(out), m_
+
+
+_PCT = re.compile(rb"%([0-9A-Fa-f]{2})")
+_PCT_FORM = re.compile(rb"%([0-9A-Fa-f]{2})|\+")
+_JSON = re.compile(
+    rb"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})|\\u([0-9a-fA-F]{4})|\\([\"\\/bfnrt])"
+)
+_QP = re.compile(rb"=\r?\n|=([0-9A-Fa-f]{2})")
+_JSON_SIMPLE = {b'"': b'"', b"\\": b"\\", b"/": b"/", b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t"}
+
+
+def _pct(m: re.Match[bytes]) -> bytes:
+    g = m.group(1)
+    return b" " if g is None else bytes.fromhex(g.decode())
+
+
+def _json(m: re.Match[bytes]) -> bytes:
+    if m.group(1) is not None:
+        hi, lo = int(m.group(1), 16), int(m.group(2), 16)
+        return chr(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)).encode("utf-8")
+    if m.group(3) is not None:
+        return chr(int(m.group(3), 16)).encode("utf-8", "surrogatepass")
+    return _JSON_SIMPLE[m.group(4)]
+
+
+def _qp(m: re.Match[bytes]) -> bytes:
+    g = m.group(1)
+    return b"" if g is None else bytes.fromhex(g.decode())
+
+
+def url_view(data: bytes, form: bool = False) -> tuple[bytes, OffsetMap]:
+    return unescape(data, _PCT_FORM if form else _PCT, _pct)
+
+
+def json_view(data: bytes) -> tuple[bytes, OffsetMap]:
+    return unescape(data, _JSON, _json)
+
+
+def qp_view(data: bytes) -> tuple[bytes, OffsetMap]:
+    return unescape(data, _QP, _qp)
+
+
+# --- base64 / hex blocks ------------------------------------------------------------------------
+
+_B64_BLOCK = re.compile(rb"[A-Za-z0-9+/_-]{40,}={0,2}(?:\r?\n[A-Za-z0-9+/_-]{4,}={0,2})*")
+_HEX_BLOCK = re.compile(rb"[0-9a-fA-F]{80,}")
+_WS = re.compile(rb"\s+")
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
+def base64_blocks(data: bytes, limit: int) -> list[tuple[int, int, bytes]]:
+    out = []
+    for m in _B64_BLOCK.finditer(data):
+        text = _WS.sub(b"", m.group(0)).rstrip(b"=").translate(_URLSAFE)
+        text = text[: len(text) - len(text) % 4] if len(text) % 4 == 1 else text
+        text += b"=" * (-len(text) % 4)
+        try:
+            dec = binascii.a2b_base64(text)
+        except binascii.Error:
+            continue
+        out.append((m.start(), m.end(), dec))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def hex_blocks(data: bytes, limit: int) -> list[tuple[int, int, bytes]]:
+    out = []
+    for m in _HEX_BLOCK.finditer(data):
+        s, e = m.span()
+        if (e - s) % 2:
+            e -= 1
+        out.append((s, e, binascii.unhexlify(data[s:e])))
+        if len(out) >= limit:
+            break
+    return out
+
+
+# --- multipart and forms ------------------------------------------------------------------------
+
+_PARAM = re.compile(r';\s*([A-Za-z0-9_*-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))')
+
+
+def header_params(value: str) -> dict[str, str]:
+    return {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3)) for m in _PARAM.finditer(value)}
+
+
+def safe_name(name: str) -> str:
+    """A field name fit for a part label: printable, bounded."""
+    clean = "".join(c if c.isprintable() and c not in "[]>" else "?" for c in name)
+    return clean[:64]
+
+
+@dataclass(frozen=True)
+class MimePart:
+    name: str
+    start: int  # body offset in the multipart bytes
+    end: int
+    content_type: str | None
+    transfer_encoding: str | None
+    content_encoding: str | None
+
+
+def multipart(data: bytes, content_type: str, max_parts: int) -> list[MimePart] | None:
+    """Parts of a multipart body; None if the content type has no boundary."""
+    ct_main = content_type.split(";", 1)[0].strip().lower()
+    if not ct_main.startswith("multipart/"):
+        return None
+    boundary = header_params(content_type).get("boundary")
+    if not boundary:
+        return None
+    delim = b"--" + boundary.encode("latin-1", "replace")
+    parts: list[MimePart] = []
+    pos = data.find(delim)
+    n = 0
+    while pos >= 0 and n < max_parts:
+        hstart = pos + len(delim)
+        if data[hstart : hstart + 2] == b"--":
+            break
+        nxt = data.find(delim, hstart)
+        end = nxt if nxt >= 0 else len(data)
+        sep = data.find(b"\r\n\r\n", hstart, end)
+        seplen = 4
+        if sep < 0:
+            sep = data.find(b"\n\n", hstart, end)
+            seplen = 2
+        if sep < 0:
+            break
+        headers = data[hstart:sep].decode("latin-1")
+        bstart = sep + seplen
+        bend = end
+        if data[bend - 2 : bend] == b"\r\n":
+            bend -= 2
+        elif data[bend - 1 : bend] == b"\n":
+            bend -= 1
+        hd: dict[str, str] = {}
+        for line in re.split(r"\r?\n", headers):
+            if ":" in line:
+                k, v = line.split(":", 1)
+                hd[k.strip().lower()] = v.strip()
+        disp = header_params(";" + hd.get("content-disposition", "").split(";", 1)[-1]) if "content-disposition" in hd else {}
+        name = disp.get("name") or disp.get("filename") or str(n)
+        parts.append(
+            MimePart(
+                safe_name(name),
+                bstart,
+                max(bend, bstart),
+                hd.get("content-type"),
+                (hd.get("content-transfer-encoding") or "").strip().lower() or None,
+                hd.get("content-encoding"),
+            )
+        )
+        n += 1
+        pos = nxt
+    return parts
+
+
+def form_fields(data: bytes) -> tuple[list[int], list[str]]:
+    """Start offsets and decoded names of the fields of an urlencoded form / query string."""
+    starts: list[int] = []
+    names: list[str] = []
+    pos = 0
+    from urllib.parse import unquote_plus
+
+    for seg in data.split(b"&"):
+        key = seg.split(b"=", 1)[0]
+        starts.append(pos)
+        names.append(safe_name(unquote_plus(key.decode("latin-1"))))
+        pos += len(seg) + 1
+    return starts, names
+
+
+def field_at(fields: tuple[list[int], list[str]], offset: int) -> str:
+    i = bisect_right(fields[0], offset) - 1
+    return fields[1][max(i, 0)]

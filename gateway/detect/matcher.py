@@ -1,0 +1,125 @@
+"""Hyperscan databases: one literal database for the forms of the known values, one for the rules.
+
+The rules database also carries *shape* expressions (percent escapes, JSON \\u escapes, QP soft
+breaks, base64 and hex blocks) so a single pass says which decoded views a part needs.
+Rules are compiled with HS_FLAG_SINGLEMATCH: hyperscan says which rules occur at all, and Python
+`re` then extracts and confirms matches for those rules only. A rule hyperscan refuses is retried
+with HS_FLAG_PREFILTER (an over-approximation, confirmed by `re`); one it still refuses runs in
+Python `re` on every part (`RuleMatcher.fallback`, reported by `Detector.stats`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import hyperscan as hs
+
+from .forms import Form, forms
+from .rules import Rule, RulePack
+
+SHAPES: dict[str, tuple[bytes, int]] = {
+    "pct": (rb"%[0-9A-Fa-f]{2}", 0),
+    "json": (rb"\\u[0-9A-Fa-f]{4}|\\/", 0),
+    "qp": (rb"[^\s=]=\r?\n", 0),
+    "b64": (rb"[A-Za-z0-9+/_-]{40}", 0),
+    "hex": (rb"[0-9A-Fa-f]{80}", 0),
+}
+
+
+class ValueMatcher:
+    """Finds every literal form of every known value in one hyperscan pass."""
+
+    def __init__(self, values: Sequence[bytes]):
+        self.entries: list[list[tuple[int, str, int]]] = []  # pattern id -> [(value index, encoding, length)]
+        self.max_len = 0
+        index: dict[tuple[bytes, bool], int] = {}
+        exprs: list[bytes] = []
+        flags: list[int] = []
+        for vi, value in enumerate(values):
+            for f in forms(value):
+                key = (f.pattern.lower() if f.caseless else f.pattern, f.caseless)
+                pid = index.get(key)
+                if pid is None:
+                    pid = index[key] = len(exprs)
+                    exprs.append(f.pattern)
+                    flags.append(hs.HS_FLAG_CASELESS if f.caseless else 0)
+                    self.entries.append([])
+                self.entries[pid].append((vi, f.encoding, len(f.pattern)))
+                self.max_len = max(self.max_len, len(f.pattern))
+        self.db: hs.Database | None = None
+        if exprs:
+            self.db = hs.Database(mode=hs.HS_MODE_BLOCK)
+            self.db.compile(expressions=exprs, ids=list(range(len(exprs))), elements=len(exprs), flags=flags, literal=True)
+
+    def scan(self, data: bytes) -> list[tuple[int, str, int, int]]:
+        """[(value index, encoding, start, end)] for every occurrence."""
+        if self.db is None or not data:
+            return []
+        found: list[tuple[int, int]] = []
+        self.db.scan(data, match_event_handler=_collect, context=found)
+        out = []
+        for pid, end in found:
+            for vi, enc, length in self.entries[pid]:
+                out.append((vi, enc, end - length, end))
+        return out
+
+
+def _collect(pid: int, _from: int, to: int, _flags: int, ctx: list) -> None:
+    ctx.append((pid, to))
+
+
+def _collect_id(pid: int, _from: int, _to: int, _flags: int, ctx: set) -> None:
+    ctx.add(pid)
+
+
+class RuleMatcher:
+    def __init__(self, pack: RulePack):
+        self.rules: tuple[Rule, ...] = pack.rules
+        self.shape_names = list(SHAPES)
+        self.shape_base = len(self.rules)
+        exprs: list[bytes] = []
+        ids: list[int] = []
+        flags: list[int] = []
+        self.fallback: list[int] = []
+        self.prefiltered: list[int] = []
+        for i, r in enumerate(self.rules):
+            expr = (r.hs or r.regex).encode()
+            f = _try_flags(expr)
+            if f is None:
+                self.fallback.append(i)
+                continue
+            if f & hs.HS_FLAG_PREFILTER:
+                self.prefiltered.append(i)
+            exprs.append(expr)
+            ids.append(i)
+            flags.append(f)
+        for k, name in enumerate(self.shape_names):
+            exprs.append(SHAPES[name][0])
+            ids.append(self.shape_base + k)
+            flags.append(hs.HS_FLAG_SINGLEMATCH)
+        self.db = hs.Database(mode=hs.HS_MODE_BLOCK)
+        self.db.compile(expressions=exprs, ids=ids, elements=len(exprs), flags=flags)
+        self.max_len = max((r.max_len for r in self.rules), default=0)
+
+    def scan(self, data: bytes) -> tuple[list[int], set[str]]:
+        """(indexes of rules that may match, shapes present)."""
+        hit: set[int] = set()
+        if data:
+            self.db.scan(data, match_event_handler=_collect_id, context=hit)
+        rules = sorted(i for i in hit if i < self.shape_base) + self.fallback
+        shapes = {self.shape_names[i - self.shape_base] for i in hit if i >= self.shape_base}
+        return rules, shapes
+
+
+def _try_flags(expr: bytes) -> int | None:
+    for f in (hs.HS_FLAG_SINGLEMATCH, hs.HS_FLAG_SINGLEMATCH | hs.HS_FLAG_PREFILTER):
+        try:
+            db = hs.Database(mode=hs.HS_MODE_BLOCK)
+            db.compile(expressions=[expr], ids=[0], elements=1, flags=[f])
+            return f
+        except hs.error:
+            continue
+    return None
+
+
+__all__ = ["Form", "RuleMatcher", "SHAPES", "ValueMatcher"]
