@@ -287,38 +287,94 @@ def qp_view(data: bytes) -> tuple[bytes, OffsetMap]:
 
 # --- base64 / hex blocks ------------------------------------------------------------------------
 
-_B64_BLOCK = re.compile(rb"[A-Za-z0-9+/_-]{40,}={0,2}(?:\r?\n[A-Za-z0-9+/_-]{4,}={0,2})*")
-_HEX_BLOCK = re.compile(rb"[0-9a-fA-F]{80,}")
-_WS = re.compile(rb"\s+")
+_B64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-"
+_HEX_CHARS = b"0123456789abcdefABCDEF"
+_B64_TAIL = re.compile(rb"\r?\n([A-Za-z0-9+/_-]{2,}={0,2})(?![A-Za-z0-9+/_=-])")
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
-def base64_blocks(data: bytes, limit: int) -> list[tuple[int, int, bytes]]:
+def _mask(chars: bytes) -> bytes:
+    return bytes(0x41 if i in chars else 0x2E for i in range(256))
+
+
+_B64_MASK = _mask(_B64_CHARS)
+_HEX_MASK = _mask(_HEX_CHARS)
+
+
+def _runs(data: bytes, table: bytes, minlen: int) -> list[tuple[int, int]]:
+    """(start, end) of every run of at least `minlen` alphabet bytes (C-speed translate + find)."""
+    m = data.translate(table)
+    needle = b"A" * minlen
     out = []
-    for m in _B64_BLOCK.finditer(data):
-        text = _WS.sub(b"", m.group(0)).rstrip(b"=").translate(_URLSAFE)
+    pos = 0
+    while True:
+        i = m.find(needle, pos)
+        if i < 0:
+            return out
+        j = m.find(b".", i + minlen)
+        if j < 0:
+            j = len(m)
+        out.append((i, j))
+        pos = j
+
+
+def base64_blocks(data: bytes, limit: int) -> list[tuple[int, int, bytes]]:
+    runs = []
+    for s, e in _runs(data, _B64_MASK, 40):
+        for _pad in range(2):
+            if data[e : e + 1] == b"=":
+                e += 1
+        runs.append((s, e))
+    # MIME: join runs separated by one line break, and a short last line
+    blocks: list[list[int]] = []
+    for s, e in runs:
+        if blocks and data[blocks[-1][1] : s] in (b"\n", b"\r\n"):
+            blocks[-1][1] = e
+        else:
+            blocks.append([s, e])
+    out = []
+    for s, e in blocks:
+        m = _B64_TAIL.match(data, e)
+        if m and data[e - 1 : e] != b"=":
+            e = m.end()
+        raw = data[s:e]
+        if len(set(raw[:64])) < 12:  # ----- lines, long identifiers of few letters
+            continue
+        text = _WS.sub(b"", raw).rstrip(b"=").translate(_URLSAFE)
         text = text[: len(text) - len(text) % 4] if len(text) % 4 == 1 else text
         text += b"=" * (-len(text) % 4)
         try:
             dec = binascii.a2b_base64(text)
         except binascii.Error:
             continue
-        out.append((m.start(), m.end(), dec))
+        out.append((s, e, dec))
         if len(out) >= limit:
             break
     return out
 
 
+def base64_body(data: bytes) -> bytes:
+    """A whole base64 body (MIME Content-Transfer-Encoding), lenient about line breaks and junk."""
+    text = _WS.sub(b"", data).rstrip(b"=").translate(_URLSAFE)
+    text = text[: len(text) - len(text) % 4] if len(text) % 4 == 1 else text
+    try:
+        return binascii.a2b_base64(text + b"=" * (-len(text) % 4))
+    except binascii.Error:
+        return b""
+
+
 def hex_blocks(data: bytes, limit: int) -> list[tuple[int, int, bytes]]:
     out = []
-    for m in _HEX_BLOCK.finditer(data):
-        s, e = m.span()
+    for s, e in _runs(data, _HEX_MASK, 80):
         if (e - s) % 2:
             e -= 1
         out.append((s, e, binascii.unhexlify(data[s:e])))
         if len(out) >= limit:
             break
     return out
+
+
+_WS = re.compile(rb"\s+")
 
 
 # --- multipart and forms ------------------------------------------------------------------------

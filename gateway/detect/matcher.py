@@ -2,8 +2,8 @@
 
 The rules database also carries *shape* expressions (percent escapes, JSON \\u escapes, QP soft
 breaks, base64 and hex blocks) so a single pass says which decoded views a part needs.
-Rules are compiled with HS_FLAG_SINGLEMATCH: hyperscan says which rules occur at all, and Python
-`re` then extracts and confirms matches for those rules only. A rule hyperscan refuses is retried
+Hyperscan reports the end offsets of each rule's prefilter expression; Python `re` then confirms
+and extracts matches only in a window of `Rule.max_len` bytes around each of those offsets. A rule hyperscan refuses is retried
 with HS_FLAG_PREFILTER (an over-approximation, confirmed by `re`); one it still refuses runs in
 Python `re` on every part (`RuleMatcher.fallback`, reported by `Detector.stats`).
 """
@@ -68,8 +68,12 @@ def _collect(pid: int, _from: int, to: int, _flags: int, ctx: list) -> None:
     ctx.append((pid, to))
 
 
-def _collect_id(pid: int, _from: int, _to: int, _flags: int, ctx: set) -> None:
-    ctx.add(pid)
+def _collect_rule(pid: int, _from: int, to: int, _flags: int, ctx: dict) -> None:
+    ends = ctx.get(pid)
+    if ends is None:
+        ctx[pid] = [to]
+    else:
+        ends.append(to)
 
 
 class RuleMatcher:
@@ -92,22 +96,24 @@ class RuleMatcher:
                 self.prefiltered.append(i)
             exprs.append(expr)
             ids.append(i)
-            flags.append(f)
+            flags.append(f & ~hs.HS_FLAG_SINGLEMATCH)
         for k, name in enumerate(self.shape_names):
             exprs.append(SHAPES[name][0])
             ids.append(self.shape_base + k)
-            flags.append(hs.HS_FLAG_SINGLEMATCH)
+            flags.append(0 if SHAPES[name][1] else hs.HS_FLAG_SINGLEMATCH)
         self.db = hs.Database(mode=hs.HS_MODE_BLOCK)
         self.db.compile(expressions=exprs, ids=ids, elements=len(exprs), flags=flags)
         self.max_len = max((r.max_len for r in self.rules), default=0)
 
-    def scan(self, data: bytes) -> tuple[list[int], set[str]]:
-        """(indexes of rules that may match, shapes present)."""
-        hit: set[int] = set()
+    def scan(self, data: bytes) -> tuple[dict[int, list[int] | None], dict[str, list[int]]]:
+        """({rule index: end offsets of prefilter matches, or None = whole data}, {shape: end offsets})."""
+        hit: dict[int, list[int]] = {}
         if data:
-            self.db.scan(data, match_event_handler=_collect_id, context=hit)
-        rules = sorted(i for i in hit if i < self.shape_base) + self.fallback
-        shapes = {self.shape_names[i - self.shape_base] for i in hit if i >= self.shape_base}
+            self.db.scan(data, match_event_handler=_collect_rule, context=hit)
+        shapes = {self.shape_names[i - self.shape_base]: e for i, e in hit.items() if i >= self.shape_base}
+        rules: dict[int, list[int] | None] = {i: e for i, e in hit.items() if i < self.shape_base}
+        for i in self.fallback:
+            rules[i] = None
         return rules, shapes
 
 

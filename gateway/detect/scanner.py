@@ -27,6 +27,7 @@ from .decode import (
     Limits,
     _Bound,
     base64_blocks,
+    base64_body,
     field_at,
     form_fields,
     hex_blocks,
@@ -95,6 +96,11 @@ class _View:
     region: tuple[int, int]  # the part span this view was derived from
     depth: int
     form: bool = False
+
+    @property
+    def binary(self) -> bool:
+        """Binary content (images, archives, fonts) gets no escape views: a NUL in the first 8 KiB."""
+        return b"\0" in self.data[:8192]
 
 
 @dataclass
@@ -258,7 +264,7 @@ class Detector:
                     base = raw_base + p.start if raw_base is not None else None
                     sub_chain = chain
                     if p.transfer_encoding == "base64":
-                        body = b"".join(b[2] for b in base64_blocks(body, 1 << 30)) if body.strip() else b""
+                        body = base64_body(body)
                         base, sub_chain = None, chain + ("base64",)
                     elif p.transfer_encoding == "quoted-printable":
                         body, _m = qp_view(body)
@@ -279,33 +285,33 @@ class Detector:
         part = view.part
         for vi, enc, s, e in self._vm.scan(data):
             self._add(acc, view, KNOWN, self.values[vi].label, vi, "known value", None, (s, e), _encoding(view.chain, enc))
-        rule_ids, shapes = self._engine.rules.scan(data)
+        rule_hits, shapes = self._engine.rules.scan(data)
         lowered: bytes | None = None
         global_allow = self.rules.allowlist
-        for ri in rule_ids:
-            rule = self._engine.rules.rules[ri]
+        rules = self._engine.rules.rules
+        n = len(data)
+        for ri in sorted(rule_hits):
+            rule = rules[ri]
             if rule.keywords and rule.hs is None:
                 if lowered is None:
                     lowered = data.lower()
                 if not any(k in lowered for k in rule._kw):  # type: ignore[attr-defined]
                     continue
-            for m in rule.compiled.finditer(data):
+            for m in _confirm(rule.compiled, data, rule_hits[ri], rule.max_len, n):
                 s, e = rule.secret_span(m)
-                if e <= s:
-                    continue
-                if not rule.accepts(data[s:e], m.group(0), global_allow):
+                if e <= s or not rule.accepts(data[s:e], m.group(0), global_allow):
                     continue
                 self._add(acc, view, rule.id, None, -1, rule.description, rule.action, (s, e), _encoding(view.chain, None))
         depth = view.depth + 1
         if depth > self.limits.max_depth:
             return
-        if "pct" in shapes:
+        if not view.binary and "pct" in shapes:
             dec, m = url_view(data, form=view.form)
             self._scan_view(_View(part, dec, view.chain + ("url",), _compose(view.to_part, m.span), view.region, depth, view.form), acc)
-        if "json" in shapes:
+        if not view.binary and "json" in shapes:
             dec, m = json_view(data)
             self._scan_view(_View(part, dec, view.chain + ("json-u",), _compose(view.to_part, m.span), view.region, depth), acc)
-        if "qp" in shapes:
+        if not view.binary and "qp" in shapes:
             dec, m = qp_view(data)
             if dec != data:
                 self._scan_view(_View(part, dec, view.chain + ("qp",), _compose(view.to_part, m.span), view.region, depth), acc)
@@ -331,7 +337,8 @@ class Detector:
                 chain = chain + tuple(codings)
                 if bound:
                     acc.limits.append((part.label, bound))
-        self._scan_view(_View(part, data, chain, None, region, depth), acc)
+        # binary blocks (images, random bytes) get no further decoded views
+        self._scan_view(_View(part, data, chain, None, region, depth if data.isascii() else self.limits.max_depth), acc)
 
     def _add(self, acc: _Acc, view: _View, rule: str, label: str | None, vi: int, desc: str, action: str | None,
              span: tuple[int, int], encoding: str) -> None:
@@ -389,6 +396,33 @@ class Detector:
             )
         hits.sort(key=lambda h: (h.part, h.offset, h.rule))
         return hits
+
+
+def _confirm(rx: re.Pattern[bytes], data: bytes, ends: list[int] | None, max_len: int, n: int):
+    """Matches of `rx` in windows of max_len bytes around hyperscan's end offsets (all data if None)."""
+    if ends is None:
+        yield from rx.finditer(data)
+        return
+    ends.sort()
+    windows: list[list[int]] = []
+    for end in ends:
+        lo, hi = max(0, end - max_len), min(n, end + max_len)
+        if windows and lo <= windows[-1][1]:
+            windows[-1][1] = hi
+        else:
+            windows.append([lo, hi])
+    last = -1
+    for lo, hi in windows:
+        for m in rx.finditer(data, lo, hi):
+            if m.start() < last:
+                continue
+            if m.end() == hi and hi < n:  # may continue past the window: re-run unbounded
+                m2 = rx.match(data, m.start())
+                if m2 is None:
+                    continue
+                m = m2
+            last = m.end()
+            yield m
 
 
 def _identity(s: int, e: int) -> tuple[int, int]:
