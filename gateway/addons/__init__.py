@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gateway.addons.auditor import HttpAudit
 from gateway.addons.credentials import Credentials
+from gateway.addons.detection import Detection
 from gateway.addons.dialgate import DialGate
 from gateway.addons.dnsgate import DnsGate
 from gateway.addons.httppolicy import HttpPolicy
@@ -19,6 +20,7 @@ def default_addons(*, registry, conns, resolver, guard, audit, store) -> list:
         TlsGate(conns, guard, audit),  # SNI at ClientHello: refuse / pass through / intercept
         HttpPolicy(conns, guard, audit),  # Host = SNI = authority; port, method, path
         TcpPolicy(conns, guard, audit),  # raw TCP only where a tcp rule allows it
+        Detection(registry, store, audit),  # exfiltration in what the sandbox sends, before any substitution
         Credentials(registry, store, audit),  # placeholders -> real values, approved hosts only; mask responses
         DialGate(conns),  # only vetted addresses are dialled
         HttpAudit(audit),  # one flow-log event per HTTP decision

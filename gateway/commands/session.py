@@ -54,10 +54,12 @@ def _create(args) -> int:
     load_policy_file(args.policy)  # every problem, with lines, before anything is sent
     client = control_client(config_from_args(args))
     secrets = secrets_from_args(args)
-    return _print(client.create_session(args.name, Path(args.policy).read_text(), args.source, secrets=secrets))
+    return _print(client.create_session(args.name, Path(args.policy).read_text(), args.source, secrets=secrets,
+                                        policy_dir=str(Path(args.policy).resolve().parent)))
 
 
 def _set_policy(args) -> int:
     load_policy_file(args.policy)
     client = control_client(config_from_args(args))
-    return _print(client.replace_policy(args.id, Path(args.policy).read_text()))
+    return _print(client.replace_policy(args.id, Path(args.policy).read_text(),
+                                        policy_dir=str(Path(args.policy).resolve().parent)))
