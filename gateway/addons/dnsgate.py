@@ -5,6 +5,12 @@ A sandbox's query reaches this listener through the namespace's redirect
 and the answer is passed back; the addresses in it are remembered for the
 session (raw TCP rules and the review use them). Refused names get NXDOMAIN
 without any upstream lookup; traffic from no session gets REFUSED.
+
+Allowed names then meet the DNS tunnel detector (gateway/detect/dnstunnel.py):
+a session that tunnels through a base domain gets REFUSED for that domain, with
+no upstream lookup, for the configured block time; the query that tripped it
+is logged with `alert: true`, `reason: "dns-tunnel"` and the signal's numbers.
+In a `report`-mode policy the alert is logged and the query still answered.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ import dns.rdatatype
 from mitmproxy import dns as mdns
 from mitmproxy.net.dns import response_codes
 
+from gateway.addons import dnswire
+from gateway.addons.failclosed import fail_closed
+from gateway.detect.dnstunnel import DnsTunnelDetector
 from gateway.log import events
 from gateway.log.writer import LogWriteError
 from gateway.resolver import DnsFailure
@@ -27,12 +36,25 @@ from gateway.resolver import DnsFailure
 logger = logging.getLogger("egressgw.dns")
 
 
+def _refuse_dns(self, flow: mdns.DNSFlow) -> None:
+    flow.response = flow.request.fail(response_codes.REFUSED)
+
+
 class DnsGate:
-    def __init__(self, registry, resolver, audit):
+    def __init__(self, registry, resolver, audit, tunnels: DnsTunnelDetector | None = None):
         self.registry = registry
         self.resolver = resolver
         self.audit = audit
+        self.tunnels = tunnels if tunnels is not None else DnsTunnelDetector()
+        dnswire.install()  # names with non-IDNA bytes reach this hook instead of killing the socket
+        self._suffixes: dict[int, tuple[object, tuple[str, ...]]] = {}  # id(policy) -> (policy, suffixes)
+        registry.subscribe(self._session_changed)
 
+    def _session_changed(self, what: str, session) -> None:
+        if what in ("deleted", "removed", "expired"):
+            self.tunnels.forget(session.id)
+
+    @fail_closed(_refuse_dns)
     async def dns_request(self, flow: mdns.DNSFlow) -> None:
         client = flow.client_conn.peername
         session = self.registry.by_source(client[0])
@@ -48,6 +70,20 @@ class DnsGate:
         decision = session.decider.dns(q.name)
         if not decision.allowed:
             return self._answer(flow, response_codes.NXDOMAIN, fields, "deny", decision.reason)
+        verdict = self.tunnels.check(session.id, q.name.lower().rstrip("."), fields["dns_qtype"],
+                                     self._pattern_suffixes(session.policy))
+        if verdict.blocked:
+            tunnel = {**fields, "rule": decision.rule, "reason": "dns-tunnel", "detail": verdict.detail}
+            if verdict.new:
+                tunnel.update(alert=True, detections=[{"rule": f"dns-tunnel:{verdict.signal}", "part": "dns_qname",
+                                                       "action": "alert" if session.policy.mode == "report"
+                                                       else "block"}])
+            if session.policy.mode != "report":
+                return self._answer(flow, response_codes.REFUSED, tunnel, "deny", "dns-tunnel")
+            if verdict.new:
+                self._emit(flow, {**tunnel, "decision": "report"})
+                if flow.response is not None:
+                    return None
         try:
             query = dns.message.from_wire(flow.request.packed)
             answer = await self.resolver.query(query)
@@ -65,6 +101,18 @@ class DnsGate:
                           "decision": decision.action, "rule": decision.rule, "reason": decision.reason})
         if flow.response is None:  # the log write succeeded
             flow.response = mdns.DNSMessage.unpack(answer.to_wire())
+
+    def _pattern_suffixes(self, policy) -> tuple[str, ...]:
+        """The policy's `*.X` suffixes X: the base domains tunnels are tracked under (cached per policy)."""
+        hit = self._suffixes.get(id(policy))
+        if hit is not None and hit[0] is policy:
+            return hit[1]
+        suffixes = tuple(sorted({sel.value[2:] for rule in policy.rules for sel in rule.hosts
+                                 if sel.kind == "pattern"}))
+        if len(self._suffixes) > 1024:
+            self._suffixes.clear()
+        self._suffixes[id(policy)] = (policy, suffixes)
+        return suffixes
 
     def _answer(self, flow, rcode: int, fields: dict, decision: str, reason: str) -> None:
         flow.response = flow.request.fail(rcode)

@@ -20,7 +20,9 @@ counted over the last ``window`` seconds for one pair:
               ``max_name_length``+ characters.
 ``distinct``  distinct subdomains (any shape).
 ``qtype``     queries of uncommon types (anything but A, AAAA, HTTPS, SVCB, PTR,
-              SOA, NS, DS, DNSKEY: e.g. TXT, NULL, CNAME, MX, SRV, ANY, private types).
+              SOA, NS, DS, DNSKEY: e.g. TXT, CNAME, MX, SRV), each counting 1, and
+              of types no ordinary client asks (NULL, ANY, zone transfers, private
+              and unassigned types: iodine's favourites), each counting RARE_WEIGHT.
 ``rate``      queries (repeats included).
 
 A signal reaching its limit is a detection: the pair is blocked for ``block``
@@ -61,6 +63,8 @@ __all__ = [
     "looks_encoded",
     "SIGNALS",
     "COMMON_QTYPES",
+    "RARE_QTYPES",
+    "qtype_weight",
 ]
 
 SIGNALS = ("encoded", "distinct", "qtype", "rate")
@@ -68,7 +72,21 @@ SIGNALS = ("encoded", "distinct", "qtype", "rate")
 # Types ordinary clients ask for; every other type counts towards the `qtype` signal.
 COMMON_QTYPES = frozenset({"A", "AAAA", "HTTPS", "SVCB", "PTR", "SOA", "NS", "DS", "DNSKEY"})
 
+# Types that have no business in a sandbox's lookups: they count RARE_WEIGHT each.
+RARE_QTYPES = frozenset({"NULL", "ANY", "AXFR", "IXFR", "MAILA", "MAILB"})
+RARE_WEIGHT = 4
+
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"
+
+
+def qtype_weight(qtype: str) -> int:
+    """What one query of ``qtype`` adds to the ``qtype`` signal: 0, 1 or RARE_WEIGHT."""
+    qtype = qtype.upper()
+    if qtype in COMMON_QTYPES:
+        return 0
+    if qtype in RARE_QTYPES or qtype.startswith("TYPE"):  # dnspython's name for types it does not know
+        return RARE_WEIGHT
+    return 1
 
 
 @dataclass(frozen=True)
@@ -79,7 +97,7 @@ class Settings:
     window: float = 60.0  # seconds
     max_encoded: int = 10  # distinct encoded-looking names per base per window
     max_distinct: int = 120  # distinct subdomains per base per window
-    max_uncommon: int = 20  # TXT/NULL/CNAME/... queries per base per window
+    max_uncommon: int = 20  # TXT/CNAME/... queries per base per window (NULL/ANY/private count 4)
     max_rate: int = 600  # queries per base per window
     encoded_min_length: int = 20  # characters of subdomain (dots removed) before entropy is judged
     min_entropy_ratio: float = 0.75  # of a random base32 string's entropy at the same length
@@ -155,7 +173,7 @@ class _Pair:
     names: dict = field(default_factory=dict)  # sub -> queries in window; len() = distinct names
     overflow: int = 0  # queries with a new name beyond max_names, in window (each counted distinct)
     encoded: int = 0  # distinct encoded-looking names in window
-    uncommon: int = 0  # uncommon-type queries in window
+    uncommon: int = 0  # weighted uncommon-type queries in window
 
 
 class DnsTunnelDetector:
@@ -194,7 +212,7 @@ class DnsTunnelDetector:
         self._expire(pair, now - s.window)
 
         sub = qname[: -len(base) - 1] if len(qname) > len(base) else ""
-        uncommon = qtype.upper() not in COMMON_QTYPES
+        uncommon = qtype_weight(qtype)
         encoded = False
         if sub and sub in pair.names:
             pair.names[sub] += 1
@@ -223,7 +241,8 @@ class DnsTunnelDetector:
         elif distinct >= s.max_distinct:
             fired = ("distinct", f"{distinct} distinct subdomains (limit {s.max_distinct})")
         elif pair.uncommon >= s.max_uncommon:
-            fired = ("qtype", f"{pair.uncommon} uncommon-type queries (limit {s.max_uncommon}; this one {qtype.upper()})")
+            fired = ("qtype", f"uncommon-type query weight {pair.uncommon} (limit {s.max_uncommon}; this one "
+                              f"{qtype.upper()})")
         elif len(pair.events) >= s.max_rate:
             fired = ("rate", f"{len(pair.events)} queries (limit {s.max_rate})")
         if fired is None:
