@@ -15,9 +15,10 @@ counted over the last ``window`` seconds for one pair:
               under the base, dots removed) is at least ``encoded_min_length``
               characters with a Shannon entropy of at least ``min_entropy_ratio``
               times that of a random base32 string of the same length (entropy
-              "adjusted for length": short strings cannot reach log2(32) bits), or
-              one label of ``max_label_length``+ characters, or a whole name of
-              ``max_name_length``+ characters.
+              "adjusted for length": short strings cannot reach log2(32) bits) and
+              the make-up of an encoding rather than of words (>= 15% digits, or
+              < 25% vowels among its letters); or one label of ``max_label_length``+
+              characters; or a whole name of ``max_name_length``+ characters.
 ``distinct``  distinct subdomains (any shape).
 ``qtype``     queries of uncommon types (anything but A, AAAA, HTTPS, SVCB, PTR,
               SOA, NS, DS, DNSKEY: e.g. TXT, CNAME, MX, SRV), each counting 1, and
@@ -77,6 +78,10 @@ RARE_QTYPES = frozenset({"NULL", "ANY", "AXFR", "IXFR", "MAILA", "MAILB"})
 RARE_WEIGHT = 4
 
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"
+# Words vs encodings: random base32/base64/hex has >= ~16% digits or few vowels among its letters
+# (5 of 26 letters), words have ~35-45% vowels and rarely digits.
+MIN_DIGIT_RATIO = 0.15
+MAX_VOWEL_RATIO = 0.25
 
 
 def qtype_weight(qtype: str) -> int:
@@ -144,10 +149,17 @@ def looks_encoded(sub: str, qname_len: int, settings: Settings) -> bool:
     labels = sub.split(".")
     if max(len(label) for label in labels) >= settings.max_label_length or qname_len >= settings.max_name_length:
         return True
-    flat = "".join(labels).replace("-", "").replace("_", "")
+    flat = "".join(labels).replace("-", "").replace("_", "").lower()
     if len(flat) < settings.encoded_min_length:
         return False
-    return entropy(flat.lower()) >= settings.min_entropy_ratio * random_entropy(len(flat))
+    if entropy(flat) < settings.min_entropy_ratio * random_entropy(len(flat)):
+        return False
+    # High entropy alone also fits long names made of words ("static-content-delivery"):
+    # encodings mix in digits (hex, base32, base64) or lack the vowels words have.
+    digits = sum(c.isdigit() for c in flat)
+    letters = sum(c.isalpha() for c in flat)
+    vowels = sum(c in "aeiou" for c in flat)
+    return digits >= MIN_DIGIT_RATIO * len(flat) or (letters > 0 and vowels < MAX_VOWEL_RATIO * letters)
 
 
 def base_domain(qname: str, suffixes: Iterable[str] = ()) -> str:
