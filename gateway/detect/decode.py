@@ -9,9 +9,12 @@ bound is reported as `DecodeLimit` (see `scanner.Detector.scan`), never unbounde
 from __future__ import annotations
 
 import binascii
+import codecs
+import warnings
 import re
 import zlib
 from bisect import bisect_right
+from urllib.parse import unquote_to_bytes
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -247,11 +250,9 @@ def unescape(data: bytes, rx: re.Pattern[bytes], fn: Callable[[re.Match[bytes]],
 
 _PCT = re.compile(rb"%([0-9A-Fa-f]{2})")
 _PCT_FORM = re.compile(rb"%([0-9A-Fa-f]{2})|\+")
-_JSON = re.compile(
-    rb"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})|\\u([0-9a-fA-F]{4})|\\([\"\\/bfnrt])"
-)
+# a run of JSON string escapes (written with a literal '\\' first so `re` can skip to it)
+_JSON = re.compile(rb"\\(?:u[0-9a-fA-F]{4}|[\"\\/bfnrt])(?:\\(?:u[0-9a-fA-F]{4}|[\"\\/bfnrt]))*")
 _QP = re.compile(rb"=\r?\n|=([0-9A-Fa-f]{2})")
-_JSON_SIMPLE = {b'"': b'"', b"\\": b"\\", b"/": b"/", b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t"}
 
 
 def _pct(m: re.Match[bytes]) -> bytes:
@@ -259,13 +260,20 @@ def _pct(m: re.Match[bytes]) -> bytes:
     return b" " if g is None else bytes.fromhex(g.decode())
 
 
+_JSON_ONE = {b'\\"': b'"', b"\\\\": b"\\", b"\\/": b"/", b"\\b": b"\b", b"\\f": b"\f", b"\\n": b"\n",
+             b"\\r": b"\r", b"\\t": b"\t"}
+
+
 def _json(m: re.Match[bytes]) -> bytes:
-    if m.group(1) is not None:
-        hi, lo = int(m.group(1), 16), int(m.group(2), 16)
-        return chr(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)).encode("utf-8")
-    if m.group(3) is not None:
-        return chr(int(m.group(3), 16)).encode("utf-8", "surrogatepass")
-    return _JSON_SIMPLE[m.group(4)]
+    """Decode a run of JSON escapes (surrogate pairs joined, lone ones kept)."""
+    run = m.group(0)
+    one = _JSON_ONE.get(run)
+    if one is not None:
+        return one
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        text = codecs.decode(run.replace(b"\\/", b"/"), "unicode_escape")
+    return _utf8(text)
 
 
 def _qp(m: re.Match[bytes]) -> bytes:
@@ -273,23 +281,107 @@ def _qp(m: re.Match[bytes]) -> bytes:
     return b"" if g is None else bytes.fromhex(g.decode())
 
 
-def url_view(data: bytes, form: bool = False) -> tuple[bytes, OffsetMap]:
-    return unescape(data, _PCT_FORM if form else _PCT, _pct)
+def windowed(data: bytes, rx: re.Pattern[bytes], fn: Callable[[re.Match[bytes]], bytes | None],
+             window: int) -> tuple[bytes, OffsetMap]:
+    """Decode only the stretches within `window` bytes of an escape; the rest of the data is replaced
+    by one newline per gap (so a view costs what its escapes cost, not the whole part)."""
+    out: list[bytes] = []
+    m_ = OffsetMap()
+    dpos = 0
+    last = 0  # source position consumed
+    win_end = -1
+    n = len(data)
+    for m in rx.finditer(data):
+        s, e = m.span()
+        if s - window > win_end:  # a new window: skip the gap before it
+            ws = max(0, s - window)
+            if win_end >= 0:
+                out.append(data[last:win_end])
+                dpos += win_end - last
+                last = win_end
+            if ws > last:
+                m_.ds.append(dpos)
+                m_.ss.append(last)
+                out.append(b"\n")
+                dpos += 1
+                m_.de.append(dpos)
+                m_.se.append(ws)
+                last = ws
+        rep = fn(m)
+        if rep is None:
+            continue
+        out.append(data[last:s])
+        dpos += s - last
+        m_.ds.append(dpos)
+        m_.ss.append(s)
+        out.append(rep)
+        dpos += len(rep)
+        m_.de.append(dpos)
+        m_.se.append(e)
+        last = e
+        win_end = min(n, e + window)
+    if win_end < 0:
+        return data, m_
+    out.append(data[last:win_end])
+    return b"".join(out), m_
 
 
-def json_view(data: bytes) -> tuple[bytes, OffsetMap]:
-    return unescape(data, _JSON, _json)
+class LazyMap:
+    """The OffsetMap of a view decoded at C speed, built (by the per-escape path) only when a match
+    in the view needs mapping back. Both paths decode identically (see json_view)."""
+
+    def __init__(self, data: bytes, rx: re.Pattern[bytes], fn: Callable[[re.Match[bytes]], bytes | None]):
+        self._args: tuple | None = (data, rx, fn)
+        self._map: OffsetMap | None = None
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        if self._map is None:
+            assert self._args is not None
+            self._map = unescape(*self._args)[1]
+            self._args = None
+        return self._map.span(start, end)
 
 
-def qp_view(data: bytes) -> tuple[bytes, OffsetMap]:
-    return unescape(data, _QP, _qp)
+def url_view(data: bytes, form: bool = False, window: int = 0) -> tuple[bytes, LazyMap]:
+    """Percent-decoded view; '+' is a space in forms (same length: offsets do not move)."""
+    dec = unquote_to_bytes(data.replace(b"+", b" ") if form else data)
+    return dec, LazyMap(data, _PCT_FORM if form else _PCT, _pct)
+
+
+_JSON_ODD = re.compile(rb"\\(?![\"\\/bfnrt]|u[0-9a-fA-F]{4})")
+
+
+def json_view(data: bytes, window: int = 1 << 30) -> tuple[bytes, OffsetMap | LazyMap]:
+    """JSON-unescaped view. ASCII data whose every backslash starts a JSON escape is decoded in one
+    C call (unicode_escape agrees with JSON there); anything else takes the per-escape path."""
+    if data.isascii() and not _JSON_ODD.search(data):
+        pre = data.replace(b"\\/", b"/")
+        if b"\\/" not in pre:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                text = codecs.decode(pre, "unicode_escape")
+            dec = text.encode("utf-8", "surrogatepass") if text.isascii() else _utf8(text)
+            return dec, LazyMap(data, _JSON, _json)
+    return windowed(data, _JSON, _json, window)
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # surrogates: join pairs, keep lone ones
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "surrogatepass")
+        return text.encode("utf-8", "surrogatepass")
+
+
+def qp_view(data: bytes, window: int = 1 << 30) -> tuple[bytes, OffsetMap]:
+    return windowed(data, _QP, _qp, window)
 
 
 # --- base64 / hex blocks ------------------------------------------------------------------------
 
 _B64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-"
 _HEX_CHARS = b"0123456789abcdefABCDEF"
-_B64_TAIL = re.compile(rb"\r?\n([A-Za-z0-9+/_-]{2,}={0,2})(?![A-Za-z0-9+/_=-])")
+_B64_TAIL = re.compile(rb"(?:\r?\n|\\r\\n|\\n)([A-Za-z0-9+/_-]{2,}={0,2})(?![A-Za-z0-9+/_=-])")
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
@@ -325,10 +417,12 @@ def base64_blocks(data: bytes, limit: int) -> list[tuple[int, int, bytes]]:
             if data[e : e + 1] == b"=":
                 e += 1
         runs.append((s, e))
-    # MIME: join runs separated by one line break, and a short last line
+    # MIME: join runs separated by one line break (real, or JSON-escaped inside a string: the run
+    # after a backslash starts with its 'n'), and a short last line
     blocks: list[list[int]] = []
     for s, e in runs:
-        if blocks and data[blocks[-1][1] : s] in (b"\n", b"\r\n"):
+        gap = data[blocks[-1][1] : s] if blocks else b""
+        if blocks and (gap in (b"\n", b"\r\n") or (gap in (b"\\", b"\\r\\") and data[s : s + 1] == b"n")):
             blocks[-1][1] = e
         else:
             blocks.append([s, e])
@@ -338,9 +432,11 @@ def base64_blocks(data: bytes, limit: int) -> list[tuple[int, int, bytes]]:
         if m and data[e - 1 : e] != b"=":
             e = m.end()
         raw = data[s:e]
-        if len(set(raw[:64])) < 12:  # ----- lines, long identifiers of few letters
+        if len(set(raw[:4096])) < 12:  # ----- lines, long identifiers of few letters
             continue
-        text = _WS.sub(b"", raw).rstrip(b"=").translate(_URLSAFE)
+        if not raw.translate(None, _HEX_CHARS):  # hex digests: the hex path decodes those
+            continue
+        text = _WS.sub(b"", raw.replace(b"\\r", b"").replace(b"\\n", b"")).rstrip(b"=").translate(_URLSAFE)
         text = text[: len(text) - len(text) % 4] if len(text) % 4 == 1 else text
         text += b"=" * (-len(text) % 4)
         try:

@@ -16,6 +16,7 @@ replace them in place (`Hit.raw_span`). Nothing here imports mitmproxy.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -96,6 +97,8 @@ class _View:
     region: tuple[int, int]  # the part span this view was derived from
     depth: int
     form: bool = False
+    # batched blocks: (start of each block in this view, its span in the parent view, parent's map)
+    blocks: tuple[list[int], list[tuple[int, int]], Callable[[int, int], tuple[int, int]] | None] | None = None
 
     @property
     def binary(self) -> bool:
@@ -121,6 +124,7 @@ class _Found:
 class _Acc:
     found: list[_Found] = field(default_factory=list)
     limits: list[tuple[str, str]] = field(default_factory=list)
+    seen_blocks: set[int] = field(default_factory=set)
 
 
 def _encoding(chain: tuple[str, ...], form_enc: str | None) -> str:
@@ -129,8 +133,13 @@ def _encoding(chain: tuple[str, ...], form_enc: str | None) -> str:
         parts.append(form_enc)
     if not parts:
         return "raw"
-    text = "+".join(parts)
-    return text.replace("url+url", "url2")
+    out: list[str] = []
+    for p in parts:
+        if p == "url" and out and out[-1] == "url":
+            out[-1] = "url2"
+        else:
+            out.append(p)
+    return "+".join(out)
 
 
 class _Engine:
@@ -167,6 +176,8 @@ class Detector:
             if not isinstance(v, KnownValue):
                 raise TypeError("values must be KnownValue instances")
         self._vm = self._engine.values_matcher(self.values)
+        # escape views decode this far around each escape: a value form or a typical rule match fits
+        self._window = max(512, self._vm.max_len)
 
     def __repr__(self) -> str:
         return f"Detector(rules={len(self.rules.rules)}, values={len(self.values)})"
@@ -305,14 +316,16 @@ class Detector:
         depth = view.depth + 1
         if depth > self.limits.max_depth:
             return
-        if not view.binary and "pct" in shapes:
-            dec, m = url_view(data, form=view.form)
+        win = self._window
+        chain = view.chain
+        if not view.binary and "pct" in shapes and chain.count("url") < 3:
+            dec, m = url_view(data, form=view.form, window=win)
             self._scan_view(_View(part, dec, view.chain + ("url",), _compose(view.to_part, m.span), view.region, depth, view.form), acc)
-        if not view.binary and "json" in shapes:
-            dec, m = json_view(data)
+        if not view.binary and "json" in shapes and chain.count("json-u") < 2:
+            dec, m = json_view(data, window=win)
             self._scan_view(_View(part, dec, view.chain + ("json-u",), _compose(view.to_part, m.span), view.region, depth), acc)
-        if not view.binary and "qp" in shapes:
-            dec, m = qp_view(data)
+        if not view.binary and "qp" in shapes and chain.count("qp") < 2:
+            dec, m = qp_view(data, window=win)
             if dec != data:
                 self._scan_view(_View(part, dec, view.chain + ("qp",), _compose(view.to_part, m.span), view.region, depth), acc)
         blocks: list[tuple[str, list[tuple[int, int, bytes]]]] = []
@@ -320,10 +333,29 @@ class Detector:
             blocks.append(("base64", base64_blocks(data, self.limits.max_blocks)))
         if "hex" in shapes:
             blocks.append(("hex", hex_blocks(data, self.limits.max_blocks)))
+        # decoded blocks are batched: one view per (encoding, text|binary) instead of one per block
         for enc, found in blocks:
+            batches: dict[bool, tuple[list[bytes], list[int], list[tuple[int, int]]]] = {}
             for s, e, dec in found:
-                region = view.to_part(s, e) if view.to_part else view.region
-                self._scan_block(dec, part, view.chain + (enc,), region, depth, acc)
+                key = hash(dec)
+                if key in acc.seen_blocks:
+                    continue
+                acc.seen_blocks.add(key)
+                if sniff(dec):
+                    region = view.to_part(s, e) if view.to_part else view.region
+                    self._scan_block(dec, part, view.chain + (enc,), region, depth, acc)
+                    continue
+                pieces, starts, spans = batches.setdefault(dec.isascii(), ([], [], []))
+                starts.append(starts[-1] + len(pieces[-1]) + 2 if pieces else 0)
+                pieces.append(dec)
+                spans.append((s, e))
+            for text, (pieces, starts, spans) in batches.items():
+                # binary blocks (images, random bytes) get no further decoded views
+                self._scan_view(
+                    _View(part, b"\n\n".join(pieces), view.chain + (enc,), None, view.region,
+                          depth if text else self.limits.max_depth, blocks=(starts, spans, view.to_part)),
+                    acc,
+                )
 
     def _scan_block(self, data: bytes, part: _Part, chain: tuple[str, ...], region: tuple[int, int], depth: int,
                     acc: _Acc) -> None:
@@ -337,13 +369,17 @@ class Detector:
                 chain = chain + tuple(codings)
                 if bound:
                     acc.limits.append((part.label, bound))
-        # binary blocks (images, random bytes) get no further decoded views
         self._scan_view(_View(part, data, chain, None, region, depth if data.isascii() else self.limits.max_depth), acc)
 
     def _add(self, acc: _Acc, view: _View, rule: str, label: str | None, vi: int, desc: str, action: str | None,
              span: tuple[int, int], encoding: str) -> None:
         pspan = view.to_part(*span) if view.to_part else None
-        acc.found.append(_Found(rule, label, vi, desc, action, view.part, span, pspan, view.region, encoding))
+        region = view.region
+        if view.blocks is not None:
+            starts, spans, parent_map = view.blocks
+            s, e = spans[max(0, bisect_right(starts, span[0]) - 1)]
+            region = parent_map(s, e) if parent_map else view.region
+        acc.found.append(_Found(rule, label, vi, desc, action, view.part, span, pspan, region, encoding))
 
     # --- results ----------------------------------------------------------------------------
 
@@ -378,8 +414,8 @@ class Detector:
             if f.part_span is not None and f.part.raw_base is not None:
                 raw = (f.part.raw_base + f.part_span[0] + offset_base, f.part.raw_base + f.part_span[1] + offset_base)
             label = f.part.label
-            if f.part.form is not None and f.part_span is not None:
-                label = f"{label}>form[{field_at(f.part.form, f.part_span[0])}]"
+            if f.part.form is not None:
+                label = f"{label}>form[{field_at(f.part.form, span[0])}]"
             hits.append(
                 Hit(
                     rule=f.rule,
