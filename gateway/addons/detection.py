@@ -44,6 +44,7 @@ from gateway.exfil.verdict import (
     credentials_handles,
     is_placeholder_text,
     placeholder_in_place,
+    safe_part,
     strongest,
 )
 from gateway.log import events
@@ -150,13 +151,26 @@ class Detection:
     def _note(self, info: dict, findings: list[Finding]) -> None:
         records = info.setdefault("detections", [])
         room = events.MAX_DETECTIONS - len(records)
-        records.extend(f.record() for f in findings[:max(0, room)])
+        records.extend(f.record(self._suspicious(info)) for f in findings[:max(0, room)])
         info["alert"] = True
+
+    def _suspicious(self, info: dict):
+        """Whether a sandbox-chosen name (header, cookie, form field, file name) holds something to hide."""
+        entry = self._sessions.get(info["session"].id)
+
+        def suspicious(name: str) -> bool:
+            try:
+                return entry is None or bool(entry[1].scan(name.encode("utf-8", "replace"), "name"))
+            except DecodeLimit:
+                return True
+
+        return suspicious
 
     def _block(self, flow: http.HTTPFlow, info: dict, findings: list[Finding], reason: str = "exfiltration") -> None:
         acting = [f for f in findings if f.action in ("block", "redact")] or findings
         first = next((f for f in acting if f.hit.label), acting[0]).hit  # a known value names itself best
-        what = f"{first.rule}" + (f" ({first.label} in {first.part})" if first.label else f" (in {first.part})")
+        where = safe_part(base_part(first.part), self._suspicious(info))
+        what = f"{first.rule}" + (f" ({first.label} in {where})" if first.label else f" (in {where})")
         refuse(flow, reason, info["host"], secret=what, keep_alive=True)
 
     def _decide(self, flow: http.HTTPFlow, info: dict, findings: list[Finding]) -> str | None:
@@ -209,18 +223,25 @@ class Detection:
         slots: list[tuple[str, bytes]] = [("path", path)]
         if sep:
             slots.append(("query", query))
+        names = []  # header and cookie names are the sandbox's choice too
         for name, value in req.headers.fields:
             lname = name.decode("latin-1").lower()
+            names.append(name)
             if lname == "cookie":
                 for pair in value.split(b";"):
                     cname, _, cvalue = pair.strip().partition(b"=")
+                    names.append(cname)
                     if cvalue:
                         slots.append((f"cookie:{cname.decode('latin-1')}", cvalue))
             else:
                 slots.append((f"header:{lname}", value))
+        slots.append(("header-names", b"\n".join(names)))
         hits = []
         for part, data in slots:
-            hits.extend(full.scan(data, part))
+            found = full.scan(data, part)
+            if part == "header-names":  # a name cannot be rewritten: such a hit can only be refused
+                found = [dataclasses.replace(h, raw_span=None) for h in found]
+            hits.extend(found)
         fragments = self._fragments(path, query, slots)
         hits.extend(self._joined_hits(joined, session, host, fragments, detection.split_window_seconds))
         by_part: dict[str, bytes] = {}

@@ -6,7 +6,9 @@ the request's host. Nothing here sees a flow.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Callable
 
 from gateway.policy.model import Detection
 from gateway.secrets.placeholders import CORE_RE
@@ -23,6 +25,17 @@ CREDENTIALS_SEES = frozenset({"raw", "url", "url2", "json-u"})
 _AUTH_HEADERS = ("header:authorization", "header:proxy-authorization")
 
 
+MAX_NAME = 48  # a name in a part label longer than this is not shown
+_NAMES = re.compile(r"(?<=\[)[^\]]*(?=\])|(?<=^header:)[^>]*|(?<=^cookie:)[^>]*|(?<=^split:header:)[^>]*"
+                    r"|(?<=^split:cookie:)[^>]*|(?<=^split:query:)[^>]*")
+
+
+def safe_part(part: str, suspicious: Callable[[str], bool]) -> str:
+    """A part label fit for the log: the sandbox chose its names (headers, cookies, form fields, files),
+    so a name holding a known value, or too long to show, becomes `?`."""
+    return _NAMES.sub(lambda m: "?" if len(m.group(0)) > MAX_NAME or suspicious(m.group(0)) else m.group(0), part)
+
+
 @dataclass(frozen=True)
 class Finding:
     """A hit that counts, with the action the policy gives it."""
@@ -30,10 +43,10 @@ class Finding:
     hit: object  # gateway.detect.Hit
     action: str
 
-    def record(self) -> dict:
+    def record(self, suspicious: Callable[[str], bool] = lambda name: False) -> dict:
         h = self.hit
-        return {"rule": h.rule, "label": h.label, "part": h.part, "offset": h.offset, "encoding": h.encoding,
-                "context": h.context, "action": self.action}
+        return {"rule": h.rule, "label": h.label, "part": safe_part(h.part, suspicious), "offset": h.offset,
+                "encoding": h.encoding, "context": h.context, "action": self.action}
 
 
 def action_for(rule_id: str, rule_default: str | None, detection: Detection, mode: str) -> str:

@@ -366,3 +366,21 @@ def test_deleted_sessions_are_forgotten(monkeypatch):
     assert session.id in addon._sessions and len(addon.splits)
     addon.registry.delete(session.id)
     assert session.id not in addon._sessions and not len(addon.splits)
+
+
+def test_a_value_in_a_header_name_is_found_and_never_logged(monkeypatch):
+    addon, session, _ = make(monkeypatch, "    action: redact\n")
+    f = through(addon, flow_for(session, headers=[(f"X-{CANARY}", "1")]))
+    assert f.response.status_code == 403  # a name cannot be redacted: refused
+    info = f.metadata[META]
+    assert info["detections"][0]["part"] == "header-names" and CANARY not in json.dumps(info["detections"])
+
+
+def test_sandbox_chosen_names_holding_a_value_are_not_logged(monkeypatch):
+    addon, session, _ = make(monkeypatch)
+    body = f"log {b64(CANARY)} end".encode()  # a form without '=': the field name is the whole text
+    f = through(addon, flow_for(session, body=gzip.compress(body), headers=[
+        ("Content-Type", "application/x-www-form-urlencoded"), ("Content-Encoding", "gzip")]))
+    assert f.response.status_code == 403
+    text = json.dumps(f.metadata[META]["detections"]) + f.response.get_text()
+    assert b64(CANARY)[:20] not in text and "[?]" in text
