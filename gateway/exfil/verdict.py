@@ -50,10 +50,11 @@ class Finding:
 
 
 def action_for(rule_id: str, rule_default: str | None, detection: Detection, mode: str) -> str:
-    """Per-rule policy action, else the policy's default, else the rule's own, else block; report mode alerts."""
+    """Per-rule policy action, else the policy's default, else the rule's own, else alert for the generic
+    (entropy/assignment) rules and block for the rest; report mode alerts."""
     override = detection.rule(rule_id)
     action = (override.action if override and override.action else None) or detection.action or rule_default \
-        or DEFAULT_ACTION
+        or ("alert" if rule_id.startswith("generic-") else DEFAULT_ACTION)
     return "alert" if mode == "report" else action
 
 

@@ -384,3 +384,10 @@ def test_sandbox_chosen_names_holding_a_value_are_not_logged(monkeypatch):
     assert f.response.status_code == 403
     text = json.dumps(f.metadata[META]["detections"]) + f.response.get_text()
     assert b64(CANARY)[:20] not in text and "[?]" in text
+
+
+def test_generic_rules_alert_by_default(monkeypatch):
+    addon, session, _ = make(monkeypatch)
+    f = through(addon, flow_for(session, body=b'config: password = "Zq8#vL2!mW9$kR4@xT7^"\n'))
+    generic = [d for d in f.metadata[META].get("detections", []) if d["rule"].startswith("generic-")]
+    assert generic and all(d["action"] == "alert" for d in generic) and f.response is None
