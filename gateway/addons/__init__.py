@@ -16,7 +16,7 @@ from gateway.addons.tlsgate import TlsGate
 def default_addons(*, registry, conns, resolver, guard, audit, store, dns_tunnels=None) -> list:
     return [
         Identity(registry, conns, audit),  # source address / proxy credentials -> session
-        DnsGate(registry, resolver, audit, dns_tunnels),  # allowed names only, asked of upstream.dns; tunnels refused
+        DnsGate(registry, resolver, audit, dns_tunnels, store),  # allowed names only, asked of upstream.dns; tunnels refused
         TlsGate(conns, guard, audit),  # SNI at ClientHello: refuse / pass through / intercept
         HttpPolicy(conns, guard, audit),  # Host = SNI = authority; port, method, path
         TcpPolicy(conns, guard, audit),  # raw TCP only where a tcp rule allows it

@@ -11,6 +11,12 @@ a session that tunnels through a base domain gets REFUSED for that domain, with
 no upstream lookup, for the configured block time; the query that tripped it
 is logged with `alert: true`, `reason: "dns-tunnel"` and the signal's numbers.
 In a `report`-mode policy the alert is logged and the query still answered.
+
+Every query of a session is also searched for the session's known values
+(secrets, placeholders, canaries: raw, hex, base32, base64, ... with the dots
+removed, by gateway/detect's engine). A hit is logged with the name redacted
+(`[REDACTED:known-value].<base>`) and an alert; an allowed name is then
+refused and its base domain blocked like a tunnel (`dns-tunnel:known-value`).
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from mitmproxy.net.dns import response_codes
 
 from gateway.addons import dnswire
 from gateway.addons.failclosed import fail_closed
-from gateway.detect.dnstunnel import DnsTunnelDetector
+from gateway.detect import Detector, RulePack
+from gateway.detect.dnstunnel import DnsTunnelDetector, base_domain
 from gateway.log import events
 from gateway.log.writer import LogWriteError
 from gateway.resolver import DnsFailure
@@ -41,18 +48,27 @@ def _refuse_dns(self, flow: mdns.DNSFlow) -> None:
 
 
 class DnsGate:
-    def __init__(self, registry, resolver, audit, tunnels: DnsTunnelDetector | None = None):
+    def __init__(self, registry, resolver, audit, tunnels: DnsTunnelDetector | None = None, store=None):
         self.registry = registry
         self.resolver = resolver
         self.audit = audit
         self.tunnels = tunnels if tunnels is not None else DnsTunnelDetector()
         dnswire.install()  # names with non-IDNA bytes reach this hook instead of killing the socket
         self._suffixes: dict[int, tuple[object, tuple[str, ...]]] = {}  # id(policy) -> (policy, suffixes)
+        self.known = None
+        if store is not None:
+            from gateway.exfil.known import KnownValues
+
+            self.known = KnownValues(store)
+        self._values: dict[str, tuple[tuple, Detector]] = {}  # session id -> (values, values-only detector)
         registry.subscribe(self._session_changed)
 
     def _session_changed(self, what: str, session) -> None:
         if what in ("deleted", "removed", "expired"):
             self.tunnels.forget(session.id)
+            self._values.pop(session.id, None)
+            if self.known is not None:
+                self.known.forget(session.id)
 
     @fail_closed(_refuse_dns)
     async def dns_request(self, flow: mdns.DNSFlow) -> None:
@@ -68,11 +84,29 @@ class DnsGate:
         if q is None or len(flow.request.questions) != 1 or flow.request.op_code != 0 or q.class_ != 1:
             return self._answer(flow, response_codes.FORMERR, fields, "deny", "bad-request")
         decision = session.decider.dns(q.name)
+        name = q.name.lower().rstrip(".")
+        suffixes = self._pattern_suffixes(session.policy)
+        leak = await self._known_value(session, q.name)
+        if leak is not None:
+            base = base_domain(name, suffixes)
+            fields["dns_qname"] = f"[REDACTED:known-value].{base}"
+            detail = f"known value {leak.label} ({leak.encoding}) in the query name"
+            mark = {"alert": True, "detail": detail, "rule": decision.rule,
+                    "detections": [{"rule": "known-value", "label": leak.label, "part": "dns_qname",
+                                    "encoding": leak.encoding,
+                                    "action": "alert" if session.policy.mode == "report" else "block"}]}
+            if not decision.allowed:
+                return self._answer(flow, response_codes.NXDOMAIN, {**fields, **mark}, "deny", decision.reason)
+            if session.policy.mode != "report":
+                self.tunnels.block(session.id, base, "known-value", detail)
+                return self._answer(flow, response_codes.REFUSED, {**fields, **mark}, "deny", "dns-tunnel")
+            self._emit(flow, {**fields, **mark, "decision": "report", "reason": "dns-tunnel"})
+            if flow.response is not None:
+                return None
         if not decision.allowed:
             return self._answer(flow, response_codes.NXDOMAIN, fields, "deny", decision.reason)
-        verdict = self.tunnels.check(session.id, q.name.lower().rstrip("."), fields["dns_qtype"],
-                                     self._pattern_suffixes(session.policy))
-        if verdict.blocked:
+        verdict = self.tunnels.check(session.id, name, fields["dns_qtype"], suffixes)
+        if verdict.blocked and leak is None:
             tunnel = {**fields, "rule": decision.rule, "reason": "dns-tunnel", "detail": verdict.detail}
             if verdict.new:
                 tunnel.update(alert=True, detections=[{"rule": f"dns-tunnel:{verdict.signal}", "part": "dns_qname",
@@ -101,6 +135,25 @@ class DnsGate:
                           "decision": decision.action, "rule": decision.rule, "reason": decision.reason})
         if flow.response is None:  # the log write succeeded
             flow.response = mdns.DNSMessage.unpack(answer.to_wire())
+
+    async def _known_value(self, session, qname: str):
+        """The first of the session's known values found in ``qname`` (dots removed), or None."""
+        if self.known is None or not self.tunnels.settings.enabled:
+            return None
+        policy_detection = getattr(session.policy, "detection", None)
+        if policy_detection is not None and not policy_detection.enabled:
+            return None
+        values = await self.known.of(session)
+        if not values:
+            return None
+        entry = self._values.get(session.id)
+        if entry is None or entry[0] != values:
+            entry = (values, Detector(RulePack(()), values))
+            self._values[session.id] = entry
+            if len(self._values) > 4096:
+                self._values.pop(next(iter(self._values)))
+        hits = entry[1].scan(qname.replace(".", "").encode("utf-8", "surrogateescape"), "dns_qname")
+        return hits[0] if hits else None
 
     def _pattern_suffixes(self, policy) -> tuple[str, ...]:
         """The policy's `*.X` suffixes X: the base domains tunnels are tracked under (cached per policy)."""

@@ -272,6 +272,17 @@ class DnsTunnelDetector:
         self.detections += 1
         return Verdict(True, True, signal, base, detail)
 
+    def block(self, session: str, base: str, signal: str, detail: str) -> Verdict:
+        """Block a pair on another detector's word (a known value in a name): as if a signal fired."""
+        now = self.clock()
+        until = math.inf if self.settings.block == 0 else now + self.settings.block
+        self._blocks[(session, base)] = (until, signal, detail)
+        if len(self._blocks) > self.settings.max_tracked:
+            self._evict_blocks(now)
+        self._pairs.pop((session, base), None)
+        self.detections += 1
+        return Verdict(True, True, signal, base, detail)
+
     def forget(self, session: str) -> None:
         """Drop everything about a session (it was deleted)."""
         for store in (self._pairs, self._blocks):

@@ -6,6 +6,7 @@ flow log, audit and metrics (the seam is the upstream resolver of test_addons).
 
 from __future__ import annotations
 
+import base64
 import struct
 
 import pytest
@@ -15,6 +16,7 @@ from gateway import metrics
 from gateway.addons import dnswire
 from gateway.addons.dnsgate import DnsGate
 from gateway.detect.dnstunnel import DnsTunnelDetector, Settings
+from gateway.secrets.backends import SecretStore
 
 from .helpers import ALLOWED, policy, run
 from .test_addons import Gateway, dns_flow
@@ -150,3 +152,49 @@ def test_a_truly_broken_label_is_still_an_error():
     dnswire.install()
     with pytest.raises(struct.error):
         mdns.DNSMessage.unpack(wire_query([b"abc"])[:-6])  # cut inside the name
+
+
+# ---- known values in query names --------------------------------------------------------------------
+
+CANARY = b"canary-7f3a9c2e41d8b605"
+
+
+def with_canary(tmp_path, **kw) -> Gateway:
+    gw = Gateway(tmp_path / "flows.jsonl", rules=(ALLOWED, TUNNEL), **kw)
+    gw.dns = DnsGate(gw.registry, gw.resolver, gw.audit, DnsTunnelDetector(), SecretStore())
+    gw.session.add_canaries([CANARY])
+    return gw
+
+
+@pytest.mark.parametrize("label", [
+    base64.b32encode(CANARY).decode().rstrip("=").lower(),
+    CANARY.hex(),
+    base64.urlsafe_b64encode(CANARY).decode().rstrip("="),
+])
+def test_a_known_value_in_an_allowed_name_is_refused_redacted_and_alerted(tmp_path, label):
+    gw = with_canary(tmp_path)
+    assert ask(gw, f"{label}.t.allowed.test").response.response_code == mdns.response_codes.REFUSED
+    assert gw.resolver.queries == []
+    event = gw.flow_log("dns")[-1]
+    assert event["dns_qname"] == "[REDACTED:known-value].t.allowed.test" and event["alert"] is True
+    assert event["detections"][0]["rule"] == "known-value" and event["detections"][0]["label"] == "canary:c1"
+    assert label not in gw.flowlog.path.read_text()
+    # the domain stays blocked for the session
+    assert ask(gw, "www.t.allowed.test").response.response_code == mdns.response_codes.REFUSED
+    assert ask(gw, "allowed.test").response.response_code == mdns.response_codes.NOERROR
+
+
+def test_a_known_value_in_a_denied_name_is_redacted_in_the_log(tmp_path):
+    gw = with_canary(tmp_path)
+    label = CANARY.hex()
+    name = ".".join(label[i:i + 20] for i in range(0, len(label), 20))  # split over labels: dots are removed
+    assert ask(gw, f"{name}.denied.test").response.response_code == mdns.response_codes.NXDOMAIN
+    event = gw.flow_log("dns")[-1]
+    assert event["dns_qname"] == "[REDACTED:known-value].denied.test" and event["alert"] is True
+    assert event["reason"] == "host-not-allowed" and name not in gw.flowlog.path.read_text()
+
+
+def test_names_without_known_values_pass(tmp_path):
+    gw = with_canary(tmp_path)
+    assert ask(gw, "www.t.allowed.test").response.response_code == mdns.response_codes.NXDOMAIN  # upstream's answer
+    assert gw.resolver.queries == ["www.t.allowed.test."]
