@@ -53,6 +53,13 @@ def lab():
 
 
 @pytest.fixture(scope="module")
+def gateway(lab):
+    gw = LabGateway(lab).start(timeout=90)  # a loaded CI machine can take a while to import everything
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
 def iodined(lab):
     log = open(lab.work / "iodined.log", "ab")
     proc = lab.popen_in(lab.origin_ns, ["/usr/sbin/iodined", "-f", "-c", "-l", "127.0.0.1", "-p", str(IODINED_PORT),
@@ -255,7 +262,7 @@ def open_gateway(gateway, sandboxes, lab):
     sandboxes.cleanup()
     sandboxes.names.clear()
     gateway.stop()
-    gw = LabGateway(lab, name="gw-nodetect", extra_config={"detection": {"dns": {"enabled": False}}}).start()
+    gw = LabGateway(lab, name="gw-nodetect", extra_config={"detection": {"dns": {"enabled": False}}}).start(timeout=90)
     boxes = Sandboxes(gw, sandboxes.tmp)
     yield gw, boxes
     boxes.cleanup()
