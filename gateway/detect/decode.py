@@ -344,6 +344,8 @@ class LazyMap:
 
 def url_view(data: bytes, form: bool = False, window: int = 0) -> tuple[bytes, LazyMap]:
     """Percent-decoded view; '+' is a space in forms (same length: offsets do not move)."""
+    if window and data.count(b"%") * 2 * window < len(data):  # sparse: decode around escapes only
+        return windowed(data, _PCT_FORM if form else _PCT, _pct, window)
     dec = unquote_to_bytes(data.replace(b"+", b" ") if form else data)
     return dec, LazyMap(data, _PCT_FORM if form else _PCT, _pct)
 
@@ -354,6 +356,8 @@ _JSON_ODD = re.compile(rb"\\(?![\"\\/bfnrt]|u[0-9a-fA-F]{4})")
 def json_view(data: bytes, window: int = 1 << 30) -> tuple[bytes, OffsetMap | LazyMap]:
     """JSON-unescaped view. ASCII data whose every backslash starts a JSON escape is decoded in one
     C call (unicode_escape agrees with JSON there); anything else takes the per-escape path."""
+    if data.count(b"\\") * 2 * window < len(data):  # sparse: decode around escapes only
+        return windowed(data, _JSON, _json, window)
     if data.isascii() and not _JSON_ODD.search(data):
         pre = data.replace(b"\\/", b"/")
         if b"\\/" not in pre:
@@ -432,7 +436,7 @@ def base64_blocks(data: bytes, limit: int) -> list[tuple[int, int, bytes]]:
         if m and data[e - 1 : e] != b"=":
             e = m.end()
         raw = data[s:e]
-        if len(set(raw[:4096])) < 12:  # ----- lines, long identifiers of few letters
+        if not raw.translate(None, raw[:2]):  # ----- or -_-_ lines
             continue
         if not raw.translate(None, _HEX_CHARS):  # hex digests: the hex path decodes those
             continue

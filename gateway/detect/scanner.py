@@ -97,6 +97,7 @@ class _View:
     region: tuple[int, int]  # the part span this view was derived from
     depth: int
     form: bool = False
+    fresh_blocks: bool = True  # look for base64/hex blocks in this view
     # batched blocks: (start of each block in this view, its span in the parent view, parent's map)
     blocks: tuple[list[int], list[tuple[int, int]], Callable[[int, int], tuple[int, int]] | None] | None = None
 
@@ -318,20 +319,24 @@ class Detector:
             return
         win = self._window
         chain = view.chain
+        # Escape views: decoded only where needed (windows around sparse escapes), and they look for
+        # base64/hex blocks again only if their escapes can have split a block (%2B %2F %3D, \/).
         if not view.binary and "pct" in shapes and chain.count("url") < 3:
             dec, m = url_view(data, form=view.form, window=win)
-            self._scan_view(_View(part, dec, view.chain + ("url",), _compose(view.to_part, m.span), view.region, depth, view.form), acc)
+            self._scan_view(_View(part, dec, view.chain + ("url",), _compose(view.to_part, m.span), view.region, depth,
+                                  view.form, fresh_blocks=bool(_B64_PCT.search(data))), acc)
         if not view.binary and "json" in shapes and chain.count("json-u") < 2:
             dec, m = json_view(data, window=win)
-            self._scan_view(_View(part, dec, view.chain + ("json-u",), _compose(view.to_part, m.span), view.region, depth), acc)
+            self._scan_view(_View(part, dec, view.chain + ("json-u",), _compose(view.to_part, m.span), view.region, depth,
+                                  fresh_blocks=b"\\/" in data), acc)
         if not view.binary and "qp" in shapes and chain.count("qp") < 2:
             dec, m = qp_view(data, window=win)
             if dec != data:
                 self._scan_view(_View(part, dec, view.chain + ("qp",), _compose(view.to_part, m.span), view.region, depth), acc)
         blocks: list[tuple[str, list[tuple[int, int, bytes]]]] = []
-        if "b64" in shapes:
+        if "b64" in shapes and view.fresh_blocks:
             blocks.append(("base64", base64_blocks(data, self.limits.max_blocks)))
-        if "hex" in shapes:
+        if "hex" in shapes and view.fresh_blocks:
             blocks.append(("hex", hex_blocks(data, self.limits.max_blocks)))
         # decoded blocks are batched: one view per (encoding, text|binary) instead of one per block
         for enc, found in blocks:
@@ -473,6 +478,7 @@ def _compose(outer: Callable[[int, int], tuple[int, int]] | None, inner: Callabl
     return lambda s, e: outer(*inner(s, e))
 
 
+_B64_PCT = re.compile(rb"%(?:2[bBfF]|3[dD]|0[aAdD])")  # escapes that split base64 runs: + / = CR LF
 _UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")
 
 
