@@ -135,7 +135,7 @@ class Detection:
             if hit.label is None:
                 if allowed_by_policy(hit, policy.detection, host, data):
                     continue
-                if is_placeholder_text(hit, data, self.registry.placeholders, placeholders):
+                if is_placeholder_text(hit, data, placeholders):
                     continue  # a placeholder shaped like a real key: Credentials decides about it
             elif hit.label.startswith("placeholder:"):
                 if credentials_handles(hit, data, session, body_streamed=body_streamed):

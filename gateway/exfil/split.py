@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 DEFAULT_TAIL = 2048
@@ -23,35 +23,45 @@ DEFAULT_CHANNELS = 16
 DEFAULT_PAIRS = 512
 
 
-@dataclass
 class _Channel:
-    pieces: deque = field(default_factory=deque)  # (time, bytes), oldest first
-    size: int = 0
+    """The tail of one channel: its bytes, and when each piece of them arrived (for the window)."""
+
+    __slots__ = ("buf", "times", "last")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.times: deque[tuple[float, int]] = deque()  # (arrival, length), oldest first
+        self.last = b""
+
+    @property
+    def size(self) -> int:
+        return len(self.buf)
 
     def expire(self, cutoff: float) -> None:
-        while self.pieces and self.pieces[0][0] < cutoff:
-            self.size -= len(self.pieces.popleft()[1])
+        drop = 0
+        while self.times and self.times[0][0] < cutoff:
+            drop += self.times.popleft()[1]
+        if drop:
+            del self.buf[:drop]
 
     def tail(self) -> bytes:
-        return b"".join(p for _, p in self.pieces)
+        return bytes(self.buf)
 
     def append(self, now: float, data: bytes, limit: int) -> None:
-        if len(data) >= limit:
-            self.pieces.clear()
-            self.pieces.append((now, data[-limit:]))
-            self.size = limit
-            return
-        self.pieces.append((now, data))
-        self.size += len(data)
-        while self.size > limit:
-            t, first = self.pieces[0]
-            cut = self.size - limit
-            if len(first) <= cut:
-                self.pieces.popleft()
-                self.size -= len(first)
-            else:
-                self.pieces[0] = (t, first[cut:])
-                self.size -= cut
+        self.last = data
+        self.buf += data
+        self.times.append((now, len(data)))
+        cut = len(self.buf) - limit
+        if cut > 0:
+            del self.buf[:cut]
+            while cut > 0:
+                t, n = self.times[0]
+                if n <= cut:
+                    self.times.popleft()
+                    cut -= n
+                else:
+                    self.times[0] = (t, n - cut)
+                    cut = 0
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,8 @@ class SplitTracker:
             else:
                 channels.move_to_end(name)
                 channel.expire(now - window)
+                if data == channel.last:  # the same value again (a token, a fixed path): nothing new to join
+                    continue
                 tail = channel.tail()
                 if tail:
                     out.append(Joined(name, tail + data[:reach], len(tail)))

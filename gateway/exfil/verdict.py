@@ -68,19 +68,19 @@ def allowed_by_policy(hit, detection: Detection, host: str, data: bytes | None) 
     return bool(span and data is not None and override.allows_text(data[span[0]:span[1]]))
 
 
-def is_placeholder_text(hit, data: bytes | None, index, placeholder_hits) -> bool:
-    """A rule hit on a live placeholder (it has the real thing's shape): the Credentials addon's business.
+def is_placeholder_text(hit, data: bytes | None, placeholder_hits) -> bool:
+    """A rule hit on a placeholder (placeholders keep the real key's shape): not a credential.
 
-    Known either from the raw bytes (any session's placeholder) or because one of this session's
-    placeholders was found at the same place."""
+    Known because one of this session's placeholders was found at the same place, or because the
+    matched bytes carry a placeholder's marker and core (any session's, live or deleted: those of
+    other sessions are the Credentials step's business, deleted ones are worthless)."""
     for p in placeholder_hits:
         if p.part == hit.part and p.offset <= hit.offset + hit.length and hit.offset <= p.offset + p.length:
             return True
     span = getattr(hit, "raw_span", None)
     if not span or data is None:
         return False
-    text = data[max(0, span[0] - 32):span[1] + 32].decode("latin-1")
-    return bool(index.scan(text, "x"))
+    return has_core(data[span[0]:span[1]].decode("latin-1"))
 
 
 def base_part(part: str) -> str:

@@ -391,3 +391,12 @@ def test_generic_rules_alert_by_default(monkeypatch):
     f = through(addon, flow_for(session, body=b'config: password = "Zq8#vL2!mW9$kR4@xT7^"\n'))
     generic = [d for d in f.metadata[META].get("detections", []) if d["rule"].startswith("generic-")]
     assert generic and all(d["action"] == "alert" for d in generic) and f.response is None
+
+
+def test_a_deleted_sessions_placeholder_is_not_a_credential(monkeypatch):
+    addon, session, _ = make(monkeypatch)
+    gone = addon.registry.create("gone", session.policy, secrets=[(session.secrets["KEY"].spec, make_placeholder(REAL))])
+    ph = gone.secrets["KEY"].placeholder
+    addon.registry.delete(gone.id)
+    f = through(addon, flow_for(session, headers=[("Authorization", f"Bearer {ph}")]))
+    assert f.response is None and "detections" not in f.metadata[META]
