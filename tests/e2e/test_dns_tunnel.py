@@ -256,6 +256,21 @@ def test_own_encoder_is_caught_before_most_of_a_secret_leaves(gateway, sandboxes
     assert secret.hex() not in log and base64.b32encode(secret).decode().lower()[:200] not in log.lower()
 
 
+def test_a_canary_in_one_query_name_never_reaches_upstream(gateway, sandboxes, lab):
+    box = sandboxes.up(RULES)
+    canary = "canary-" + secrets.token_hex(12)
+    assert gateway.client().add_canaries(box.session, [canary], ["c1"]) == ["canary:c1"]
+    label = base64.b32encode(canary.encode()).decode().rstrip("=").lower()
+    lab.clear_records()
+    r = box.run("getent", "hosts", f"{label}.{ZONE}")
+    assert r.returncode != 0
+    assert not [rec for rec in lab.dns_records() if label in rec.get("qname", "")]
+    event = box.events(event="dns", alert=True)[-1]
+    assert event["dns_qname"] == f"[REDACTED:known-value].{ZONE}" and event["dns_rcode"] == "REFUSED"
+    assert event["detections"][0]["label"] == "canary:c1" and event["detections"][0]["encoding"] == "base32"
+    assert label not in gateway.log_path.read_text()
+
+
 @pytest.fixture
 def open_gateway(gateway, sandboxes, lab):
     """A second gateway on the same lab with DNS detection off (the module's gateway is stopped first)."""
