@@ -114,6 +114,9 @@ class RulePack:
 # --- built-in pack ------------------------------------------------------------------------------
 
 _END = r"(?:[^A-Za-z0-9/+=]|$)"  # end of a base64-alphabet token (no lookahead: hyperscan-compatible)
+# start of a token: start of data, a non-word byte, or a JSON/C escape (`\n`), so a token on a new line
+# of a JSON-encoded file is found without a decoded view (no lookbehind: hyperscan-compatible)
+_START = r"(?:^|[^A-Za-z0-9_]|\\[nrt])"
 _GENERIC_NAMES = (
     r"(?:password|passwd|passphrase|pwd|secret|client[_.-]?secret|token|auth[_.-]?token|access[_.-]?token|"
     r"api[_.-]?key|apikey|access[_.-]?key|private[_.-]?key)"
@@ -138,7 +141,7 @@ BUILTIN: tuple[Rule, ...] = (
     Rule(
         "aws-access-key-id",
         "AWS access key id",
-        r"\b((?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z2-7]{16})\b",
+        _START + r"((?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z2-7]{16})\b",
         keywords=("akia", "asia", "abia", "acca", "a3t"),
         allowlist=Allowlist(regexes=(r"EXAMPLE$",)),
         max_len=24,
@@ -183,23 +186,23 @@ BUILTIN: tuple[Rule, ...] = (
         keywords=("q~",),
         max_len=48,
     ),
-    Rule("github-pat", "GitHub personal access token (classic)", r"\b(ghp_[A-Za-z0-9]{36})\b", keywords=("ghp_",), max_len=40),
-    Rule("github-oauth", "GitHub OAuth access token", r"\b(gho_[A-Za-z0-9]{36})\b", keywords=("gho_",), max_len=40),
-    Rule("github-user-token", "GitHub user-to-server token", r"\b(ghu_[A-Za-z0-9]{36})\b", keywords=("ghu_",), max_len=40),
-    Rule("github-app-token", "GitHub server-to-server (app installation) token", r"\b(ghs_[A-Za-z0-9]{36})\b", keywords=("ghs_",), max_len=40),
-    Rule("github-refresh-token", "GitHub refresh token", r"\b(ghr_[A-Za-z0-9]{36,76})\b", keywords=("ghr_",), max_len=80),
+    Rule("github-pat", "GitHub personal access token (classic)", _START + r"(ghp_[A-Za-z0-9]{36})\b", keywords=("ghp_",), max_len=40),
+    Rule("github-oauth", "GitHub OAuth access token", _START + r"(gho_[A-Za-z0-9]{36})\b", keywords=("gho_",), max_len=40),
+    Rule("github-user-token", "GitHub user-to-server token", _START + r"(ghu_[A-Za-z0-9]{36})\b", keywords=("ghu_",), max_len=40),
+    Rule("github-app-token", "GitHub server-to-server (app installation) token", _START + r"(ghs_[A-Za-z0-9]{36})\b", keywords=("ghs_",), max_len=40),
+    Rule("github-refresh-token", "GitHub refresh token", _START + r"(ghr_[A-Za-z0-9]{36,76})\b", keywords=("ghr_",), max_len=80),
     Rule(
         "github-fine-grained-pat",
         "GitHub fine-grained personal access token",
-        r"\b(github_pat_[A-Za-z0-9_]{82})\b",
+        _START + r"(github_pat_[A-Za-z0-9_]{82})\b",
         keywords=("github_pat_",),
         max_len=93,
     ),
-    Rule("gitlab-pat", "GitLab personal access token", r"\b(glpat-[A-Za-z0-9_-]{20,50})\b", keywords=("glpat-",), max_len=56),
+    Rule("gitlab-pat", "GitLab personal access token", _START + r"(glpat-[A-Za-z0-9_-]{20,50})\b", keywords=("glpat-",), max_len=56),
     Rule(
         "slack-token",
         "Slack bot/user/app token",
-        r"\b(xox[abposr]-[0-9A-Za-z]{8,}-[0-9A-Za-z-]{8,250})",
+        _START + r"(xox[abposr]-[0-9A-Za-z]{8,}-[0-9A-Za-z-]{8,250})",
         keywords=("xoxa-", "xoxb-", "xoxp-", "xoxo-", "xoxs-", "xoxr-"),
         max_len=270,
     ),
@@ -210,11 +213,11 @@ BUILTIN: tuple[Rule, ...] = (
         keywords=("hooks.slack.com",),
         max_len=180,
     ),
-    Rule("stripe-live-key", "Stripe live secret / restricted key", r"\b((?:sk|rk)_live_[A-Za-z0-9]{20,247})\b", keywords=("sk_live_", "rk_live_"), max_len=256),
+    Rule("stripe-live-key", "Stripe live secret / restricted key", _START + r"((?:sk|rk)_live_[A-Za-z0-9]{20,247})\b", keywords=("sk_live_", "rk_live_"), max_len=256),
     Rule(
         "openai-api-key",
         "OpenAI API key",
-        r"\b(sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{16,200}T3BlbkFJ[A-Za-z0-9_-]{16,200})\b",
+        _START + r"(sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{16,200}T3BlbkFJ[A-Za-z0-9_-]{16,200})\b",
         keywords=("t3blbkfj",),
         hs=r"sk-[A-Za-z0-9_-]{16,200}T3BlbkFJ",
         max_len=420,
@@ -222,24 +225,24 @@ BUILTIN: tuple[Rule, ...] = (
     Rule(
         "openai-project-key",
         "OpenAI project / service-account / admin key",
-        r"\b(sk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{40,250})\b",
+        _START + r"(sk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{40,250})\b",
         keywords=("sk-proj-", "sk-svcacct-", "sk-admin-"),
         max_len=270,
     ),
     Rule(
         "anthropic-api-key",
         "Anthropic API key",
-        r"\b(sk-ant-(?:api|admin|sid)\d{2}-[A-Za-z0-9_-]{80,120})",
+        _START + r"(sk-ant-(?:api|admin|sid)\d{2}-[A-Za-z0-9_-]{80,120})",
         keywords=("sk-ant-",),
         max_len=140,
     ),
-    Rule("huggingface-token", "Hugging Face access token", r"\b(hf_[A-Za-z0-9]{34,40})\b", keywords=("hf_",), entropy=3.0, max_len=44),
-    Rule("npm-token", "npm access token", r"\b(npm_[A-Za-z0-9]{36})\b", keywords=("npm_",), max_len=40),
+    Rule("huggingface-token", "Hugging Face access token", _START + r"(hf_[A-Za-z0-9]{34,40})\b", keywords=("hf_",), entropy=3.0, max_len=44),
+    Rule("npm-token", "npm access token", _START + r"(npm_[A-Za-z0-9]{36})\b", keywords=("npm_",), max_len=40),
     Rule("pypi-token", "PyPI upload token", r"(pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,1000})", keywords=("pypi-ageichlwas5vcmc",), max_len=1024),
     Rule(
         "jwt",
         "JSON Web Token",
-        r"\b(eyJ[A-Za-z0-9_-]{8,4000}\.eyJ[A-Za-z0-9_-]{8,8000}\.[A-Za-z0-9_-]{16,2000})",
+        _START + r"(eyJ[A-Za-z0-9_-]{8,4000}\.eyJ[A-Za-z0-9_-]{8,8000}\.[A-Za-z0-9_-]{16,2000})",
         keywords=("eyj",),
         hs=r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16}",
         max_len=14100,
@@ -337,6 +340,15 @@ def _line_of(text: str, needle: str) -> int:
     return text.count("\n", 0, idx) + 1 if idx >= 0 else 0
 
 
+def _nth_line(text: str, needle: str, n: int) -> int:
+    idx = -1
+    for _ in range(n):
+        idx = text.find(needle, idx + 1)
+        if idx < 0:
+            return 0
+    return text.count("\n", 0, idx) + 1
+
+
 def _allowlist_from(tbl: object, where: str) -> Allowlist:
     if not isinstance(tbl, dict):
         raise ValueError(f"{where} must be a table")
@@ -392,7 +404,7 @@ def load_gitleaks(path: str | Path) -> RulePack:
     for n, tbl in enumerate(raw_rules, 1):
         rid = tbl.get("id") if isinstance(tbl, dict) else None
         where = f"rule {rid!r}" if isinstance(rid, str) else f"[[rules]] #{n}"
-        line = _line_of(text, f'"{rid}"') if isinstance(rid, str) else 0
+        line = _line_of(text, f'"{rid}"') if isinstance(rid, str) else _nth_line(text, "[[rules]]", n)
         loc = f"{path}:{line}" if line else str(path)
         try:
             rules.append(_rule_from(tbl, n))

@@ -252,9 +252,11 @@ class Detector:
         codings = parse_codings(ce)
         if codings is None:
             codings = []  # unknown coding: scan the bytes as they are
-        if not codings and depth < lim.max_depth:
+        if not codings:
             sniffed = sniff(data)
-            if sniffed:
+            if sniffed and depth >= lim.max_depth:
+                acc.limits.append((label, f"nesting deeper than {lim.max_depth}"))
+            elif sniffed:
                 codings = [sniffed]
         if codings:
             try:
@@ -447,7 +449,7 @@ def _confirm(rx: re.Pattern[bytes], data: bytes, ends: list[int] | None, max_len
     ends.sort()
     windows: list[list[int]] = []
     for end in ends:
-        lo, hi = max(0, end - max_len), min(n, end + max_len)
+        lo, hi = max(0, end - max_len - 8), min(n, end + max_len + 8)  # slack: delimiters around a token
         if windows and lo <= windows[-1][1]:
             windows[-1][1] = hi
         else:
