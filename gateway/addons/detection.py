@@ -18,6 +18,7 @@ into the flow-log event of its flow (`detections`, `alert: true`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import zlib
 from collections import OrderedDict
@@ -75,6 +76,19 @@ def _refuse_ws(self, flow: http.HTTPFlow) -> None:
         flow.websocket.messages[-1].drop()
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled(packs: tuple | None) -> Detector:
+    """The compiled rules, shared by every session whose policy brings the same rule files (by value).
+
+    `None`: no rules at all (known values only, for joined fragments)."""
+    if packs is None:
+        return Detector(RulePack(()))
+    pack = builtin_rules()
+    for extra in packs:
+        pack = pack.merge(extra)
+    return Detector(pack)
+
+
 class Detection:
     def __init__(self, registry, store, audit, *, splits: SplitTracker | None = None,
                  budgets: UploadBudgets | None = None):
@@ -100,14 +114,15 @@ class Detection:
         if entry is not None and entry[0] is policy:
             self._bases.move_to_end(id(policy))
             return entry[1]
-        pack = builtin_rules()
-        for extra in policy.detection.packs:
-            pack = pack.merge(extra)
-        detector = Detector(pack)
+        detector = _compiled(tuple(policy.detection.packs))
         self._bases[id(policy)] = (policy, detector)
         if len(self._bases) > _MAX_CACHED:
             self._bases.popitem(last=False)
         return detector
+
+    def running(self) -> None:
+        """Compile the built-in rules once the proxy is up, not on some sandbox's first request."""
+        _compiled(())
 
     async def _detectors(self, session) -> tuple[Detector, Detector]:
         """(full detector: rules + known values, values-only detector for joined fragments)."""
@@ -117,7 +132,7 @@ class Detection:
         if entry is not None and entry[0] == key:
             return entry[1], entry[2]
         full = self._base(session.policy).with_values(values)
-        joined = Detector(RulePack(()), values)
+        joined = _compiled(None).with_values(values)
         self._sessions[session.id] = (key, full, joined)
         if len(self._sessions) > _MAX_CACHED:
             self._sessions.popitem(last=False)
