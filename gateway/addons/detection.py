@@ -264,9 +264,13 @@ class Detection:
             by_part.setdefault(part, data)
         findings = self._judge(hits, info, by_part.get)
         in_path = [f.hit for f in findings if base_part(f.hit.part) == "path"]
-        if in_path:  # the log shows the path: never with a value in it
-            info["path"] = self._redacted(full, path, in_path).decode("latin-1") + (
-                "?" + query.decode("latin-1") if sep else "")
+        if in_path or any(base_part(f.hit.part) == "query" for f in findings):
+            # The log shows the path and the query's names: never with a value in them.
+            shown = self._redacted(full, path, in_path) if in_path else path
+            suspicious = self._suspicious(info)
+            names = [unquote_to_bytes(p.partition(b"=")[0]).decode("latin-1") for p in query.split(b"&") if p]
+            names = ["?" if len(n) > 48 or suspicious(n) else n for n in names]
+            info["path"] = shown.decode("latin-1") + ("?" + "&".join(f"{n}=" for n in names) if sep else "")
         verdict = self._decide(flow, info, findings)
         if verdict == "block":
             return

@@ -400,3 +400,12 @@ def test_a_deleted_sessions_placeholder_is_not_a_credential(monkeypatch):
     addon.registry.delete(gone.id)
     f = through(addon, flow_for(session, headers=[("Authorization", f"Bearer {ph}")]))
     assert f.response is None and "detections" not in f.metadata[META]
+
+
+def test_a_value_as_a_query_name_is_not_logged(monkeypatch):
+    from gateway.addons.auditor import HttpAudit
+
+    addon, session, _ = make(monkeypatch, "    action: alert\n")
+    f = through(addon, flow_for(session, path=f"/x?{CANARY}=1&page=2", method="GET"))
+    event = HttpAudit._event(f, f.metadata[META])
+    assert CANARY not in json.dumps(event) and event["url"].endswith("/x??=&page=")
