@@ -109,8 +109,8 @@ class Settings:
     max_label_length: int = 50  # a label this long counts as encoded whatever its entropy
     max_name_length: int = 120  # a whole name this long counts as encoded
     block: float = 600.0  # seconds a detected pair stays refused; 0 = rest of the session
-    max_tracked: int = 10_000  # (session, base) pairs tracked at once
-    max_names: int = 1_000  # distinct names remembered per pair and window
+    max_tracked: int = 1024  # (session, base) pairs tracked at once
+    max_names: int = 256  # distinct names remembered per pair and window
 
 
 @dataclass(frozen=True)
