@@ -10,7 +10,9 @@ Allowed names then meet the DNS tunnel detector (gateway/detect/dnstunnel.py):
 a session that tunnels through a base domain gets REFUSED for that domain, with
 no upstream lookup, for the configured block time; the query that tripped it
 is logged with `alert: true`, `reason: "dns-tunnel"` and the signal's numbers.
-In a `report`-mode policy the alert is logged and the query still answered.
+In a `report`-mode policy, or with `action: alert` for the rule `dns-tunnel`
+in the policy's `spec.detection`, the alert is logged and the query still
+answered; the rule's `allow` hosts are not checked at all.
 
 Every query of a session is also searched for the session's known values
 (secrets, placeholders, canaries: raw, hex, base32, base64, ... with the dots
@@ -35,7 +37,7 @@ from mitmproxy.net.dns import response_codes
 from gateway.addons import dnswire
 from gateway.addons.failclosed import fail_closed
 from gateway.detect import Detector, RulePack
-from gateway.detect.dnstunnel import DnsTunnelDetector, base_domain
+from gateway.detect.dnstunnel import PASS, DnsTunnelDetector, base_domain
 from gateway.log import events
 from gateway.log.writer import LogWriteError
 from gateway.resolver import DnsFailure
@@ -86,36 +88,40 @@ class DnsGate:
         decision = session.decider.dns(q.name)
         name = q.name.lower().rstrip(".")
         suffixes = self._pattern_suffixes(session.policy)
+        policy_detection = getattr(session.policy, "detection", None)
         leak = await self._known_value(session, q.name)
         if leak is not None:
             base = base_domain(name, suffixes)
             fields["dns_qname"] = f"[REDACTED:known-value].{base}"
+            action = self._action(session, "known-value")
             detail = f"known value {leak.label} ({leak.encoding}) in the query name"
             mark = {"alert": True, "detail": detail, "rule": decision.rule,
                     "detections": [{"rule": "known-value", "label": leak.label, "part": "dns_qname",
-                                    "encoding": leak.encoding,
-                                    "action": "alert" if session.policy.mode == "report" else "block"}]}
+                                    "encoding": leak.encoding, "action": action}]}
             if not decision.allowed:
                 return self._answer(flow, response_codes.NXDOMAIN, {**fields, **mark}, "deny", decision.reason)
-            if session.policy.mode != "report":
+            if action == "block":
                 self.tunnels.block(session.id, base, "known-value", detail)
                 return self._answer(flow, response_codes.REFUSED, {**fields, **mark}, "deny", "dns-tunnel")
-            self._emit(flow, {**fields, **mark, "decision": "report", "reason": "dns-tunnel"})
+            self._emit(flow, {**fields, **mark, "decision": self._alert_decision(session), "reason": "dns-tunnel"})
             if flow.response is not None:
                 return None
         if not decision.allowed:
             return self._answer(flow, response_codes.NXDOMAIN, fields, "deny", decision.reason)
-        verdict = self.tunnels.check(session.id, name, fields["dns_qtype"], suffixes)
+        exempt = policy_detection is not None and (
+            not policy_detection.enabled
+            or ((r := policy_detection.rule("dns-tunnel")) is not None and r.allows_host(name)))
+        verdict = PASS if exempt else self.tunnels.check(session.id, name, fields["dns_qtype"], suffixes)
         if verdict.blocked and leak is None:
+            action = self._action(session, "dns-tunnel")
             tunnel = {**fields, "rule": decision.rule, "reason": "dns-tunnel", "detail": verdict.detail}
             if verdict.new:
                 tunnel.update(alert=True, detections=[{"rule": f"dns-tunnel:{verdict.signal}", "part": "dns_qname",
-                                                       "action": "alert" if session.policy.mode == "report"
-                                                       else "block"}])
-            if session.policy.mode != "report":
+                                                       "action": action}])
+            if action == "block":
                 return self._answer(flow, response_codes.REFUSED, tunnel, "deny", "dns-tunnel")
             if verdict.new:
-                self._emit(flow, {**tunnel, "decision": "report"})
+                self._emit(flow, {**tunnel, "decision": self._alert_decision(session)})
                 if flow.response is not None:
                     return None
         try:
@@ -135,6 +141,22 @@ class DnsGate:
                           "decision": decision.action, "rule": decision.rule, "reason": decision.reason})
         if flow.response is None:  # the log write succeeded
             flow.response = mdns.DNSMessage.unpack(answer.to_wire())
+
+    @staticmethod
+    def _action(session, rule_id: str) -> str:
+        """`block` or `alert`: the policy's `spec.detection` action for the rule (redact means block
+        here: a name cannot be redacted), block by default; report mode alerts."""
+        detection = getattr(session.policy, "detection", None)
+        if detection is None:
+            return "alert" if session.policy.mode == "report" else "block"
+        from gateway.exfil.verdict import action_for
+
+        action = action_for(rule_id, "block", detection, session.policy.mode)
+        return "block" if action == "redact" else action
+
+    @staticmethod
+    def _alert_decision(session) -> str:
+        return "report" if session.policy.mode == "report" else "allow"
 
     async def _known_value(self, session, qname: str):
         """The first of the session's known values found in ``qname`` (dots removed), or None."""

@@ -198,3 +198,33 @@ def test_names_without_known_values_pass(tmp_path):
     gw = with_canary(tmp_path)
     assert ask(gw, "www.t.allowed.test").response.response_code == mdns.response_codes.NXDOMAIN  # upstream's answer
     assert gw.resolver.queries == ["www.t.allowed.test."]
+
+
+# ---- the policy's spec.detection ----------------------------------------------------------------------
+
+def with_detection(tmp_path, block: str) -> Gateway:
+    from gateway.policy import load_policy_text
+
+    from .helpers import policy_text
+
+    gw = gateway(tmp_path)
+    text = policy_text(ALLOWED, TUNNEL) + "  detection:\n" + block
+    gw.registry.replace_policy(gw.session.id, load_policy_text(text))
+    return gw
+
+
+@pytest.mark.parametrize("block,refused,alerts", [
+    ("    rules: {dns-tunnel: {action: alert}}\n", False, 1),
+    ("    action: alert\n", False, 1),
+    ("    rules: {dns-tunnel: {action: redact}}\n", True, 1),  # a name cannot be redacted: refused
+    ("    rules: {dns-tunnel: {allow: [{matchPattern: '*.t.allowed.test'}]}}\n", False, 0),
+    ("    enabled: false\n", False, 0),
+])
+def test_policy_detection_settings(tmp_path, block, refused, alerts):
+    gw = with_detection(tmp_path, block)
+    rcodes = [ask(gw, f"{n}.t.allowed.test", mdns.types.NULL).response.response_code for n in HANDSHAKE]
+    assert (mdns.response_codes.REFUSED in rcodes) is refused
+    found = [e for e in gw.flow_log("dns") if e.get("alert")]
+    assert len(found) == alerts
+    if found and not refused:
+        assert found[0]["decision"] == "allow" and found[0]["detections"][0]["action"] == "alert"
