@@ -55,6 +55,7 @@ from gateway.secrets.backends import SecretBackendError
 logger = logging.getLogger("egressgw.detection")
 
 ENTROPY_SAMPLE = 64 * 1024
+FEED_BYTES = 64 * 1024
 # Headers whose values a client sets the same way on every request: not channels a value is split over.
 _STANDARD_HEADERS = frozenset({
     "host", "user-agent", "accept", "accept-encoding", "accept-language", "connection", "content-length",
@@ -507,6 +508,7 @@ class _BodyStream:
         self.dead = False
         self.sent = self.seen = 0
         self.sample = bytearray()
+        self.pending = bytearray()  # received, not yet scanned (< FEED_BYTES)
         self.sampling = not uploads and (flow.request.headers.get("content-encoding") or "identity").strip().lower() \
             in ("identity", "")
         info["streamed"] = True
@@ -528,23 +530,34 @@ class _BodyStream:
         budget = detection.upload_budget
         if budget and not self.uploads and chunk and not self.addon.budgets.charge(
                 session.id, host, len(chunk), budget.bytes, budget.window_seconds):
-            self.dead = True
             info["alert"] = True
             if session.policy.mode != "report":
+                self.dead = True
                 self.addon._cut(self.flow, info, "upload-budget")
                 return b""
             info.update(decision="report", reason="upload-budget")
+        # The engine's cost is per call as much as per byte: feed it at least FEED_BYTES at a time.
+        self.pending += chunk
+        if chunk and len(self.pending) < FEED_BYTES:
+            return b""
+        data, self.pending = bytes(self.pending), bytearray()
         try:
-            safe, hits = self.scan.feed(chunk) if chunk else self.scan.finish()
+            if data:
+                safe, hits = self.scan.feed(data)
+            else:
+                safe, hits = b"", []
+            if not chunk:
+                rest, more = self.scan.finish()
+                safe, hits = safe + rest, hits + more
         except DecodeLimit as e:
             info["detail"] = f"body not inspected: {e.reason}"
             self.dead = True
             self.addon._cut(self.flow, info, "body-uninspectable")
             return b""
-        self.seen += len(chunk)
+        self.seen += len(data)
         if self.sampling:
             if len(self.sample) < ENTROPY_SAMPLE:
-                self.sample += chunk[:ENTROPY_SAMPLE - len(self.sample)]
+                self.sample += data[:ENTROPY_SAMPLE - len(self.sample)]
             if self.seen >= detection.high_entropy_bytes:
                 self.sampling = False
                 bits = shannon(bytes(self.sample))

@@ -409,3 +409,29 @@ def test_a_value_as_a_query_name_is_not_logged(monkeypatch):
     f = through(addon, flow_for(session, path=f"/x?{CANARY}=1&page=2", method="GET"))
     event = HttpAudit._event(f, f.metadata[META])
     assert CANARY not in json.dumps(event) and event["url"].endswith("/x??=&page=")
+
+
+@pytest.mark.parametrize("mode, cut", [("enforce", True), ("report", False)])
+def test_a_stream_over_the_upload_budget(monkeypatch, mode, cut):
+    addon, session, _ = make(monkeypatch, "    uploadBudget: {bytes: 300000, windowSeconds: 60}\n", mode)
+    chunk = b"".join(b"line %08d of a clean upload\n" % i for i in range(8192))
+    chunks = [chunk] * 6
+    f = flow_for(session)
+    f.request.content = None
+    f.request.headers["content-length"] = "1"  # under the budget as declared: the stream decides
+    f.request.headers["transfer-encoding"] = "chunked"
+    del f.request.headers["content-length"]
+    sent = _stream(addon, f, chunks)
+    info = f.metadata[META]
+    assert info["reason"] == "upload-budget" and info["alert"] is True
+    assert (len(sent) < 300000) == cut and (sent == b"".join(chunks)) == (not cut)
+
+
+def test_a_high_entropy_stream_is_cut(monkeypatch):
+    addon, session, _ = make(monkeypatch)
+    chunks = [os.urandom(16384) for _ in range(80)]
+    f = flow_for(session)
+    f.request.content = None
+    f.request.headers["content-length"] = str(16384 * 80)
+    sent = _stream(addon, f, chunks)
+    assert len(sent) < 16384 * 8 and f.metadata[META]["detections"][0]["rule"] == "high-entropy-upload"
