@@ -93,12 +93,13 @@ def _stop(proc: subprocess.Popen) -> str:
     return out
 
 
-def _iodine(gw: LabGateway, box: Box) -> subprocess.Popen:
+def _iodine(gw: LabGateway, box: Box, *extra: str) -> subprocess.Popen:
     """iodine in the foreground, as root inside the sandbox (it needs a tun device), aimed at the
-    sandbox's resolver address; -r: no raw UDP probe; -M 70: one label per query, which the
-    one-label policy pattern allows."""
+    sandbox's resolver address; -r: no raw UDP probe; -L0: no lazy mode (the lab's forwarding
+    chain times out held queries); -M 70: one label per query, which the one-label policy
+    pattern allows."""
     return _popen_in_box(gw, box, "timeout", str(IODINE_TIME), "/usr/sbin/iodine", "-f", "-r", "-L0", "-M", "70",
-                         "-P", PASSWORD, box.info["gateway"], ZONE)
+                         *extra, "-P", PASSWORD, box.info["gateway"], ZONE)
 
 
 def _tunnel_tcp(box: Box, tries: int) -> str:
@@ -137,6 +138,7 @@ def _ts(event: dict) -> float:
 
 
 def test_iodine_through_an_allowed_domain_is_refused_and_alerted(gateway, sandboxes, lab, iodined):
+    """iodine as it comes: it picks NULL queries."""
     box = sandboxes.up(RULES)
     lab.clear_records()
     proc = _iodine(gateway, box)
@@ -190,6 +192,27 @@ def test_iodine_through_an_allowed_domain_is_refused_and_alerted(gateway, sandbo
             print("gaierror", e.errno)
     """)
     assert other.events(event="dns", dns_qname=f"plain.{ZONE}")[-1]["reason"] != "dns-tunnel"
+
+
+@pytest.mark.parametrize("qtype", ["A", "CNAME"])
+def test_iodine_with_common_query_types_is_caught_by_its_names(gateway, sandboxes, lab, iodined, qtype):
+    """iodine told to use A or CNAME queries: no uncommon-type volume to see, the names give it away."""
+    box = sandboxes.up(RULES)
+    lab.clear_records()
+    proc = _iodine(gateway, box, "-T", qtype)
+    try:
+        caught = _wait_for(lambda: box.events(event="dns", reason="dns-tunnel", alert=True), 30)
+        result = _tunnel_tcp(box, tries=2) if caught else "not caught"
+    finally:
+        out = _stop(proc)
+    assert caught, out[-2000:]
+    alert = box.events(event="dns", reason="dns-tunnel", alert=True)[0]
+    assert alert["detections"][0]["rule"] in ("dns-tunnel:encoded", "dns-tunnel:qtype"), alert
+    assert not result.startswith("lab-tcp") and not lab.records(kind="tcp", local_addr=SERVER_TUN)
+    t0 = min(_ts(e) for e in box.events(event="dns") if e.get("dns_qname", "").endswith(ZONE))
+    print(f"\niodine -T {qtype}: alert {_ts(alert) - t0:.2f}s after its first query "
+          f"({alert['detections'][0]['rule']}); {len(lab.dns_records(forwarded=f'127.0.0.1:{IODINED_PORT}'))} "
+          f"queries reached iodined; set up: {'Connection setup complete' in out}")
 
 
 ENCODER = r"""
