@@ -53,7 +53,10 @@ def _up(sandboxes, gateway, kind: str, detection: dict | None, mode: str = "enfo
     info = gateway.sandbox_up(name, path, "--secrets", str(secrets_file))
     sandboxes.names.append(name)
     box = Box(gateway, name, info)
-    assert gateway.client().add_canaries(box.session, [CANARY], ["c1"]) == ["canary:c1"]
+    canaries = gateway.dir / "canaries.txt"  # from a file, never the command line
+    canaries.write_text(CANARY + "\n")
+    out = gateway.cli("session", "canary", box.session, str(canaries), "--label", "c1")
+    assert json.loads(out.stdout) == ["canary:c1"] and CANARY not in out.stdout + out.stderr
     return box
 
 
