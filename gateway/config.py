@@ -12,11 +12,14 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
-from gateway.detect import dnstunnel
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.detect import dnstunnel
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,9 @@ class Config:
     state_dir: str = "/run/egressgw"
     sandbox_pool: str = "10.211.0.0/16"
     allow_dest_ranges: tuple[str, ...] = ()
-    dns_detection: dnstunnel.Settings = dnstunnel.Settings()
+    # None: the detector's defaults. Imported lazily: gateway.detect loads hyperscan, which the
+    # CLI's other commands do not need.
+    dns_detection: dnstunnel.Settings | None = None
     source: str = "<defaults>"
 
     def control_token(self) -> str:
@@ -165,7 +170,9 @@ def _control(value: object, what: str) -> ControlListen:
 
 
 def _dns_detection(body: object, source: str) -> dnstunnel.Settings:
-    """The `detection.dns` mapping -> dnstunnel.Settings, every value checked."""
+    """The `detection.dns` mapping -> gateway.detect.dnstunnel.Settings, every value checked."""
+    from gateway.detect import dnstunnel
+
     if not isinstance(body, dict):
         raise ConfigError(f"{source}: detection.dns must be a mapping of thresholds, e.g. {{maxEncodedNames: 10}}")
     kw: dict = {}

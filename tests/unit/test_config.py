@@ -267,7 +267,7 @@ def test_unreadable_control_token_is_a_config_error(tmp_path):
 def test_dns_detection_defaults_and_every_key():
     from gateway.detect.dnstunnel import Settings
 
-    assert config_from_dict({}).dns_detection == Settings()
+    assert config_from_dict({}).dns_detection is None  # the detector's defaults, Settings()
     raw = {"enabled": False, "windowSeconds": 30, "maxEncodedNames": 5, "maxDistinctSubdomains": 50,
            "maxUncommonQueries": 8, "maxQueries": 100, "encodedMinLength": 16, "minEntropyRatio": 0.8,
            "maxLabelLength": 40, "maxNameLength": 100, "blockSeconds": 0, "maxTrackedDomains": 99,
