@@ -346,8 +346,16 @@ def url_view(data: bytes, form: bool = False, window: int = 0) -> tuple[bytes, L
     """Percent-decoded view; '+' is a space in forms (same length: offsets do not move)."""
     if window and data.count(b"%") * 2 * window < len(data):  # sparse: decode around escapes only
         return windowed(data, _PCT_FORM if form else _PCT, _pct, window)
-    dec = unquote_to_bytes(data.replace(b"+", b" ") if form else data)
+    src = data.replace(b"+", b" ") if form else data
+    if not _PCT_ODD.search(src):
+        # every '%' starts an escape: %XX -> \xXX, decoded by the C escape codec (backslashes kept)
+        dec = codecs.escape_decode(src.replace(b"\\", b"\\\\").replace(b"%", b"\\x"))[0]
+    else:
+        dec = unquote_to_bytes(src)
     return dec, LazyMap(data, _PCT_FORM if form else _PCT, _pct)
+
+
+_PCT_ODD = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
 
 _JSON_ODD = re.compile(rb"\\(?![\"\\/bfnrt]|u[0-9a-fA-F]{4})")

@@ -10,6 +10,7 @@ Python `re` on every part (`RuleMatcher.fallback`, reported by `Detector.stats`)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import hyperscan as hs
@@ -17,13 +18,39 @@ import hyperscan as hs
 from .forms import Form, forms
 from .rules import Rule, RulePack
 
+# shape -> (expression, database): 0 rides in the rules database, 1 in a separate small one.
+# Measured (bench/README.md): long character-class runs in the rules database slow every scan
+# 2-3x, while alone, with HS_FLAG_SINGLEMATCH, they stop at the first match.
 SHAPES: dict[str, tuple[bytes, int]] = {
     "pct": (rb"%[0-9A-Fa-f]{2}", 0),
-    "json": (rb"\\u[0-9A-Fa-f]{4}|\\/", 0),
     "qp": (rb"[^\s=]=\r?\n", 0),
-    "b64": (rb"[A-Za-z0-9+/_-]{40}", 0),
-    "hex": (rb"[0-9A-Fa-f]{80}", 0),
+    "json": (rb"\\u[0-9A-Fa-f]{4}|\\/", 1),
+    # MIME-style base64 (lines joined across breaks, real or JSON-escaped): a known value may straddle one
+    "b64": (rb"[A-Za-z0-9+/]{60}={0,2}(?:\r?\n|\\r\\n|\\n)[A-Za-z0-9+/]{4}", 1),
 }
+# Base64/hex blocks are decoded for the rules only when a rule keyword's base64 (or hex) form occurs
+# ("-----BEGIN" -> LS0tLS1CRUdJT, "AKIA" -> QUtJQ...): long runs alone (hashes, ids, paths) cost
+# nothing. A rule pack with a rule without keywords decodes every block.
+
+
+def keyword_forms(keywords: set[str]) -> tuple[list[bytes], list[bytes]]:
+    """Stable base64 middles and hex forms of each keyword as written and in lower, upper and capitalised case."""
+    import base64 as _b64
+
+    from .forms import base64_forms
+
+    b64: set[bytes] = set()
+    hexes: set[bytes] = set()
+    for kw in keywords:
+        for v in {kw, kw.lower(), kw.upper(), kw.capitalize()}:
+            raw = v.encode()
+            for f in base64_forms(raw):
+                if len(f) >= 4:
+                    b64.add(f)
+                    b64.add(f.translate(bytes.maketrans(b"+/", b"-_")))
+            hexes.add(raw.hex().encode())
+    del _b64
+    return sorted(b64), sorted(hexes)
 
 
 class ValueMatcher:
@@ -87,7 +114,7 @@ class RuleMatcher:
         self.fallback: list[int] = []
         self.prefiltered: list[int] = []
         for i, r in enumerate(self.rules):
-            expr = (r.hs or r.regex).encode()
+            expr = r.prefilter.encode()
             f = _try_flags(expr)
             if f is None:
                 self.fallback.append(i)
@@ -97,12 +124,31 @@ class RuleMatcher:
             exprs.append(expr)
             ids.append(i)
             flags.append(f & ~hs.HS_FLAG_SINGLEMATCH)
+        side: list[tuple[bytes, int]] = []
         for k, name in enumerate(self.shape_names):
-            exprs.append(SHAPES[name][0])
+            expr, where = SHAPES[name]
+            if where:
+                side.append((expr, self.shape_base + k))
+                continue
+            exprs.append(expr)
             ids.append(self.shape_base + k)
-            flags.append(0 if SHAPES[name][1] else hs.HS_FLAG_SINGLEMATCH)
+            flags.append(hs.HS_FLAG_SINGLEMATCH)
         self.db = hs.Database(mode=hs.HS_MODE_BLOCK)
         self.db.compile(expressions=exprs, ids=ids, elements=len(exprs), flags=flags)
+        self.blocks_always = any(not r.keywords for r in self.rules)
+        if self.blocks_always:
+            side.append((rb"[A-Za-z0-9+/_-]{40}", self.shape_base + self.shape_names.index("b64")))
+            side.append((rb"[0-9A-Fa-f]{80}", self.shape_base + len(self.shape_names)))
+        else:
+            b64, hexes = keyword_forms({k for r in self.rules for k in r.keywords})
+            side += [(re.escape(f), self.shape_base + self.shape_names.index("b64")) for f in b64]
+            side += [(re.escape(f), self.shape_base + len(self.shape_names)) for f in hexes]
+        self.shape_names.append("hex")
+        flags_side = [hs.HS_FLAG_SINGLEMATCH] * len(side)
+        self.shape_db = hs.Database(mode=hs.HS_MODE_BLOCK)
+        self.shape_db.compile(expressions=[e for e, _ in side], ids=[i for _, i in side], elements=len(side),
+                              flags=[f | (hs.HS_FLAG_CASELESS if i == self.shape_base + len(self.shape_names) - 1 else 0)
+                                     for f, (_e, i) in zip(flags_side, side)])
         self.max_len = max((r.max_len for r in self.rules), default=0)
 
     def scan(self, data: bytes) -> tuple[dict[int, list[int] | None], dict[str, list[int]]]:
@@ -110,6 +156,7 @@ class RuleMatcher:
         hit: dict[int, list[int]] = {}
         if data:
             self.db.scan(data, match_event_handler=_collect_rule, context=hit)
+            self.shape_db.scan(data, match_event_handler=_collect_rule, context=hit)
         shapes = {self.shape_names[i - self.shape_base]: e for i, e in hit.items() if i >= self.shape_base}
         rules: dict[int, list[int] | None] = {i: e for i, e in hit.items() if i < self.shape_base}
         for i in self.fallback:

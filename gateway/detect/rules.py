@@ -58,6 +58,14 @@ class Rule:
         object.__setattr__(self, "_kw", tuple(k.lower().encode() for k in self.keywords))
 
     @property
+    def prefilter(self) -> str:
+        """The hyperscan expression: `hs`, else the regex without the token-start group (a leading
+        class that matches nearly every byte slows a multi-pattern database down 3x)."""
+        if self.hs is not None:
+            return self.hs
+        return self.regex[len(_START):] if self.regex.startswith(_START) else self.regex
+
+    @property
     def compiled(self) -> re.Pattern[bytes]:
         return self._re  # type: ignore[attr-defined]
 
@@ -142,7 +150,7 @@ BUILTIN: tuple[Rule, ...] = (
         "aws-access-key-id",
         "AWS access key id",
         _START + r"((?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z2-7]{16})\b",
-        keywords=("akia", "asia", "abia", "acca", "a3t"),
+        keywords=("AKIA", "ASIA", "ABIA", "ACCA", "A3T"),
         allowlist=Allowlist(regexes=(r"EXAMPLE$",)),
         max_len=24,
     ),
@@ -176,7 +184,7 @@ BUILTIN: tuple[Rule, ...] = (
         "azure-storage-account-key",
         "Azure storage account key / connection string",
         r"(?i)(?:AccountKey|SharedAccessKey|azure[\w.-]{0,20}?(?:storage|account)[\w.-]{0,20}?key[\"']?\s{0,4}[:=]\s{0,4}[\"']?)=?([A-Za-z0-9+/]{86}==)",
-        keywords=("accountkey", "sharedaccesskey", "azure"),
+        keywords=("AccountKey", "SharedAccessKey", "azure"),
         max_len=200,
     ),
     Rule(
@@ -218,7 +226,7 @@ BUILTIN: tuple[Rule, ...] = (
         "openai-api-key",
         "OpenAI API key",
         _START + r"(sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{16,200}T3BlbkFJ[A-Za-z0-9_-]{16,200})\b",
-        keywords=("t3blbkfj",),
+        keywords=("T3BlbkFJ",),
         hs=r"sk-[A-Za-z0-9_-]{16,200}T3BlbkFJ",
         max_len=420,
     ),
@@ -238,12 +246,12 @@ BUILTIN: tuple[Rule, ...] = (
     ),
     Rule("huggingface-token", "Hugging Face access token", _START + r"(hf_[A-Za-z0-9]{34,40})\b", keywords=("hf_",), entropy=3.0, max_len=44),
     Rule("npm-token", "npm access token", _START + r"(npm_[A-Za-z0-9]{36})\b", keywords=("npm_",), max_len=40),
-    Rule("pypi-token", "PyPI upload token", r"(pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,1000})", keywords=("pypi-ageichlwas5vcmc",), max_len=1024),
+    Rule("pypi-token", "PyPI upload token", r"(pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,1000})", keywords=("pypi-AgEIcHlwaS5vcmc",), max_len=1024),
     Rule(
         "jwt",
         "JSON Web Token",
         _START + r"(eyJ[A-Za-z0-9_-]{8,4000}\.eyJ[A-Za-z0-9_-]{8,8000}\.[A-Za-z0-9_-]{16,2000})",
-        keywords=("eyj",),
+        keywords=("eyJ",),
         hs=r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16}",
         max_len=14100,
     ),
@@ -252,7 +260,7 @@ BUILTIN: tuple[Rule, ...] = (
         "PEM private key (RSA, EC, DSA, OpenSSH, PKCS#8, encrypted)",
         r"(-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----"
         r"(?:[A-Za-z0-9+/=\s:,.\\-]{16,16384}?-----END [A-Z ]{0,16}PRIVATE KEY(?: BLOCK)?-----|[A-Za-z0-9+/=\s:,.\\-]{16,16384}))",
-        keywords=("private key",),
+        keywords=("PRIVATE KEY",),
         hs=r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----",
         max_len=16500,
     ),
