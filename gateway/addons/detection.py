@@ -128,7 +128,7 @@ class Detection:
     async def _detectors(self, session) -> tuple[Detector, Detector]:
         """(full detector: rules + known values, values-only detector for joined fragments)."""
         values = await self.known.of(session)
-        key = (id(session.policy), values)
+        key = (session.policy, values)  # compared by identity first: cheap
         entry = self._sessions.get(session.id)
         if entry is not None and entry[0] == key:
             return entry[1], entry[2]

@@ -174,8 +174,10 @@ def test_redact_replaces_the_match_and_forwards(monkeypatch, where):
 
 def test_redact_falls_back_to_block_where_the_match_cannot_be_located(monkeypatch):
     addon, session, _ = make(monkeypatch, "    action: redact\n")
-    # hex inside base64: found in a decoded block, which has no place in the raw bytes
-    f = through(addon, flow_for(session, path=f"/x?d={b64(CANARY.encode().hex())}"))
+    # inside a base64-transfer-encoded multipart part: found in decoded bytes, which have no place on the wire
+    body = (b"--XX\r\nContent-Disposition: form-data; name=\"f\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            + base64.b64encode(b"notes " + CANARY.encode() + b" end") + b"\r\n--XX--\r\n")
+    f = through(addon, flow_for(session, body=body, headers=[("Content-Type", "multipart/form-data; boundary=XX")]))
     assert f.response.status_code == 403
     assert [d["action"] for d in f.metadata[META]["detections"]] == ["block"]
 
