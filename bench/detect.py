@@ -37,35 +37,48 @@ TARGET_MBPS = 300.0
 TARGET_RATIO = 10.0
 
 
+# Share of each payload kind in the clean corpus, by bytes: roughly what an agent sandbox sends out
+# (API calls carrying JSON, package and artifact uploads, source pushes, logs and forms, web assets).
+MIX = {"json": 0.30, "wheel": 0.12, "tarball": 0.08, "source": 0.15, "text": 0.12, "js": 0.08,
+       "static": 0.04, "image": 0.04, "form": 0.07}
+
+
 def build_clean(total_mb: float, seed: int = 1) -> list[corpus.Payload]:
-    """Clean payloads until `total_mb` MB: each kind in proportion, varied by seed."""
+    """Clean payloads until `total_mb` MB, each kind filled to its MIX share (repeats cycle)."""
     target = int(total_mb * 1e6)
     rnd = random.Random(seed)
     base = corpus.clean_corpus(seed)
-    extra_wheels = [corpus.Payload(f"wheel:{p}", "wheel", corpus.wheel(p), "application/zip") for p in ("dns", "h2", "jinja2", "click")]
-    extra_tars = [corpus.Payload(f"tarball:{p}", "tarball", corpus.tarball(p), "application/gzip") for p in ("http", "xml", "asyncio")]
-    sources = [corpus.Payload(f"py:{n}", "source", d, "text/x-python") for n, d in corpus.stdlib_sources(400)]
-    out = list(base) + extra_wheels + extra_tars + sources
-    size = sum(len(p.data) for p in out)
-    i = 0
-    while size < target:
-        k = i % 6
-        if k in (0, 1, 2):
-            body = corpus.json_api_body(rnd, 60, escaped=(i % 5 == 0))
-            if k == 2:
-                p = corpus.Payload(f"json:gen{i}:gzip", "json", gzip.compress(body, 6), "application/json", "gzip")
+    pools: dict[str, list[corpus.Payload]] = collections.defaultdict(list)
+    for p in base:
+        pools[p.kind].append(p)
+    for pkg in ("mitmproxy", "hypothesis", "jinja2", "click", "dns", "h2"):
+        pools["wheel"].append(corpus.Payload(f"wheel:{pkg}", "wheel", corpus.wheel(pkg), "application/zip"))
+    for pkg in ("http", "xml", "asyncio", "unittest"):
+        pools["tarball"].append(corpus.Payload(f"tarball:{pkg}", "tarball", corpus.tarball(pkg), "application/gzip"))
+    pools["source"] = [corpus.Payload(f"py:{n}", "source", d, "text/x-python") for n, d in corpus.stdlib_sources(400)]
+    generated = {
+        "json": lambda i: (corpus.Payload(f"json:gen{i}:gzip", "json", gzip.compress(b, 6), "application/json", "gzip")
+                           if i % 4 == 1 else corpus.Payload(f"json:gen{i}", "json", b, "application/json"))
+        if (b := corpus.json_api_body(rnd, 60, escaped=(i % 5 == 0))) else None,
+        "text": lambda i: corpus.Payload(f"log:gen{i}", "text", corpus.access_log(rnd, 600), "text/plain"),
+        "form": lambda i: corpus.Payload(f"form:gen{i}", "form", corpus.form_post(rnd, 60), "application/x-www-form-urlencoded"),
+    }
+    out: list[corpus.Payload] = []
+    for kind, share in MIX.items():
+        want = int(target * share)
+        got = 0
+        i = 0
+        while got < want:
+            if kind in generated:
+                p = generated[kind](i)
             else:
-                p = corpus.Payload(f"json:gen{i}", "json", body, "application/json")
-        elif k == 3:
-            p = corpus.Payload(f"log:gen{i}", "text", corpus.access_log(rnd, 3000), "text/plain")
-        elif k == 4:
-            p = corpus.Payload(f"form:gen{i}", "form", corpus.form_post(rnd, 60), "application/x-www-form-urlencoded")
-        else:
-            q = base[rnd.randrange(len(base))]
-            p = corpus.Payload(q.name + f"#{i}", q.kind, q.data, q.content_type, q.content_encoding)
-        out.append(p)
-        size += len(p.data)
-        i += 1
+                pool = pools[kind]
+                q = pool[i % len(pool)]
+                p = q if i < len(pool) else corpus.Payload(f"{q.name}#{i}", q.kind, q.data, q.content_type, q.content_encoding)
+            out.append(p)
+            got += len(p.data)
+            i += 1
+    rnd.shuffle(out)
     return out
 
 
@@ -176,6 +189,7 @@ def main() -> int:
     a = ap.parse_args()
 
     t0 = time.time()
+    load_before = os.getloadavg()
     clean = build_clean(a.mb)
     clean_bytes = sum(len(p.data) for p in clean)
     values = known_values(a.values)
@@ -239,6 +253,7 @@ def main() -> int:
         ("detect-secrets findings on its text subset", f"{ds_found}"),
         ("decode limits hit (clean)", f"{limits}"),
         ("detector compile time", f"{compile_s:.2f} s"),
+        ("load average before / after (cores: %d)" % os.cpu_count(), f"{load_before[0]:.1f} / {os.getloadavg()[0]:.1f}"),
     ]
     md = ["| measure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     md += ["", "| rule | false positives | example context |", "|---|---|---|"]
@@ -276,6 +291,9 @@ def main() -> int:
         "false_positive_examples": {k: v[:5] for k, v in examples.items()},
         "decode_limits": limits,
         "compile_seconds": compile_s,
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "cpus": os.cpu_count(),
         "targets_met": ok,
     }
     outdir = Path(a.out)

@@ -494,10 +494,12 @@ def header_params(value: str) -> dict[str, str]:
     return {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3)) for m in _PARAM.finditer(value)}
 
 
+_NAME_BAD = re.compile(r"[^\x20-\x7e]|[\[\]>]")
+
+
 def safe_name(name: str) -> str:
-    """A field name fit for a part label: printable, bounded."""
-    clean = "".join(c if c.isprintable() and c not in "[]>" else "?" for c in name)
-    return clean[:64]
+    """A field name fit for a part label: printable, bounded; '[', ']' and '>' become '?'."""
+    return _NAME_BAD.sub("?", name[:64])
 
 
 @dataclass(frozen=True)

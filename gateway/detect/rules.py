@@ -137,6 +137,8 @@ _GENERIC_ALLOW = Allowlist(
         r"^<[^>]*>?$",  # <your-token>
         r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+$",  # attribute access: self.token
         r"^[A-Za-z_]+$",  # bare identifiers / words
+        r"^[a-z]+(?:[-_.][a-z]+)+$",  # lower-case words joined: obs-local-part, sha256.digest
+        r"^[=|&!?:]|\|\||&&",  # code: token.value==k||x, a ?: b
         r"^([*xX.#-])\1*$",  # ****** / xxxxxx
         r"^[0-9.:-]+$",  # numbers, versions, times
         r"^(?:https?|file)://",  # URLs

@@ -85,7 +85,17 @@ class _Part:
     label: str
     data: bytes  # the part's own bytes (after decompression / transfer decoding)
     raw_base: int | None  # where data[0] sits in the bytes passed to scan(); None if not in place
-    form: tuple[list[int], list[str]] | None = None
+    is_form: bool = False
+    _fields: tuple[list[int], list[str]] | None = None
+
+    @property
+    def form(self) -> tuple[list[int], list[str]] | None:
+        """Field offsets and names of a form part, computed only when a hit needs naming."""
+        if not self.is_form:
+            return None
+        if self._fields is None:
+            self._fields = form_fields(self.data)
+        return self._fields
 
 
 @dataclass
@@ -104,7 +114,7 @@ class _View:
     @property
     def binary(self) -> bool:
         """Binary content (images, archives, fonts) gets no escape views: a NUL in the first 8 KiB."""
-        return b"\0" in self.data[:8192]
+        return self.data.find(b"\0", 0, 8192) >= 0
 
 
 @dataclass
@@ -288,7 +298,7 @@ class Detector:
                     acc.limits.append((label, f"more than {lim.max_parts} multipart parts"))
                 return
         is_form = (ct or "").split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded" or label == "query"
-        part = _Part(label, data, raw_base, form_fields(data) if is_form else None)
+        part = _Part(label, data, raw_base, is_form)
         view = _View(part, data, chain, _identity, (0, len(data)), depth, is_form)
         self._scan_view(view, acc)
 
@@ -421,8 +431,9 @@ class Detector:
             if f.part_span is not None and f.part.raw_base is not None:
                 raw = (f.part.raw_base + f.part_span[0] + offset_base, f.part.raw_base + f.part_span[1] + offset_base)
             label = f.part.label
-            if f.part.form is not None:
-                label = f"{label}>form[{field_at(f.part.form, span[0])}]"
+            form = f.part.form
+            if form is not None:
+                label = f"{label}>form[{field_at(form, span[0])}]"
             hits.append(
                 Hit(
                     rule=f.rule,
