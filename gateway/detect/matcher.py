@@ -25,8 +25,9 @@ SHAPES: dict[str, tuple[bytes, int]] = {
     "pct": (rb"%[0-9A-Fa-f]{2}", 0),
     "qp": (rb"[^\s=]=\r?\n", 0),
     "json": (rb"\\u[0-9A-Fa-f]{4}|\\/", 1),
-    # MIME-style base64 (lines joined across breaks, real or JSON-escaped): a known value may straddle one
-    "b64": (rb"[A-Za-z0-9+/]{60}={0,2}(?:\r?\n|\\r\\n|\\n)[A-Za-z0-9+/]{4}", 1),
+    # "b64" is raised by rule keywords' base64 forms (below) and by halves of known values' base64
+    # forms (forms.HALF): a MIME line break inside a value leaves one half whole
+    "b64": (b"", 1),
 }
 # Base64/hex blocks are decoded for the rules only when a rule keyword's base64 (or hex) form occurs
 # ("-----BEGIN" -> LS0tLS1CRUdJT, "AKIA" -> QUtJQ...): long runs alone (hashes, ids, paths) cost
@@ -127,6 +128,8 @@ class RuleMatcher:
         side: list[tuple[bytes, int]] = []
         for k, name in enumerate(self.shape_names):
             expr, where = SHAPES[name]
+            if not expr:
+                continue
             if where:
                 side.append((expr, self.shape_base + k))
                 continue

@@ -40,7 +40,7 @@ from .decode import (
     sniff,
     url_view,
 )
-from .forms import MIN_VALUE_LEN
+from .forms import HALF, MIN_VALUE_LEN
 from .matcher import RuleMatcher, ValueMatcher
 from .rules import RulePack
 
@@ -307,9 +307,15 @@ class Detector:
     def _scan_view(self, view: _View, acc: _Acc) -> None:
         data = view.data
         part = view.part
+        halves = False
         for vi, enc, s, e in self._vm.scan(data):
+            if enc == HALF:
+                halves = True
+                continue
             self._add(acc, view, KNOWN, self.values[vi].label, vi, "known value", None, (s, e), _encoding(view.chain, enc))
         rule_hits, shapes = self._engine.rules.scan(data)
+        if halves:
+            shapes.setdefault("b64", [])
         lowered: bytes | None = None
         global_allow = self.rules.allowlist
         rules = self._engine.rules.rules
