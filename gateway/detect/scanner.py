@@ -167,7 +167,7 @@ class _Engine:
         key = tuple(v.value for v in values)
         vm = self.cache.get(key)
         if vm is None:
-            vm = ValueMatcher([v.value for v in values])
+            vm = ValueMatcher([v.value for v in values], self.rules)
             self.cache[key] = vm
             while len(self.cache) > self.cache_size:
                 self.cache.popitem(last=False)
@@ -308,12 +308,16 @@ class Detector:
         data = view.data
         part = view.part
         halves = False
-        for vi, enc, s, e in self._vm.scan(data):
+        if self._vm.rules is not None:
+            values, rule_hits, shapes = self._vm.scan_all(data)
+        else:
+            values = self._vm.scan(data)
+            rule_hits, shapes = self._engine.rules.scan(data)
+        for vi, enc, s, e in values:
             if enc == HALF:
                 halves = True
                 continue
             self._add(acc, view, KNOWN, self.values[vi].label, vi, "known value", None, (s, e), _encoding(view.chain, enc))
-        rule_hits, shapes = self._engine.rules.scan(data)
         if halves:
             shapes.setdefault("b64", [])
         lowered: bytes | None = None

@@ -119,3 +119,26 @@ def zip_is_a_wheel(data: bytes) -> bool:
 
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     return any(n.endswith("METADATA") for n in names) and any(n.endswith(".py") for n in names)
+
+
+def test_every_positive_with_a_combined_database():
+    """With >= COMBINE_MIN values, values, rules and shapes share one hyperscan database: the same
+    corpus must come out the same."""
+    import random
+
+    from gateway.detect.matcher import COMBINE_MIN
+
+    rnd = random.Random(4)
+    values = [KnownValue(f"canary:{k}", v) for k, v in corpus.VALUES.items()]
+    values += [KnownValue(f"secret:{i}", base64.b64encode(rnd.randbytes(18))) for i in range(COMBINE_MIN)]
+    big = Detector(builtin_rules(), values)
+    assert big._vm.rules is not None
+    missed = []
+    for vname, _ename, cname, payload, expected, part in CASES:
+        hits = [h for h in _scan(big, payload) if h.rule == "known-value"]
+        if not (hits and {h.label for h in hits} == {f"canary:{vname}"} and any(h.part == part for h in hits)
+                and any(corpus.encoding_matches(expected, h.encoding, cname) for h in hits)):
+            missed.append(payload.name)
+    assert missed == []
+    for rule_id, sample in corpus.rule_samples().items():
+        assert rule_id in {h.rule for h in big.scan(b"config:\n" + sample + b"\n# end\n", "body")}
