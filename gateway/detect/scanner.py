@@ -108,6 +108,7 @@ class _View:
     depth: int
     form: bool = False
     fresh_blocks: bool = True  # look for base64/hex blocks in this view
+    url_made_escapes: bool = False  # a URL view whose decoding produced backslashes (%5C)
     # batched blocks: (start of each block in this view, its span in the parent view, parent's map)
     blocks: tuple[list[int], list[tuple[int, int]], Callable[[int, int], tuple[int, int]] | None] | None = None
 
@@ -346,8 +347,12 @@ class Detector:
         if not view.binary and "pct" in shapes and chain.count("url") < 3:
             dec, m = url_view(data, form=view.form, window=win)
             self._scan_view(_View(part, dec, view.chain + ("url",), _compose(view.to_part, m.span), view.region, depth,
-                                  view.form, fresh_blocks=bool(_B64_PCT.search(data))), acc)
-        if not view.binary and "json" in shapes and chain.count("json-u") < 2:
+                                  view.form, fresh_blocks=bool(_B64_PCT.search(data)),
+                                  url_made_escapes=bool(_PCT_BACKSLASH.search(data))), acc)
+        # a JSON view of a URL view only when the URL decoding made new escapes (%5C): otherwise the
+        # URL view of the JSON view (below) is the same bytes
+        if not view.binary and "json" in shapes and chain.count("json-u") < 2 and (
+                not chain or chain[-1] != "url" or view.url_made_escapes):
             dec, m = json_view(data, window=win)
             self._scan_view(_View(part, dec, view.chain + ("json-u",), _compose(view.to_part, m.span), view.region, depth,
                                   fresh_blocks=b"\\/" in data), acc)
@@ -501,6 +506,7 @@ def _compose(outer: Callable[[int, int], tuple[int, int]] | None, inner: Callabl
     return lambda s, e: outer(*inner(s, e))
 
 
+_PCT_BACKSLASH = re.compile(rb"%(?:25)*5[cC]")
 _B64_PCT = re.compile(rb"%(?:2[bBfF]|3[dD]|0[aAdD])")  # escapes that split base64 runs: + / = CR LF
 _UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")
 
