@@ -10,7 +10,6 @@ Python `re` on every part (`RuleMatcher.fallback`, reported by `Detector.stats`)
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import hyperscan as hs

@@ -579,6 +579,7 @@ class StreamScan:
         self.held: list[tuple[bytes, int]] = []  # (compressed chunk, decoded total after it)
         self.seen: set[tuple] = set()
         self.hits: list[Hit] = []
+        self._fresh: list[Hit] = []
         self.total_in = 0
         self.finished = False
 
@@ -599,17 +600,15 @@ class StreamScan:
     def _new(self, hits: list[Hit], prev_end: int) -> list[Hit]:
         out = []
         for h in hits:
-            end = h.offset + h.length
             key = (h.rule, h.label, h.encoding, h.offset)
             if key in self.seen:
                 continue
             if h.raw_span is not None and h.raw_span[1] <= prev_end:
-                continue
+                continue  # complete in the previous window: already reported
             self.seen.add(key)
             out.append(h)
-            if len(self.seen) > 100_000:
+            if len(self.seen) > 100_000:  # bounded; offsets only grow, old keys cannot recur
                 self.seen.clear()
-            del end
         return out
 
     def _identity_feed(self, chunk: bytes, final: bool) -> tuple[bytes, list[Hit]]:
@@ -657,7 +656,7 @@ class StreamScan:
         self.dec_base += drop
 
     def _compressed_feed(self, chunk: bytes, final: bool) -> tuple[bytes, list[Hit]]:
-        self._fresh: list[Hit] = []
+        self._fresh = []
         if chunk:
             self._sinks[0].inp += len(chunk)
             try:

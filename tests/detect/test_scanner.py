@@ -186,3 +186,12 @@ def test_hit_is_frozen_and_has_the_documented_fields(det):
 def test_empty_and_binary_inputs(det):
     assert det.scan(b"", "body") == []
     assert det.scan(bytes(range(256)) * 100, "body") == []
+
+
+def test_engine_imports_nothing_from_mitmproxy():
+    import subprocess
+    import sys
+
+    code = "import sys, gateway.detect; print(any(m.split('.')[0] == 'mitmproxy' for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
