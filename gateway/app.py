@@ -35,6 +35,7 @@ from gateway.addons import default_addons
 from gateway.audit import Audit
 from gateway.config import Config, Listen
 from gateway.connstate import ConnTable
+from gateway.detect.dnstunnel import DnsTunnelDetector, Settings
 from gateway.dialguard import DialGuard
 from gateway.log.writer import FlowLog
 from gateway.resolver import UpstreamResolver
@@ -120,7 +121,7 @@ class Gateway:
         )
         master.addons.add(*default_addons(
             registry=self.registry, conns=self.conns, resolver=self.resolver, guard=self.guard, audit=self.audit,
-            store=self.store))
+            store=self.store, dns_tunnels=DnsTunnelDetector(self.config.dns_detection or Settings())))
         master.options.update(
             mode=mode_specs(self.config),
             confdir=self.config.ca_dir,

@@ -26,6 +26,10 @@ GATEWAY_REASONS = (
     "upstream-error",
     "log-unavailable",
     "session-store-unavailable",
+    "exfiltration",
+    "exfiltration-redacted",
+    "upload-budget",
+    "body-uninspectable",
 )
 _LABEL_REASONS = frozenset(REASONS) | frozenset(GATEWAY_REASONS)
 
@@ -54,6 +58,8 @@ class Audit:
             if reason not in _LABEL_REASONS:
                 reason = "other"
             metrics.DECISIONS.labels(kind, event.get("decision", "deny"), reason).inc()
+        for hit in event.get("detections", ()):
+            metrics.DETECTIONS.labels(hit.get("rule", "?"), hit.get("action", "alert")).inc()
 
     def session_changed(self, what: str, session, active: int) -> None:
         metrics.ACTIVE_SESSIONS.set(active)

@@ -12,10 +12,14 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.detect import dnstunnel
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ class Config:
     sandbox_pool: str = "10.211.0.0/16"
     allow_dest_ranges: tuple[str, ...] = ()
     session_store: str = "sqlite:///var/lib/egressgw/sessions.db"
+    # None: the detector's defaults. Imported lazily: gateway.detect loads hyperscan, which the
+    # CLI's other commands do not need.
+    dns_detection: dnstunnel.Settings | None = None
     source: str = "<defaults>"
 
     def control_token(self) -> str:
@@ -92,6 +99,24 @@ _KEYS = {
     "dialGuard": {"allowRanges"},
     "secrets": {"cacheSeconds"},
     "sessions": {"store"},
+    "detection": {"dns"},
+}
+
+# detection.dns.<key> -> (Settings field, kind, minimum): DNS tunnel thresholds (docs/detection.md)
+_DNS_DETECTION = {
+    "enabled": ("enabled", bool, None),
+    "windowSeconds": ("window", float, 1),
+    "maxEncodedNames": ("max_encoded", int, 1),
+    "maxDistinctSubdomains": ("max_distinct", int, 1),
+    "maxUncommonQueries": ("max_uncommon", int, 1),
+    "maxQueries": ("max_rate", int, 1),
+    "encodedMinLength": ("encoded_min_length", int, 4),
+    "minEntropyRatio": ("min_entropy_ratio", float, 0),
+    "maxLabelLength": ("max_label_length", int, 8),
+    "maxNameLength": ("max_name_length", int, 16),
+    "blockSeconds": ("block", float, 0),
+    "maxTrackedDomains": ("max_tracked", int, 1),
+    "maxNamesPerDomain": ("max_names", int, 1),
 }
 
 
@@ -144,6 +169,39 @@ def _control(value: object, what: str) -> ControlListen:
             "(fix: use unix:///run/egressgw/control.sock or 127.0.0.1:PORT)"
         )
     return ControlListen(tcp=listen)
+
+
+def _dns_detection(body: object, source: str) -> dnstunnel.Settings:
+    """The `detection.dns` mapping -> gateway.detect.dnstunnel.Settings, every value checked."""
+    from gateway.detect import dnstunnel
+
+    if not isinstance(body, dict):
+        raise ConfigError(f"{source}: detection.dns must be a mapping of thresholds, e.g. {{maxEncodedNames: 10}}")
+    kw: dict = {}
+    for key, value in body.items():
+        if key not in _DNS_DETECTION:
+            raise ConfigError(f"{source}: unknown key detection.dns.{key} (known: {', '.join(sorted(_DNS_DETECTION))})")
+        attr, kind, minimum = _DNS_DETECTION[key]
+        what = f"{source}: detection.dns.{key}"
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{what} must be true or false, not {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            noun = "a whole number" if kind is int else "a number"
+            raise ConfigError(f"{what} must be {noun}, not {value!r} (fix: e.g. {getattr(dnstunnel.Settings, attr)!r})")
+        elif value < minimum:
+            raise ConfigError(f"{what} is {value!r}; it must be at least {minimum} "
+                              f"(default {getattr(dnstunnel.Settings, attr)!r})")
+        kw[attr] = kind(value)
+    settings = dnstunnel.Settings(**kw)
+    if settings.min_entropy_ratio > 1.5:
+        raise ConfigError(f"{source}: detection.dns.minEntropyRatio {settings.min_entropy_ratio} would never match "
+                          "(fix: a ratio around 0.75; 1.0 is the entropy of random base32)")
+    largest = max(settings.max_encoded, settings.max_distinct)
+    if settings.max_names < largest:
+        raise ConfigError(f"{source}: detection.dns.maxNamesPerDomain ({settings.max_names}) is below the limits it "
+                          f"must count up to ({largest}) (fix: raise it to at least {largest})")
+    return settings
 
 
 def load_config(path: str | os.PathLike) -> Config:
@@ -249,6 +307,8 @@ def config_from_dict(raw: dict, source: str = "<dict>", base_dir: Path | None = 
     store = get("sessions", "store")
     if store is not None:
         kw["session_store"] = _session_store(store, f"{source}: sessions.store", rel)
+    if "dns" in raw.get("detection", {}):
+        kw["dns_detection"] = _dns_detection(raw["detection"]["dns"], source)
     return Config(**kw)
 
 

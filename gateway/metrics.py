@@ -36,6 +36,12 @@ UPSTREAM_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
+DETECTIONS = Counter(
+    "egressgw_detections_total",
+    "Exfiltration detection hits, by rule id and the action taken (block, redact, alert).",
+    ["rule", "action"],
+    registry=REGISTRY,
+)
 LOG_RECORDS = Counter("egressgw_log_records_total", "Records written to the flow log.", registry=REGISTRY)
 LOG_ERRORS = Counter(
     "egressgw_log_write_errors_total", "Flow-log writes that failed (egress is refused then).", registry=REGISTRY

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gateway.addons.auditor import HttpAudit
 from gateway.addons.credentials import Credentials
+from gateway.addons.detection import Detection
 from gateway.addons.dialgate import DialGate
 from gateway.addons.dnsgate import DnsGate
 from gateway.addons.httppolicy import HttpPolicy
@@ -12,13 +13,14 @@ from gateway.addons.tcppolicy import TcpPolicy
 from gateway.addons.tlsgate import TlsGate
 
 
-def default_addons(*, registry, conns, resolver, guard, audit, store) -> list:
+def default_addons(*, registry, conns, resolver, guard, audit, store, dns_tunnels=None) -> list:
     return [
         Identity(registry, conns, audit),  # source address / proxy credentials -> session
-        DnsGate(registry, resolver, audit),  # allowed names only, asked of upstream.dns
+        DnsGate(registry, resolver, audit, dns_tunnels, store),  # allowed names only, asked of upstream.dns; tunnels refused
         TlsGate(conns, guard, audit),  # SNI at ClientHello: refuse / pass through / intercept
         HttpPolicy(conns, guard, audit),  # Host = SNI = authority; port, method, path
         TcpPolicy(conns, guard, audit),  # raw TCP only where a tcp rule allows it
+        Detection(registry, store, audit),  # exfiltration in what the sandbox sends, before any substitution
         Credentials(registry, store, audit),  # placeholders -> real values, approved hosts only; mask responses
         DialGate(conns),  # only vetted addresses are dialled
         HttpAudit(audit),  # one flow-log event per HTTP decision

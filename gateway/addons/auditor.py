@@ -61,12 +61,13 @@ class HttpAudit:
             sni=flow.client_conn.sni, method=req.method,
             url=events.strip_query_values(f"{scheme}://{authority}{info.get('path', req.path)}") if host else None,
             status=resp.status_code if resp else None,
-            bytes_out=len(req.raw_content or b""),
+            bytes_out=info.get("bytes_out", len(req.raw_content or b"")),
             bytes_in=len(resp.raw_content or b"") if resp and resp.raw_content is not None else None,
             decision=info.get("decision", "deny"), rule=info.get("rule"), reason=info.get("reason"),
             duration_ms=round((resp.timestamp_start - req.timestamp_start) * 1000, 3)
             if resp and resp.timestamp_start and req.timestamp_start else None,
             secrets=info.get("secrets"),
+            detections=info.get("detections"),
             alert=True if info.get("alert") else None,
             detail=error or info.get("detail"),
         )

@@ -32,6 +32,11 @@ _AUTH_HEADERS = ("authorization", "proxy-authorization")
 _JSON_U = re.compile(r"\\u([0-9a-fA-F]{4})")
 
 
+def _refuse_unstreamed(self, flow: http.HTTPFlow) -> None:
+    flow.request.stream = False
+    refuse_http(self, flow)
+
+
 def _content_kind(headers) -> str:
     ctype = headers.get("content-type", "").lower()
     if "json" in ctype:
@@ -81,10 +86,22 @@ class Credentials:
         return raw, decoded
 
     # -- hooks ----------------------------------------------------------------------------------
+    @fail_closed(_refuse_unstreamed)
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """A body that streams (Detection decided so) goes out right after this hook: the headers, path and
+        query are handled now; the streamed body is never held, so placeholders in it are not substituted."""
+        info = flow.metadata.get(META)
+        if flow.request.stream and info is not None:
+            await self.request(flow)
+            info["credentials_done"] = True
+            if flow.response:  # refused: nothing streams (mitmproxy cannot answer and stream at once)
+                flow.request.stream = False
+
     @fail_closed(refuse_http)
     async def request(self, flow: http.HTTPFlow) -> None:
         info = flow.metadata.get(META)
-        if flow.response or info is None or info.get("decision") not in ("allow", "report"):
+        if flow.response or info is None or info.get("decision") not in ("allow", "report") \
+                or info.get("credentials_done"):
             return
         hits, hidden = self._scan(flow.request)
         if not hits and not hidden:

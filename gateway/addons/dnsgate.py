@@ -5,6 +5,20 @@ A sandbox's query reaches this listener through the namespace's redirect
 and the answer is passed back; the addresses in it are remembered for the
 session (raw TCP rules and the review use them). Refused names get NXDOMAIN
 without any upstream lookup; traffic from no session gets REFUSED.
+
+Allowed names then meet the DNS tunnel detector (gateway/detect/dnstunnel.py):
+a session that tunnels through a base domain gets REFUSED for that domain, with
+no upstream lookup, for the configured block time; the query that tripped it
+is logged with `alert: true`, `reason: "dns-tunnel"` and the signal's numbers.
+In a `report`-mode policy, or with `action: alert` for the rule `dns-tunnel`
+in the policy's `spec.detection`, the alert is logged and the query still
+answered; the rule's `allow` hosts are not checked at all.
+
+Every query of a session is also searched for the session's known values
+(secrets, placeholders, canaries: raw, hex, base32, base64, ... with the dots
+removed, by gateway/detect's engine). A hit is logged with the name redacted
+(`[REDACTED:known-value].<base>`) and an alert; an allowed name is then
+refused and its base domain blocked like a tunnel (`dns-tunnel:known-value`).
 """
 
 from __future__ import annotations
@@ -20,6 +34,10 @@ import dns.rdatatype
 from mitmproxy import dns as mdns
 from mitmproxy.net.dns import response_codes
 
+from gateway.addons import dnswire
+from gateway.addons.failclosed import fail_closed
+from gateway.detect import Detector, RulePack
+from gateway.detect.dnstunnel import PASS, DnsTunnelDetector, base_domain
 from gateway.log import events
 from gateway.log.writer import LogWriteError
 from gateway.resolver import DnsFailure
@@ -28,12 +46,34 @@ from gateway.sessions.store import SessionStoreUnavailable
 logger = logging.getLogger("egressgw.dns")
 
 
+def _refuse_dns(self, flow: mdns.DNSFlow) -> None:
+    flow.response = flow.request.fail(response_codes.REFUSED)
+
+
 class DnsGate:
-    def __init__(self, registry, resolver, audit):
+    def __init__(self, registry, resolver, audit, tunnels: DnsTunnelDetector | None = None, store=None):
         self.registry = registry
         self.resolver = resolver
         self.audit = audit
+        self.tunnels = tunnels if tunnels is not None else DnsTunnelDetector()
+        dnswire.install()  # names with non-IDNA bytes reach this hook instead of killing the socket
+        self._suffixes: dict[int, tuple[object, tuple[str, ...]]] = {}  # id(policy) -> (policy, suffixes)
+        self.known = None
+        if store is not None:
+            from gateway.exfil.known import KnownValues
 
+            self.known = KnownValues(store)
+        self._values: dict[str, tuple[tuple, Detector]] = {}  # session id -> (values, values-only detector)
+        registry.subscribe(self._session_changed)
+
+    def _session_changed(self, what: str, session) -> None:
+        if what in ("deleted", "removed", "expired"):
+            self.tunnels.forget(session.id)
+            self._values.pop(session.id, None)
+            if self.known is not None:
+                self.known.forget(session.id)
+
+    @fail_closed(_refuse_dns)
     async def dns_request(self, flow: mdns.DNSFlow) -> None:
         client = flow.client_conn.peername
         try:
@@ -50,8 +90,44 @@ class DnsGate:
         if q is None or len(flow.request.questions) != 1 or flow.request.op_code != 0 or q.class_ != 1:
             return self._answer(flow, response_codes.FORMERR, fields, "deny", "bad-request")
         decision = session.decider.dns(q.name)
+        name = q.name.lower().rstrip(".")
+        suffixes = self._pattern_suffixes(session.policy)
+        policy_detection = getattr(session.policy, "detection", None)
+        leak = await self._known_value(session, q.name)
+        if leak is not None:
+            base = base_domain(name, suffixes)
+            fields["dns_qname"] = f"[REDACTED:known-value].{base}"
+            action = self._action(session, "known-value")
+            detail = f"known value {leak.label} ({leak.encoding}) in the query name"
+            mark = {"alert": True, "detail": detail, "rule": decision.rule,
+                    "detections": [{"rule": "known-value", "label": leak.label, "part": "dns_qname",
+                                    "encoding": leak.encoding, "action": action}]}
+            if not decision.allowed:
+                return self._answer(flow, response_codes.NXDOMAIN, {**fields, **mark}, "deny", decision.reason)
+            if action == "block":
+                self.tunnels.block(session.id, base, "known-value", detail)
+                return self._answer(flow, response_codes.REFUSED, {**fields, **mark}, "deny", "dns-tunnel")
+            self._emit(flow, {**fields, **mark, "decision": self._alert_decision(session), "reason": "dns-tunnel"})
+            if flow.response is not None:
+                return None
         if not decision.allowed:
             return self._answer(flow, response_codes.NXDOMAIN, fields, "deny", decision.reason)
+        exempt = policy_detection is not None and (
+            not policy_detection.enabled
+            or ((r := policy_detection.rule("dns-tunnel")) is not None and r.allows_host(name)))
+        verdict = PASS if exempt else self.tunnels.check(session.id, name, fields["dns_qtype"], suffixes)
+        if verdict.blocked and leak is None:
+            action = self._action(session, "dns-tunnel")
+            tunnel = {**fields, "rule": decision.rule, "reason": "dns-tunnel", "detail": verdict.detail}
+            if verdict.new:
+                tunnel.update(alert=True, detections=[{"rule": f"dns-tunnel:{verdict.signal}", "part": "dns_qname",
+                                                       "action": action}])
+            if action == "block":
+                return self._answer(flow, response_codes.REFUSED, tunnel, "deny", "dns-tunnel")
+            if verdict.new:
+                self._emit(flow, {**tunnel, "decision": self._alert_decision(session)})
+                if flow.response is not None:
+                    return None
         try:
             query = dns.message.from_wire(flow.request.packed)
             answer = await self.resolver.query(query)
@@ -69,6 +145,53 @@ class DnsGate:
                           "decision": decision.action, "rule": decision.rule, "reason": decision.reason})
         if flow.response is None:  # the log write succeeded
             flow.response = mdns.DNSMessage.unpack(answer.to_wire())
+
+    @staticmethod
+    def _action(session, rule_id: str) -> str:
+        """`block` or `alert`: the policy's `spec.detection` action for the rule (redact means block
+        here: a name cannot be redacted), block by default; report mode alerts."""
+        detection = getattr(session.policy, "detection", None)
+        if detection is None:
+            return "alert" if session.policy.mode == "report" else "block"
+        from gateway.exfil.verdict import action_for
+
+        action = action_for(rule_id, "block", detection, session.policy.mode)
+        return "block" if action == "redact" else action
+
+    @staticmethod
+    def _alert_decision(session) -> str:
+        return "report" if session.policy.mode == "report" else "allow"
+
+    async def _known_value(self, session, qname: str):
+        """The first of the session's known values found in ``qname`` (dots removed), or None."""
+        if self.known is None or not self.tunnels.settings.enabled:
+            return None
+        policy_detection = getattr(session.policy, "detection", None)
+        if policy_detection is not None and not policy_detection.enabled:
+            return None
+        values = await self.known.of(session)
+        if not values:
+            return None
+        entry = self._values.get(session.id)
+        if entry is None or entry[0] != values:
+            entry = (values, Detector(RulePack(()), values))
+            self._values[session.id] = entry
+            if len(self._values) > 4096:
+                self._values.pop(next(iter(self._values)))
+        hits = entry[1].scan(qname.replace(".", "").encode("utf-8", "surrogateescape"), "dns_qname")
+        return hits[0] if hits else None
+
+    def _pattern_suffixes(self, policy) -> tuple[str, ...]:
+        """The policy's `*.X` suffixes X: the base domains tunnels are tracked under (cached per policy)."""
+        hit = self._suffixes.get(id(policy))
+        if hit is not None and hit[0] is policy:
+            return hit[1]
+        suffixes = tuple(sorted({sel.value[2:] for rule in policy.rules for sel in rule.hosts
+                                 if sel.kind == "pattern"}))
+        if len(self._suffixes) > 1024:
+            self._suffixes.clear()
+        self._suffixes[id(policy)] = (policy, suffixes)
+        return suffixes
 
     def _answer(self, flow, rcode: int, fields: dict, decision: str, reason: str) -> None:
         flow.response = flow.request.fail(rcode)

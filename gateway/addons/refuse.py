@@ -32,6 +32,9 @@ _TEXT = {
     "placeholder-partial": "partial placeholder of credential {secret}",
     "placeholder-encoded": "encoded placeholder of credential {secret}",
     "secret-unavailable": "credential {secret} is unavailable right now",
+    "exfiltration": "possible exfiltration, detection rule {secret}",
+    "upload-budget": "upload budget for this host exhausted",
+    "body-uninspectable": "request body could not be inspected",
 }
 
 META = "egressgw"
@@ -42,13 +45,16 @@ def reason_text(reason: str, secret: str | None = None) -> str:
 
 
 def refuse(flow: http.HTTPFlow, reason: str, host: str | None, *, status: int = 403, secret: str | None = None,
-           **meta) -> None:
+           keep_alive: bool = False, **meta) -> None:
     """Answer the sandbox with a refusal and record why in the flow's metadata.
 
-    `secret` names a credential (never its value) when the refusal is about one."""
+    `secret` names a credential (never its value) when the refusal is about one. `keep_alive`: the
+    client may go on using the connection (a refused request on an allowed connection)."""
     target = f" ({clean(host, 253)})" if host else ""
     body = f"egressgw refused this request: {reason_text(reason, secret)}{target}\n"
-    headers = {"Content-Type": "text/plain; charset=utf-8", "Connection": "close"}
+    headers = {"Content-Type": "text/plain; charset=utf-8"}
+    if not keep_alive:
+        headers["Connection"] = "close"
     if status == 407:
         headers["Proxy-Authenticate"] = 'Basic realm="egressgw"'
     flow.response = http.Response.make(status, body, headers)

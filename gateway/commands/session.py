@@ -41,7 +41,15 @@ def add_parser(sub) -> None:
     sp.add_argument("id")
     sp.add_argument("policy", metavar="FILE")
     sp.set_defaults(func=_set_policy)
-    for parser in (c, ls, show, d, sp):
+
+    cn = s.add_parser("canary", help="register canary values for a session: exfiltration detection blocks them",
+                      description="Values are read one per line from FILE (or stdin), never from the command line, "
+                                  "and are never printed; the labels are.")
+    cn.add_argument("id")
+    cn.add_argument("file", nargs="?", default="-", metavar="FILE", help="one value per line (default: stdin)")
+    cn.add_argument("--label", action="append", metavar="LABEL", help="a label per value, in order (default c1, c2 ...)")
+    cn.set_defaults(func=_canary)
+    for parser in (c, ls, show, d, sp, cn):
         add_config_argument(parser)
 
 
@@ -54,10 +62,21 @@ def _create(args) -> int:
     load_policy_file(args.policy)  # every problem, with lines, before anything is sent
     client = control_client(config_from_args(args))
     secrets = secrets_from_args(args)
-    return _print(client.create_session(args.name, Path(args.policy).read_text(), args.source, secrets=secrets))
+    return _print(client.create_session(args.name, Path(args.policy).read_text(), args.source, secrets=secrets,
+                                        policy_dir=str(Path(args.policy).resolve().parent)))
+
+
+def _canary(args) -> int:
+    import sys
+
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    values = [line for line in text.splitlines() if line.strip()]
+    client = control_client(config_from_args(args))
+    return _print(client.add_canaries(args.id, values, args.label))
 
 
 def _set_policy(args) -> int:
     load_policy_file(args.policy)
     client = control_client(config_from_args(args))
-    return _print(client.replace_policy(args.id, Path(args.policy).read_text()))
+    return _print(client.replace_policy(args.id, Path(args.policy).read_text(),
+                                        policy_dir=str(Path(args.policy).resolve().parent)))

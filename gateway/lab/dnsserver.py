@@ -15,7 +15,8 @@ Config (JSON)::
         "slow.test.":    {"A": ["198.18.1.10"], "ttl": 60}
       },
       "servfail": ["broken.test."],            # answered SERVFAIL
-      "drop": ["timeout.test."]                # never answered
+      "drop": ["timeout.test."],               # never answered
+      "forward": {"t.allowed.test.": ["127.0.0.1", 5300]}  # delegated zones
     }
 
 Record values are a string or a list of strings in presentation format, for
@@ -29,6 +30,12 @@ carry a synthesized SOA. UDP answers that don't fit (512 bytes, or the EDNS
 payload size) come back truncated (TC). Every query is recorded as a JSON line
 (``kind: "dns"``: qname, qtype, peer, transport, rcode, answers); malformed
 packets are recorded with ``error`` and otherwise ignored.
+
+``forward`` delegates zones: a query for a zone's name or any name under it is
+relayed verbatim to that server (UDP, or TCP when it came over TCP) in a thread
+of its own, and its answer relayed back verbatim, so a server that holds
+queries (iodined) blocks nothing else. Recorded like any query, with
+``forwarded: "addr:port"`` and ``received`` (epoch seconds it arrived; no answer within FORWARD_TIMEOUT: ``rcode: "TIMEOUT"``).
 
 SIGHUP reloads the config file's zone (records/servfail/drop/ttl) and rewrites
 the ready file with an incremented ``generation``.
@@ -45,6 +52,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +73,7 @@ __all__ = ["Zone", "DNSServer", "main"]
 log = logging.getLogger("egressgw.lab.dns")
 
 TCP_IDLE_TIMEOUT = 10.0
+FORWARD_TIMEOUT = 10.0
 MAX_CNAME_CHAIN = 8
 
 
@@ -108,8 +117,16 @@ class Zone:
                 if n == dns.name.root:
                     break
                 n = n.parent()
+        self.forward = {_norm(n): (str(a[0]), int(a[1])) for n, a in (config.get("forward") or {}).items()}
         self.servfail = {_norm(n) for n in config.get("servfail") or []}
         self.drop = {_norm(n) for n in config.get("drop") or []}
+
+    def forward_to(self, qname: dns.name.Name) -> tuple[str, int] | None:
+        """The server a delegated zone holding ``qname`` is forwarded to, if any."""
+        for zone, target in self.forward.items():
+            if qname.is_subdomain(zone):
+                return target
+        return None
 
     def soa(self, qname: dns.name.Name) -> dns.rrset.RRset:
         """A synthesized SOA for negative answers, owned by qname's top label."""
@@ -220,7 +237,7 @@ class DNSServer:
                     return
                 continue
             try:
-                out = self.handle(wire, peer, "udp")
+                out = self.handle(wire, peer, "udp", reply=lambda data, peer=peer: self._udp.sendto(data, peer))
                 if out is not None:
                     self._udp.sendto(out, peer)
             except Exception:  # noqa: BLE001 - never die on a packet
@@ -258,7 +275,7 @@ class DNSServer:
                 wire = self._recv_exact(conn, length) if length else b""
                 if wire is None:
                     return
-                out = self.handle(wire, peer, "tcp")
+                out = self.handle(wire, peer, "tcp", reply=lambda data: conn.sendall(struct.pack("!H", len(data)) + data))
                 if out is not None:
                     conn.sendall(struct.pack("!H", len(out)) + out)
         except OSError:
@@ -271,10 +288,31 @@ class DNSServer:
             except OSError:
                 pass
 
+    def _forward(self, wire: bytes, target: tuple[str, int], transport: str, reply: Any, rec: dict) -> None:
+        rec = {**rec, "forwarded": f"{target[0]}:{target[1]}"}
+        try:
+            data = _relay(wire, target, transport)
+        except OSError as e:
+            self.recorder.write("dns", **rec, rcode="TIMEOUT" if isinstance(e, TimeoutError) else "FORWARD-ERROR",
+                                answers=[])
+            return
+        try:
+            answer = dns.message.from_wire(data)
+            rec.update(rcode=dns.rcode.to_text(answer.rcode()),
+                       answers=[line for rrset in answer.answer for line in rrset.to_text().splitlines()])
+        except Exception as e:  # noqa: BLE001 - record what came back, relay it anyway
+            rec.update(rcode="UNPARSED", answers=[], error=f"{e.__class__.__name__}")
+        self.recorder.write("dns", **rec)
+        try:
+            reply(data)
+        except OSError:
+            pass
+
     # ---- one message ------------------------------------------------------------------
 
-    def handle(self, wire: bytes, peer: Any, transport: str) -> bytes | None:
-        """Answer one wire-format query; ``None`` means send nothing."""
+    def handle(self, wire: bytes, peer: Any, transport: str, reply: Any = None) -> bytes | None:
+        """Answer one wire-format query; ``None`` means send nothing (now: a forwarded
+        query's answer goes to ``reply(data)`` later, from its own thread)."""
         base = {"peer": peer[0], "peer_port": peer[1], "transport": transport}
         try:
             query = dns.message.from_wire(wire)
@@ -305,6 +343,11 @@ class DNSServer:
             response.set_rcode(dns.rcode.FORMERR)
         elif q.rdclass != dns.rdataclass.IN:
             response.set_rcode(dns.rcode.REFUSED)
+        elif reply is not None and zone.forward_to(q.name.canonicalize()) is not None:
+            target = zone.forward_to(q.name.canonicalize())
+            rec["received"] = time.time()  # recorded once the answer is back: maybe seconds later
+            threading.Thread(target=self._forward, args=(wire, target, transport, reply, rec), daemon=True).start()
+            return None
         elif q.name.canonicalize() in zone.drop:
             self.recorder.write("dns", **rec, rcode="DROPPED", answers=[])
             return None
@@ -342,6 +385,25 @@ class DNSServer:
             rec["truncated"] = True
         self.recorder.write("dns", **rec)
         return out
+
+
+def _relay(wire: bytes, target: tuple[str, int], transport: str) -> bytes:
+    family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+    if transport == "udp":
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.settimeout(FORWARD_TIMEOUT)
+            s.sendto(wire, target)
+            while True:
+                data, src = s.recvfrom(65535)
+                if src[:2] == target and data[:2] == wire[:2]:
+                    return data
+    with socket.create_connection(target, timeout=FORWARD_TIMEOUT) as s:
+        s.sendall(struct.pack("!H", len(wire)) + wire)
+        head = DNSServer._recv_exact(s, 2)
+        data = DNSServer._recv_exact(s, struct.unpack("!H", head)[0]) if head else None
+        if data is None:
+            raise OSError("connection closed")
+        return data
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,9 +87,10 @@ _PATTERN = random.Random(0x1AB).randbytes(64 * 1024)
 
 
 class _BadRequest(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, received: int = 0):
         super().__init__(message)
         self.status = status
+        self.received = received  # body bytes read before the request broke off
 
 
 def _reason(status: int) -> str:
@@ -364,7 +365,7 @@ class OriginServer:
             body, body_len = self._read_body(sock, rfile, hmap, version)
         except _BadRequest as e:
             error = str(e)
-            body, body_len = b"", 0
+            body, body_len = b"", e.received
         text, enc = encode_bytes(body)
         rec: dict[str, Any] = {
             **info,
@@ -481,9 +482,12 @@ class OriginServer:
         def take(n: int) -> None:
             nonlocal total
             while n > 0:
-                chunk = rfile.read(min(n, 65536))
+                try:
+                    chunk = rfile.read(min(n, 65536))
+                except OSError:  # reset, or TLS cut without close_notify: record what did arrive
+                    chunk = b""
                 if not chunk:
-                    raise _BadRequest(400, "connection closed in body")
+                    raise _BadRequest(400, "connection closed in body", total)
                 n -= len(chunk)
                 total += len(chunk)
                 room = BODY_LIMIT - len(kept)

@@ -243,6 +243,7 @@ class Lab:
         record: bool = True,
         keep_work: bool = False,
         start_timeout: float = 20.0,
+        dns_forward: Mapping[str, tuple[str, int]] | None = None,
     ):
         """
         prefix        namespace/interface prefix; default ``egl`` + 4 hex digits
@@ -255,6 +256,9 @@ class Lab:
         resolv_conf   write /etc/netns/<ns>/resolv.conf pointing at the lab DNS, so
                       ``ip netns exec`` programs resolve lab names
         record        False: the origin records nothing (benchmarks)
+        dns_forward   zone -> (address, port): the lab DNS delegates that zone to a server
+                      there, e.g. ``{"t.allowed.test": ("127.0.0.1", 5300)}`` for an iodined
+                      a test runs in the origin namespace (queries are recorded as usual)
         """
         self.prefix = prefix or f"egl{secrets.token_hex(2)}"
         if not (
@@ -287,6 +291,8 @@ class Lab:
                 self.zone[key] = dict(value)
         self.dns_servfail = ["servfail.test."]
         self.dns_drop = ["timeout.test."]
+        self.dns_forward: dict[str, list[Any]] = {
+            (z if z.endswith(".") else z + "."): [str(a), int(p)] for z, (a, p) in (dns_forward or {}).items()}
         self.http_ports = HTTP_PORTS
         self.https_ports = HTTPS_PORTS
         self.tcp_ports = TCP_PORTS
@@ -467,6 +473,7 @@ class Lab:
             "records": self.zone,
             "servfail": self.dns_servfail,
             "drop": self.dns_drop,
+            "forward": self.dns_forward,
         }
 
     def _origin_config(self) -> dict[str, Any]:

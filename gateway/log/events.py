@@ -45,6 +45,7 @@ FIELDS = (
     "dns_answers",
     "duration_ms",
     "secrets",
+    "detections",
     "alert",
     "detail",
 )
@@ -94,6 +95,20 @@ def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+DETECTION_KEYS = ("rule", "label", "part", "offset", "encoding", "context", "action")
+MAX_DETECTIONS = 32
+
+
+def detection(hit: dict) -> dict:
+    """One exfiltration hit as the log shows it: where and what kind, never the value (context is redacted)."""
+    out = {}
+    for key in DETECTION_KEYS:
+        value = hit.get(key)
+        if value is not None:
+            out[key] = value if isinstance(value, int) else clean(value, 256)
+    return out
+
+
 _SANDBOX_TEXT = frozenset({"dest_host", "sni", "method", "dns_qname", "detail", "client"})
 
 
@@ -113,5 +128,7 @@ def make_event(kind: str, **fields: object) -> dict:
             value = clean(value)
         elif name in ("dns_answers", "secrets"):
             value = [clean(v, 256) for v in value]  # type: ignore[union-attr]
+        elif name == "detections":
+            value = [detection(d) for d in value]  # type: ignore[union-attr]
         event[name] = value
     return event

@@ -18,6 +18,7 @@ import yaml
 from ..errors import PolicyError, Problem
 from .decide import normalize_path
 from .hosts import HostError, name_selector, pattern_selector
+from .load_detection import read_detection
 from .model import API_VERSION, DEFAULT_PORTS, KIND, MODES, PROTOCOLS, HostSelector, Network, Policy, Rule
 
 MAX_BYTES = 1 << 20
@@ -38,14 +39,16 @@ _TOP_REQUIRED = {
     "spec": "add `spec:` with `egress:` rules",
 }
 _METADATA_KEYS = ("name",)
-_SPEC_KEYS = ("mode", "egress")
-_RULE_KEYS = ("name", "protocol", "hosts", "cidrs", "ports", "methods", "paths", "inspect")
+_SPEC_KEYS = ("mode", "egress", "detection")
+_RULE_KEYS = ("name", "protocol", "hosts", "cidrs", "ports", "methods", "paths", "inspect", "uploads")
 _HOST_KEYS = ("matchName", "matchPattern")
 
 
-def load_policy_text(text: str, source: str = "<string>") -> Policy:
-    """Parse a policy document. Raises PolicyError carrying every problem found."""
-    reader = _Reader(source)
+def load_policy_text(text: str, source: str = "<string>", base_dir: str | None = None) -> Policy:
+    """Parse a policy document. Raises PolicyError carrying every problem found.
+
+    `base_dir`: where relative paths in the policy (detection rulesFiles) are resolved."""
+    reader = _Reader(source, base_dir)
     policy = reader.read(text)
     if reader.problems or policy is None:
         raise PolicyError(sorted(reader.problems, key=lambda p: p.line))
@@ -75,7 +78,7 @@ def load_policy_file(path: str | os.PathLike[str]) -> Policy:
         raise PolicyError(
             [Problem(source, line, f"not UTF-8 (byte 0x{data[exc.start]:02x})", "save the file as UTF-8")]
         ) from None
-    return load_policy_text(text, source)
+    return load_policy_text(text, source, os.path.dirname(os.path.abspath(source)))
 
 
 def check_files(paths: Iterable[str | os.PathLike[str]]) -> list[Problem]:
@@ -133,8 +136,9 @@ class _Fields(dict[str, yaml.Node]):
 
 
 class _Reader:
-    def __init__(self, source: str):
+    def __init__(self, source: str, base_dir: str | None = None):
         self.source = source
+        self.base_dir = base_dir
         self.problems: list[Problem] = []
         self._constructor = yaml.constructor.SafeConstructor()
 
@@ -196,7 +200,7 @@ class _Reader:
         )
         if metadata is not None:
             name = self.name(metadata.get("name"), "metadata.name")
-        mode, rules = "enforce", None
+        mode, rules, detection = "enforce", None, None
         spec = self.mapping(
             top.get("spec"),
             "spec",
@@ -206,9 +210,10 @@ class _Reader:
         if spec is not None:
             mode = self.choice(spec.get("mode"), "spec.mode", MODES) or "enforce"
             rules = self.rules(spec.get("egress"))
-        if self.problems or name is None or rules is None:
+            detection = read_detection(self, spec.get("detection"), self.base_dir)
+        if self.problems or name is None or rules is None or detection is None:
             return None
-        return Policy(name=name, mode=mode, rules=rules, source=self.source)
+        return Policy(name=name, mode=mode, rules=rules, source=self.source, detection=detection)
 
     def rules(self, node: yaml.Node | None) -> tuple[Rule, ...] | None:
         items = self.sequence(
@@ -247,6 +252,9 @@ class _Reader:
         inspect = self.scalar(
             fields.get("inspect"), f"{where}.inspect", _BOOL, "write `inspect: false` or remove it"
         )
+        uploads = self.scalar(
+            fields.get("uploads"), f"{where}.uploads", _BOOL, "write `uploads: true` or remove it"
+        )
         if not fields.has("hosts") and not fields.has("cidrs"):
             self.problem(
                 node,
@@ -256,7 +264,7 @@ class _Reader:
         if protocol == "tcp":
             if not fields.has("ports"):
                 self.problem(node, f"{where}: a tcp rule needs `ports`", "list the ports, e.g. `ports: [22]`")
-            for key in ("methods", "paths", "inspect"):
+            for key in ("methods", "paths", "inspect", "uploads"):
                 if key in fields:
                     self.problem(
                         fields.key_lines[key],
@@ -264,7 +272,7 @@ class _Reader:
                         f"remove `{key}`: raw TCP has no methods, paths or TLS to inspect",
                     )
         elif inspect is False:
-            for key in ("methods", "paths"):
+            for key in ("methods", "paths", "uploads"):
                 if key in fields:
                     self.problem(
                         fields.key_lines[key],
@@ -284,6 +292,7 @@ class _Reader:
             paths=paths,
             inspect=protocol == "http" and inspect is not False,
             line=_line(node),
+            uploads=uploads is True,
         )
 
     # -- rule fields ------------------------------------------------------

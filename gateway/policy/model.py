@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 API_VERSION = "egressgw.dev/v1alpha1"
@@ -42,6 +43,7 @@ class Rule:
     paths: tuple[str, ...] | None  # None: any path
     inspect: bool
     line: int
+    uploads: bool = False  # the host takes uploads: no upload budget, no high-entropy-upload hits
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "protocol": self.protocol}
@@ -57,6 +59,88 @@ class Rule:
             d["paths"] = list(self.paths)
         if self.protocol == "http":
             d["inspect"] = self.inspect
+        if self.uploads:
+            d["uploads"] = True
+        return d
+
+
+DETECTION_ACTIONS = ("block", "redact", "alert")
+DEFAULT_SPLIT_WINDOW = 300
+DEFAULT_HIGH_ENTROPY_BYTES = 64 * 1024
+DEFAULT_STREAM_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class DetectionRule:
+    """What the policy says about one detection rule: its action, and where it does not apply."""
+
+    rule: str
+    action: str | None  # None: the policy's default, else the rule's own
+    allow_hosts: tuple[HostSelector, ...] = ()
+    allow_regexes: tuple[str, ...] = ()  # a hit whose matched text matches one of these is allowed
+    line: int = 0
+    _compiled: tuple[re.Pattern[bytes], ...] = field(default=(), init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_compiled", tuple(re.compile(r.encode()) for r in self.allow_regexes))
+
+    def allows_host(self, host: str) -> bool:
+        return any(sel.matches(host) for sel in self.allow_hosts)
+
+    def allows_text(self, text: bytes) -> bool:
+        return any(rx.search(text) for rx in self._compiled)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        if self.action:
+            d["action"] = self.action
+        allow: list[dict[str, str]] = [h.to_dict() for h in self.allow_hosts]
+        allow += [{"regex": r} for r in self.allow_regexes]
+        if allow:
+            d["allow"] = allow
+        return d
+
+
+@dataclass(frozen=True)
+class UploadBudget:
+    bytes: int
+    window_seconds: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"bytes": self.bytes, "windowSeconds": self.window_seconds}
+
+
+@dataclass(frozen=True)
+class Detection:
+    """`spec.detection`: payload scanning for exfiltration. On by default, with each rule's own action."""
+
+    enabled: bool = True
+    action: str | None = None  # overrides every rule's built-in default; per-rule `action` overrides this
+    rules: tuple[DetectionRule, ...] = ()
+    rules_files: tuple[str, ...] = ()  # gitleaks TOML, absolute paths
+    split_window_seconds: int = DEFAULT_SPLIT_WINDOW
+    upload_budget: UploadBudget | None = None
+    high_entropy_bytes: int = DEFAULT_HIGH_ENTROPY_BYTES
+    stream_bytes: int = DEFAULT_STREAM_BYTES
+    declared: bool = False  # the policy had a `detection` block (to_dict writes one back only then)
+    packs: tuple[Any, ...] = field(default=(), compare=False, repr=False)  # RulePacks loaded from rules_files
+
+    def rule(self, rule_id: str) -> DetectionRule | None:
+        return next((r for r in self.rules if r.rule == rule_id), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"enabled": self.enabled}
+        if self.action:
+            d["action"] = self.action
+        if self.rules:
+            d["rules"] = {r.rule: r.to_dict() for r in self.rules}
+        if self.rules_files:
+            d["rulesFiles"] = list(self.rules_files)
+        d["splitWindowSeconds"] = self.split_window_seconds
+        if self.upload_budget:
+            d["uploadBudget"] = self.upload_budget.to_dict()
+        d["highEntropyBytes"] = self.high_entropy_bytes
+        d["streamBytes"] = self.stream_bytes
         return d
 
 
@@ -66,6 +150,10 @@ class Policy:
     mode: str  # "enforce" | "report"
     rules: tuple[Rule, ...]
     source: str
+    detection: Detection = Detection()
+
+    def rule_named(self, name: str | None) -> Rule | None:
+        return next((r for r in self.rules if r.name == name), None) if name else None
 
     def to_dict(self) -> dict[str, Any]:
         """The policy as a document ``load_policy_text`` accepts (JSON or YAML)."""
@@ -73,5 +161,9 @@ class Policy:
             "apiVersion": API_VERSION,
             "kind": KIND,
             "metadata": {"name": self.name},
-            "spec": {"mode": self.mode, "egress": [r.to_dict() for r in self.rules]},
+            "spec": {
+                "mode": self.mode,
+                "egress": [r.to_dict() for r in self.rules],
+                **({"detection": self.detection.to_dict()} if self.detection.declared else {}),
+            },
         }

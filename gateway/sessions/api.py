@@ -13,6 +13,12 @@ answered 400 with every problem (line and fix), and the old policy stays.
     GET    /v1/sessions/{id}/policy        the policy as YAML text
     PUT    /v1/sessions/{id}/policy        body: YAML text (or {"policy": YAML}); takes effect on the next request
     GET    /v1/ca                          the CA bundle a sandbox must trust (PEM; certificates only, never a key)
+    GET    /v1/sessions/{id}/canaries      the labels of the session's canaries (never a value)
+    POST   /v1/sessions/{id}/canaries      {"values": [str...], "labels"?: [str...]} -> 201 + labels; values are
+                                           found by exfiltration detection in anything the sandbox sends
+
+A policy may carry `policyDir` (an absolute directory) beside it: relative paths in
+the policy (detection rulesFiles) are resolved there.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import os
 
 import tornado.web
 
@@ -62,12 +69,15 @@ class _Base(tornado.web.RequestHandler):
             return None
         return body
 
-    def policy_from(self, text: object, source: str):
+    def policy_from(self, text: object, source: str, base_dir: object = None):
         if not isinstance(text, str) or not text.strip():
             self.fail(400, "'policy' must be the policy file's YAML text")
             return None
+        if base_dir is not None and (not isinstance(base_dir, str) or not os.path.isabs(base_dir)):
+            self.fail(400, "'policyDir' must be an absolute directory")
+            return None
         try:
-            return load_policy_text(text, source=source)
+            return load_policy_text(text, source=source, base_dir=base_dir)
         except PolicyError as e:
             self.fail(400, "policy rejected", problems=[str(p) for p in e.problems])
             return None
@@ -109,7 +119,7 @@ class Sessions(_Base):
             sources = [str(ipaddress.ip_address(s)) for s in sources]
         except (TypeError, ValueError):
             return self.fail(400, "'sources' must be a list of IP addresses")
-        policy = self.policy_from(body.get("policy"), f"policy of session {name}")
+        policy = self.policy_from(body.get("policy"), f"policy of session {name}", body.get("policyDir"))
         if policy is None:
             return
         session_id = body.get("id")
@@ -173,12 +183,13 @@ class SessionPolicy(_Base):
         except SessionError as e:
             return self.fail(404, str(e))
         raw = self.request.body.decode("utf-8", "replace")
+        base_dir = None
         if self.request.headers.get("Content-Type", "").startswith("application/json"):
             body = self.json_body()
             if body is None:
                 return
-            raw = body.get("policy")
-        policy = self.policy_from(raw, f"policy of session {session.name}")
+            raw, base_dir = body.get("policy"), body.get("policyDir")
+        policy = self.policy_from(raw, f"policy of session {session.name}", base_dir)
         if policy is None:
             return
         try:
@@ -186,6 +197,33 @@ class SessionPolicy(_Base):
         except SessionStoreUnavailable as e:
             return self.fail(503, str(e))
         self.finish(session.summary())
+
+
+class SessionCanaries(_Base):
+    def get(self, session_id: str) -> None:
+        try:
+            session = self.ctl.registry.get(session_id)
+        except SessionError as e:
+            return self.fail(404, str(e))
+        self.finish({"canaries": sorted(session.canaries)})
+
+    def post(self, session_id: str) -> None:
+        body = self.json_body()
+        if body is None:
+            return
+        values, labels = body.get("values"), body.get("labels")
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            return self.fail(400, "'values' must be a list of strings")
+        if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
+            return self.fail(400, "'labels' must be a list of strings, one per value")
+        try:
+            added = self.ctl.registry.add_canaries(session_id, [v.encode() for v in values], labels)
+        except SessionError as e:
+            return self.fail(404, str(e))
+        except ValueError as e:  # the message names an index or label, never a value
+            return self.fail(400, str(e))
+        self.set_status(201)
+        self.finish({"canaries": added})
 
 
 def _quiet(handler) -> None:
@@ -210,4 +248,5 @@ class ControlAPI:
             (r"/v1/sessions", Sessions, kw),
             (r"/v1/sessions/([^/]+)", OneSession, kw),
             (r"/v1/sessions/([^/]+)/policy", SessionPolicy, kw),
+            (r"/v1/sessions/([^/]+)/canaries", SessionCanaries, kw),
         ], log_function=_quiet)

@@ -79,8 +79,10 @@ class ControlClient:
         return self.request("GET", "/v1/health")
 
     def create_session(self, name: str, policy_text: str, sources=(), session_id: str | None = None,
-                       secrets: list[dict] | None = None) -> dict:
+                       secrets: list[dict] | None = None, policy_dir: str | None = None) -> dict:
         body = {"name": name, "policy": policy_text, "sources": list(sources)}
+        if policy_dir:
+            body["policyDir"] = policy_dir
         if secrets:
             body["secrets"] = secrets
         if session_id:
@@ -100,5 +102,18 @@ class ControlClient:
     def delete_session(self, session_id: str) -> None:
         self.request("DELETE", f"/v1/sessions/{quote(session_id, safe='')}")
 
-    def replace_policy(self, session_id: str, policy_text: str) -> dict:
-        return self.request("PUT", f"/v1/sessions/{quote(session_id, safe='')}/policy", policy_text, "application/yaml")
+    def replace_policy(self, session_id: str, policy_text: str, policy_dir: str | None = None) -> dict:
+        path = f"/v1/sessions/{quote(session_id, safe='')}/policy"
+        if policy_dir:
+            return self.request("PUT", path, {"policy": policy_text, "policyDir": policy_dir})
+        return self.request("PUT", path, policy_text, "application/yaml")
+
+    def add_canaries(self, session_id: str, values: list[str], labels: list[str] | None = None) -> list[str]:
+        """Register canary values for a session; returns their labels (`canary:LABEL`). Values are never echoed."""
+        body: dict = {"values": list(values)}
+        if labels is not None:
+            body["labels"] = list(labels)
+        return self.request("POST", f"/v1/sessions/{quote(session_id, safe='')}/canaries", body)["canaries"]
+
+    def canaries(self, session_id: str) -> list[str]:
+        return self.request("GET", f"/v1/sessions/{quote(session_id, safe='')}/canaries")["canaries"]

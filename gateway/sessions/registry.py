@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
 from secrets import token_hex, token_urlsafe
 from collections import OrderedDict
@@ -43,6 +44,10 @@ logger = logging.getLogger("egressgw")
 
 # How many address→name memories a session keeps (DNS answers the gateway gave it).
 DNS_MEMORY_LIMIT = 4096
+# Canaries: values registered to be found if they ever leave (never shown, never logged).
+MAX_CANARIES = 1000
+CANARY_MIN, CANARY_MAX = 8, 4096  # bytes
+_CANARY_LABEL = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 @dataclass(eq=False)
@@ -57,6 +62,7 @@ class Session:
     sources: frozenset[str] = frozenset()
     policy_text: str = field(default="", repr=False)
     secrets: dict[str, BoundSecret] = field(default_factory=dict, repr=False)
+    canaries: dict[str, bytes] = field(default_factory=dict, repr=False)  # "canary:LABEL" -> value
     created: float = field(default_factory=time.time)
     _names_by_addr: OrderedDict[str, set[str]] = field(default_factory=OrderedDict, repr=False)
 
@@ -88,6 +94,7 @@ class Session:
             "mode": self.policy.mode,
             "created": self.created,
             "secrets": [s.spec.describe() for s in self.secrets.values()],
+            "canaries": sorted(self.canaries),
             "env": self.env(),
         }
 
@@ -104,6 +111,28 @@ class Session:
             "secrets": [encode_secret(s.spec, s.placeholder) for s in self.secrets.values()],
             "created": self.created,
         }
+
+    def add_canaries(self, values: list[bytes], labels: list[str] | None = None) -> list[str]:
+        """Register canary values; returns their labels. ValueError (never naming a value) when one is unfit."""
+        if labels is not None and len(labels) != len(values):
+            raise ValueError("'labels' must have one label per value")
+        if not values:
+            raise ValueError("'values' must list at least one value")
+        if len(self.canaries) + len(values) > MAX_CANARIES:
+            raise ValueError(f"a session holds at most {MAX_CANARIES} canaries")
+        added: dict[str, bytes] = {}
+        for i, value in enumerate(values):
+            if not CANARY_MIN <= len(value) <= CANARY_MAX:
+                raise ValueError(f"values[{i}]: a canary must be {CANARY_MIN} to {CANARY_MAX} bytes long")
+            label = labels[i] if labels is not None else f"c{len(self.canaries) + len(added) + 1}"
+            if not isinstance(label, str) or not _CANARY_LABEL.match(label):
+                raise ValueError(f"labels[{i}]: a label is 1-64 characters of A-Z a-z 0-9 _ . -")
+            key = f"canary:{label}"
+            if key in self.canaries or key in added:
+                raise ValueError(f"labels[{i}]: canary {label!r} already exists")
+            added[key] = value
+        self.canaries.update(added)
+        return list(added)
 
 
 class SessionRegistry:
@@ -282,6 +311,12 @@ class SessionRegistry:
         # In place: connections holding this session meet the new policy on their next request.
         session.policy, session.decider, session.policy_text, session.rev = policy, decider, text, rev
         self._notify("policy-replaced", session)
+
+    def add_canaries(self, session_id: str, values: list[bytes], labels: list[str] | None = None) -> list[str]:
+        session = self.get(session_id)
+        added = session.add_canaries(values, labels)
+        self._notify("canaries-added", session)
+        return added
 
     def _remove(self, session: Session) -> Session:
         self._by_id.pop(session.id, None)

@@ -175,3 +175,66 @@ def test_reload(lab):
     assert answers(lab.call_in(lab.gw_ns, dns.query.udp, q, lab.dns_addr, timeout=2)) == ["127.0.0.1"]
     lab.set_dns_records({"moving.test.": None})
     assert lab.call_in(lab.gw_ns, dns.query.udp, q, lab.dns_addr, timeout=2).rcode() == dns.rcode.NXDOMAIN
+
+
+def started(config) -> DNSServer:
+    """A server on an ephemeral port (UDP's port may be taken for TCP: try again)."""
+    for _ in range(10):
+        server = DNSServer(config)
+        try:
+            server.start()
+            return server
+        except OSError:
+            server.stop()
+    raise RuntimeError("no free port pair")
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_forward_delegates_a_zone_and_records_it(tmp_path, transport):
+    """A delegated zone is relayed verbatim to its server (here another lab DNS server on loopback)."""
+    import json
+
+    target = started({"listen": ["127.0.0.1", 0], "record": None,
+                      "records": {"*.t.deleg.test.": {"NULL": ["\\# 4 01020304"], "A": ["198.18.1.99"]}}})
+    addr, port = target.addr, target.port
+    record = tmp_path / "dns.jsonl"
+    front = started({**ZONE, "record": str(record), "forward": {"t.deleg.test.": [addr, port]}})
+    try:
+        send = dns.query.udp if transport == "udp" else dns.query.tcp
+        r = send(dns.message.make_query("AbC.t.deleg.test.", "NULL"), "127.0.0.1", port=front.port, timeout=3)
+        assert r.rcode() == dns.rcode.NOERROR and r.answer[0].name.to_text() == "AbC.t.deleg.test."
+        assert r.answer[0][0].to_text() == "\\# 4 01020304"
+        r = send(dns.message.make_query("a.test.", "A"), "127.0.0.1", port=front.port, timeout=3)
+        assert answers(r) == ["198.18.1.10", "198.18.1.11"]  # the rest of the zone is answered as before
+        deadline = time.monotonic() + 3
+        while len(record.read_text().splitlines()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        recs = [json.loads(line) for line in record.read_text().splitlines()]
+        fwd = [x for x in recs if x.get("forwarded")]
+        assert len(fwd) == 1 and fwd[0]["qname"] == "AbC.t.deleg.test." and fwd[0]["forwarded"] == f"{addr}:{port}"
+        assert fwd[0]["rcode"] == "NOERROR" and fwd[0]["received"] <= fwd[0]["ts"]
+    finally:
+        front.stop()
+        target.stop()
+
+
+def test_forward_to_a_silent_server_is_recorded_as_timeout(tmp_path, monkeypatch):
+    import json
+
+    from gateway.lab import dnsserver
+
+    monkeypatch.setattr(dnsserver, "FORWARD_TIMEOUT", 0.3)
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    record = tmp_path / "dns.jsonl"
+    front = started({**ZONE, "record": str(record), "forward": {"t.deleg.test.": list(silent.getsockname())}})
+    try:
+        with pytest.raises(dns.exception.Timeout):
+            dns.query.udp(dns.message.make_query("x.t.deleg.test.", "A"), "127.0.0.1", port=front.port, timeout=1)
+        deadline = time.monotonic() + 3
+        while not record.read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert json.loads(record.read_text().splitlines()[-1])["rcode"] == "TIMEOUT"
+    finally:
+        front.stop()
+        silent.close()

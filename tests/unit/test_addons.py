@@ -28,6 +28,7 @@ from mitmproxy.tls import ClientHelloData
 
 from gateway.secrets.backends import SecretStore
 from gateway.addons import (
+    Detection,
     DialGate,
     DnsGate,
     HttpAudit,
@@ -183,13 +184,14 @@ def test_default_addons_load_into_a_mitmproxy_master(gw):
     with taddons.context(*addons) as tctx:
         try:
             assert [type(a).__name__ for a in tctx.master.addons.chain[1:]] == [
-                "Identity", "DnsGate", "TlsGate", "HttpPolicy", "TcpPolicy", "Credentials", "DialGate", "HttpAudit"]
+                "Identity", "DnsGate", "TlsGate", "HttpPolicy", "TcpPolicy", "Detection", "Credentials", "DialGate",
+                "HttpAudit"]
         finally:
             # the test master hooks the root logger; its loop closes with the context
             tctx.master._legacy_log_events.uninstall()
 
 
-@pytest.mark.parametrize("cls", [Identity, DnsGate, TlsGate, HttpPolicy, TcpPolicy, DialGate, HttpAudit])
+@pytest.mark.parametrize("cls", [Identity, DnsGate, TlsGate, HttpPolicy, TcpPolicy, Detection, DialGate, HttpAudit])
 def test_every_public_method_is_a_mitmproxy_hook(cls):
     # A misspelt hook name is never called: the check it holds would silently not happen.
     methods = [n for n, _ in inspect.getmembers(cls, inspect.isfunction) if not n.startswith("_")]

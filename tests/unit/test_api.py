@@ -289,3 +289,52 @@ def test_client_pointed_at_a_closed_port_names_the_url_and_a_fix():
     with pytest.raises(ControlAPIError, match=rf"cannot reach the gateway control API at {url}: Connection refused "
                                               r"\(fix: is `egressgw run` up"):
         ControlClient(url, TOKEN).list_sessions()
+
+
+# ------------------------------------------------------------------------------------------- canaries
+
+CANARY = "canary-value-9f8e7d6c5b4a"
+
+
+def test_canaries_are_registered_by_label_and_never_echoed(client, registry, server):
+    sid = client.create_session("c", GOOD)["id"]
+    labels = client.add_canaries(sid, [CANARY, CANARY + "-2"], ["db-dump", "env"])
+    assert labels == ["canary:db-dump", "canary:env"]
+    assert client.add_canaries(sid, [CANARY + "-3"]) == ["canary:c3"]
+    assert client.canaries(sid) == ["canary:c3", "canary:db-dump", "canary:env"]
+    assert registry.get(sid).canaries["canary:env"] == (CANARY + "-2").encode()
+    shown = json.dumps([client.get_session(sid), client.list_sessions(), client.canaries(sid)])
+    assert CANARY not in shown and "canary:db-dump" in shown
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"values": "x"}, "'values' must be a list of strings"),
+    ({"values": []}, "at least one value"),
+    ({"values": ["short"]}, "values[0]: a canary must be 8 to 4096 bytes"),
+    ({"values": [CANARY], "labels": ["a", "b"]}, "one label per value"),
+    ({"values": [CANARY], "labels": ["bad label!"]}, "labels[0]"),
+])
+def test_bad_canaries_are_400_without_the_value(client, body, message):
+    sid = client.create_session("c", GOOD)["id"]
+    with pytest.raises(ControlAPIError) as info:
+        client.request("POST", f"/v1/sessions/{sid}/canaries", body)
+    assert message in str(info.value) and CANARY not in str(info.value)
+
+
+def test_duplicate_canary_label_and_unknown_session(client):
+    sid = client.create_session("c", GOOD)["id"]
+    client.add_canaries(sid, [CANARY], ["one"])
+    with pytest.raises(ControlAPIError, match="already exists"):
+        client.add_canaries(sid, [CANARY + "x"], ["one"])
+    with pytest.raises(ControlAPIError, match="no session"):
+        client.add_canaries("s-nope", [CANARY])
+
+
+def test_canaries_need_the_token(server, registry):
+    from gateway.policy import load_policy_text
+
+    sid = registry.create("c", load_policy_text(GOOD)).id
+    wrong = ControlClient(f"http://127.0.0.1:{server.port}", "wrong-token")
+    with pytest.raises(ControlAPIError, match="bearer token"):
+        wrong.add_canaries(sid, [CANARY])
+    assert not registry.get(sid).canaries

@@ -260,3 +260,36 @@ def test_unreadable_control_token_is_a_config_error(tmp_path):
     (tmp_path / "t").mkdir()
     with pytest.raises(ConfigError, match=r"cannot read control.tokenFile"):
         Config(token_file=str(tmp_path / "t")).control_token()
+
+
+# ---- detection.dns (DNS tunnel thresholds) ------------------------------------------------------
+
+def test_dns_detection_defaults_and_every_key():
+    from gateway.detect.dnstunnel import Settings
+
+    assert config_from_dict({}).dns_detection is None  # the detector's defaults, Settings()
+    raw = {"enabled": False, "windowSeconds": 30, "maxEncodedNames": 5, "maxDistinctSubdomains": 50,
+           "maxUncommonQueries": 8, "maxQueries": 100, "encodedMinLength": 16, "minEntropyRatio": 0.8,
+           "maxLabelLength": 40, "maxNameLength": 100, "blockSeconds": 0, "maxTrackedDomains": 99,
+           "maxNamesPerDomain": 60}
+    assert config_from_dict({"detection": {"dns": raw}}).dns_detection == Settings(
+        enabled=False, window=30.0, max_encoded=5, max_distinct=50, max_uncommon=8, max_rate=100,
+        encoded_min_length=16, min_entropy_ratio=0.8, max_label_length=40, max_name_length=100, block=0.0,
+        max_tracked=99, max_names=60)
+
+
+@pytest.mark.parametrize("dns, expected", [
+    ([], "detection.dns must be a mapping of thresholds"),
+    ({"maxEncoded": 5}, "unknown key detection.dns.maxEncoded (known: blockSeconds, enabled,"),
+    ({"enabled": "yes"}, "detection.dns.enabled must be true or false, not 'yes'"),
+    ({"maxEncodedNames": 0}, "detection.dns.maxEncodedNames is 0; it must be at least 1 (default 10)"),
+    ({"maxEncodedNames": 2.5}, "detection.dns.maxEncodedNames must be a whole number, not 2.5 (fix: e.g. 10)"),
+    ({"windowSeconds": "60s"}, "detection.dns.windowSeconds must be a number, not '60s'"),
+    ({"blockSeconds": -1}, "detection.dns.blockSeconds is -1; it must be at least 0"),
+    ({"minEntropyRatio": 3}, "minEntropyRatio 3.0 would never match"),
+    ({"maxNamesPerDomain": 50}, "detection.dns.maxNamesPerDomain (50) is below the limits it must count up to (120)"),
+])
+def test_dns_detection_errors(dns, expected):
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"detection": {"dns": dns}}, "gw.yaml")
+    assert str(e.value).startswith("gw.yaml: ") and expected in str(e.value)

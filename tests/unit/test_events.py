@@ -111,7 +111,8 @@ def test_make_event_time_and_kind_come_first(kind):
 
 
 def test_make_event_field_order_is_the_declared_order_whatever_the_call_order():
-    values = {name: ["1"] if name in ("dns_answers", "secrets") else 1 for name in reversed(FIELDS[2:])}
+    lists = {"dns_answers": ["1"], "secrets": ["1"], "detections": [{"rule": "r"}]}
+    values = {name: lists.get(name, 1) for name in reversed(FIELDS[2:])}
     event = make_event(events.HTTP, **values)
     assert list(event) == list(FIELDS)
 
@@ -147,3 +148,11 @@ def test_rfc3339():
 def test_event_is_json_serialisable():
     event = make_event(events.DNS, session="s", dns_qname="a.test", dns_answers=["198.18.1.10"])
     assert json.loads(json.dumps(event)) == event
+
+
+def test_detections_keep_only_their_keys_and_are_cleaned():
+    event = make_event(events.HTTP, detections=[{"rule": "known-value", "label": "canary:c1", "part": "query",
+                                                  "offset": 3, "encoding": "base64", "context": "a\nb",
+                                                  "action": "block", "raw_span": (1, 2), "value": "x"}])
+    (d,) = event["detections"]
+    assert set(d) == set(events.DETECTION_KEYS) and d["offset"] == 3 and d["context"] == "a\\x0ab"

@@ -170,5 +170,5 @@ def test_summary_never_carries_the_token(reg):
                    policy_text=policy_text(ALLOWED))
     summary = s.summary()
     assert summary == {"id": s.id, "name": "alpha", "sources": ["10.211.0.2", "10.211.0.6"], "policy": "pol",
-                       "mode": "report", "created": s.created, "secrets": [], "env": {}}
+                       "mode": "report", "created": s.created, "secrets": [], "canaries": [], "env": {}}
     assert s.token not in repr(summary) and s.token not in repr(s)

@@ -1,0 +1,81 @@
+"""mitmproxy's DNS name codec, made to survive labels that are not IDNA text.
+
+mitmproxy decodes every label of a DNS name with Python's ``idna`` codec. A
+label holding bytes above 0x7F (legal on the wire; DNS tunnels such as iodine
+send them on purpose, to test for an 8-bit clean path) makes it call the
+message invalid and *close the client connection*. For UDP that means every
+later datagram from the same source address and port is dropped without an
+answer until the flow times out: one odd query silences a socket's DNS, and
+the gateway's own hook (policy, tunnel detection, flow log) never sees it.
+
+`install()` wraps the two functions: such a label is decoded to text with the
+offending bytes written ``\\DDD`` (decimal, as in zone files; ``\\`` itself
+written ``\\092``), and a name holding ``\\`` is packed back to the very same
+bytes. The name then reaches `DnsGate` like any other, fails the policy's host
+name check (``\\`` is not a host name character) and gets NXDOMAIN, logged.
+Names that decode today decode exactly as before. Idempotent.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+
+from mitmproxy.net.dns import domain_names
+
+_ESCAPE = re.compile(r"\\(\d{3})")
+_installed = False
+
+
+def escape_label(raw: bytes) -> str:
+    """Presentation form of a label that is not IDNA text (reversible by `unescape_label`)."""
+    return "".join(chr(b) if 0x21 <= b <= 0x7E and b not in (0x2E, 0x5C) else f"\\{b:03d}" for b in raw)
+
+
+def unescape_label(text: str) -> bytes:
+    out = bytearray()
+    pos = 0
+    for m in _ESCAPE.finditer(text):
+        out += text[pos:m.start()].encode("ascii")
+        value = int(m.group(1))
+        if value > 255:
+            raise ValueError(f"escaped byte \\{m.group(1)} is out of range")
+        out.append(value)
+        pos = m.end()
+    out += text[pos:].encode("ascii")
+    return bytes(out)
+
+
+def install() -> None:
+    global _installed
+    if _installed:
+        return
+    original_unpack = domain_names._unpack_label_into
+    original_pack = domain_names.pack
+
+    def _unpack_label_into(labels: list[str], buffer: bytes, offset: int) -> int:
+        try:
+            return original_unpack(labels, buffer, offset)
+        except struct.error:
+            (size,) = domain_names._LABEL_SIZE.unpack_from(buffer, offset)
+            start = offset + domain_names._LABEL_SIZE.size
+            if size >= 64 or len(buffer) < start + size:
+                raise  # a real format error
+            labels.append(escape_label(buffer[start:start + size]))
+            return domain_names._LABEL_SIZE.size + size
+
+    def pack(name: str) -> bytes:
+        if "\\" not in name:
+            return original_pack(name)
+        buffer = bytearray()
+        for part in name.split("."):
+            label = unescape_label(part) if "\\" in part else part.encode("idna")
+            if not 0 < len(label) < 64:
+                raise ValueError(f"domain name {name!r} has an empty or too long label")
+            buffer += domain_names._LABEL_SIZE.pack(len(label)) + label
+        buffer += domain_names._LABEL_SIZE.pack(0)
+        return bytes(buffer)
+
+    domain_names._unpack_label_into = _unpack_label_into
+    domain_names.pack = pack
+    _installed = True

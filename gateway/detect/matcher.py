@@ -1,0 +1,226 @@
+"""Hyperscan databases: one literal database for the forms of the known values, one for the rules.
+
+The rules database also carries *shape* expressions (percent escapes, JSON \\u escapes, QP soft
+breaks, base64 and hex blocks) so a single pass says which decoded views a part needs.
+Hyperscan reports the end offsets of each rule's prefilter expression; Python `re` then confirms
+and extracts matches only in a window of `Rule.max_len` bytes around each of those offsets. A rule hyperscan refuses is retried
+with HS_FLAG_PREFILTER (an over-approximation, confirmed by `re`); one it still refuses runs in
+Python `re` on every part (`RuleMatcher.fallback`, reported by `Detector.stats`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import hyperscan as hs
+
+from .forms import Form, forms
+from .rules import Rule, RulePack
+
+# shape -> (expression, unused). Measured (bench/README.md): long character-class runs (a base64
+# run, a line of base64) slow the whole database 2-3x, so base64/hex blocks are triggered by literal
+# forms instead (rule keywords, halves of known values' base64 forms).
+SHAPES: dict[str, tuple[bytes, int]] = {
+    "pct": (rb"%[0-9A-Fa-f]{2}", 0),
+    "qp": (rb"[^\s=]=\r?\n", 0),
+    "json": (rb"\\u[0-9A-Fa-f]{4}|\\/", 1),
+    # "b64" is raised by rule keywords' base64 forms (below) and by halves of known values' base64
+    # forms (forms.HALF): a MIME line break inside a value leaves one half whole
+    "b64": (b"", 1),
+}
+# Base64/hex blocks are decoded for the rules only when a rule keyword's base64 (or hex) form occurs
+# ("-----BEGIN" -> LS0tLS1CRUdJT, "AKIA" -> QUtJQ...): long runs alone (hashes, ids, paths) cost
+# nothing. A rule pack with a rule without keywords decodes every block.
+
+
+def keyword_forms(keywords: set[str]) -> tuple[list[bytes], list[bytes]]:
+    """Stable base64 middles and hex forms of each keyword as written and in lower, upper and capitalised case."""
+    import base64 as _b64
+
+    from .forms import base64_forms
+
+    b64: set[bytes] = set()
+    hexes: set[bytes] = set()
+    for kw in keywords:
+        for v in {kw, kw.lower(), kw.upper(), kw.capitalize()}:
+            raw = v.encode()
+            for f in base64_forms(raw):
+                if len(f) >= 4:
+                    b64.add(f)
+                    b64.add(f.translate(bytes.maketrans(b"+/", b"-_")))
+            hexes.add(raw.hex().encode())
+    del _b64
+    return sorted(b64), sorted(hexes)
+
+
+VALUE_BASE = 1 << 24  # ids of value patterns in a combined database
+COMBINE_MIN = 64  # value sets at least this large share one database with the rules
+
+
+def _lit(pattern: bytes) -> bytes:
+    """A literal as a hyperscan regex (every non-alphanumeric byte as \\xHH: no NUL reaches C)."""
+    return b"".join(bytes([c]) if (48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122) else b"\\x%02x" % c for c in pattern)
+
+
+class ValueMatcher:
+    """Finds every literal form of every known value in one hyperscan pass.
+
+    With `rules` and at least COMBINE_MIN values, the rules and shapes are compiled into the same
+    database, so a view costs one pass instead of two (measured 1.7-2x; compiled once per value set).
+    """
+
+    def __init__(self, values: Sequence[bytes], rules: RuleMatcher | None = None):
+        self.entries: list[list[tuple[int, str, int]]] = []  # pattern id -> [(value index, encoding, length)]
+        self.max_len = 0
+        index: dict[tuple[bytes, bool], int] = {}
+        exprs: list[bytes] = []
+        flags: list[int] = []
+        for vi, value in enumerate(values):
+            for f in forms(value):
+                key = (f.pattern.lower() if f.caseless else f.pattern, f.caseless)
+                pid = index.get(key)
+                if pid is None:
+                    pid = index[key] = len(exprs)
+                    exprs.append(f.pattern)
+                    flags.append(hs.HS_FLAG_CASELESS if f.caseless else 0)
+                    self.entries.append([])
+                self.entries[pid].append((vi, f.encoding, len(f.pattern)))
+                self.max_len = max(self.max_len, len(f.pattern))
+        self.db: hs.Database | None = None
+        self.rules: RuleMatcher | None = None
+        if rules is not None and len(values) >= COMBINE_MIN:
+            self.rules = rules
+            r_exprs, r_ids, r_flags = rules.expressions
+            self.db = hs.Database(mode=hs.HS_MODE_BLOCK)
+            self.db.compile(
+                expressions=[_lit(e) for e in exprs] + r_exprs,
+                ids=[VALUE_BASE + i for i in range(len(exprs))] + r_ids,
+                elements=len(exprs) + len(r_exprs),
+                flags=flags + r_flags,
+            )
+        elif exprs:
+            self.db = hs.Database(mode=hs.HS_MODE_BLOCK)
+            self.db.compile(expressions=exprs, ids=list(range(len(exprs))), elements=len(exprs), flags=flags, literal=True)
+
+    def _values(self, found: list[tuple[int, int]]) -> list[tuple[int, str, int, int]]:
+        out = []
+        for pid, end in found:
+            for vi, enc, length in self.entries[pid]:
+                out.append((vi, enc, end - length, end))
+        return out
+
+    def scan(self, data: bytes) -> list[tuple[int, str, int, int]]:
+        """[(value index, encoding, start, end)] for every occurrence."""
+        if self.db is None or not data or self.rules is not None:
+            return self.scan_all(data)[0] if self.rules is not None and data else []
+        found: list[tuple[int, int]] = []
+        self.db.scan(data, match_event_handler=_collect, context=found)
+        return self._values(found)
+
+    def scan_all(self, data: bytes) -> tuple[list[tuple[int, str, int, int]], dict[int, list[int] | None], dict[str, list[int]]]:
+        """Values, rule end offsets and shapes in one pass (combined database only)."""
+        assert self.rules is not None and self.db is not None
+        found: list[tuple[int, int]] = []
+        hit: dict[int, list[int]] = {}
+        if data:
+            self.db.scan(data, match_event_handler=_collect_all, context=(found, hit))
+        rules, shapes = self.rules.classify(hit)
+        return self._values(found), rules, shapes
+
+
+def _collect(pid: int, _from: int, to: int, _flags: int, ctx: list) -> None:
+    ctx.append((pid, to))
+
+
+def _collect_all(pid: int, _from: int, to: int, _flags: int, ctx: tuple) -> None:
+    if pid >= VALUE_BASE:
+        ctx[0].append((pid - VALUE_BASE, to))
+        return
+    ends = ctx[1].get(pid)
+    if ends is None:
+        ctx[1][pid] = [to]
+    else:
+        ends.append(to)
+
+
+def _collect_rule(pid: int, _from: int, to: int, _flags: int, ctx: dict) -> None:
+    ends = ctx.get(pid)
+    if ends is None:
+        ctx[pid] = [to]
+    else:
+        ends.append(to)
+
+
+class RuleMatcher:
+    """The rules, the shapes and the rule keywords' encoded forms in one hyperscan database."""
+
+    def __init__(self, pack: RulePack):
+        self.rules: tuple[Rule, ...] = pack.rules
+        self.shape_names = list(SHAPES) + ["hex"]
+        self.shape_base = len(self.rules)
+        exprs: list[bytes] = []
+        ids: list[int] = []
+        flags: list[int] = []
+        self.fallback: list[int] = []
+        self.prefiltered: list[int] = []
+        for i, r in enumerate(self.rules):
+            expr = r.prefilter.encode()
+            f = _try_flags(expr)
+            if f is None:
+                self.fallback.append(i)
+                continue
+            if f & hs.HS_FLAG_PREFILTER:
+                self.prefiltered.append(i)
+            exprs.append(expr)
+            ids.append(i)
+            flags.append(f & ~hs.HS_FLAG_SINGLEMATCH)
+        b64_id = self.shape_base + self.shape_names.index("b64")
+        hex_id = self.shape_base + self.shape_names.index("hex")
+        for k, name in enumerate(self.shape_names[:-1]):
+            expr = SHAPES[name][0]
+            if expr:
+                exprs.append(expr)
+                ids.append(self.shape_base + k)
+                flags.append(hs.HS_FLAG_SINGLEMATCH)
+        self.blocks_always = any(not r.keywords for r in self.rules)
+        if self.blocks_always:
+            extra = [(rb"[A-Za-z0-9+/_-]{40}", b64_id, 0), (rb"[0-9A-Fa-f]{80}", hex_id, 0)]
+        else:
+            b64, hexes = keyword_forms({k for r in self.rules for k in r.keywords})
+            extra = [(_lit(f), b64_id, 0) for f in b64] + [(_lit(f), hex_id, hs.HS_FLAG_CASELESS) for f in hexes]
+        for e, i, f in extra:
+            exprs.append(e)
+            ids.append(i)
+            flags.append(hs.HS_FLAG_SINGLEMATCH | f)
+        self.expressions = (exprs, ids, flags)
+        self.db = hs.Database(mode=hs.HS_MODE_BLOCK)
+        self.db.compile(expressions=exprs, ids=ids, elements=len(exprs), flags=flags)
+        self.max_len = max((r.max_len for r in self.rules), default=0)
+
+    def classify(self, hit: dict[int, list[int]]) -> tuple[dict[int, list[int] | None], dict[str, list[int]]]:
+        shapes = {self.shape_names[i - self.shape_base]: e for i, e in hit.items() if i >= self.shape_base}
+        rules: dict[int, list[int] | None] = {i: e for i, e in hit.items() if i < self.shape_base}
+        for i in self.fallback:
+            rules[i] = None
+        return rules, shapes
+
+    def scan(self, data: bytes) -> tuple[dict[int, list[int] | None], dict[str, list[int]]]:
+        """({rule index: end offsets of prefilter matches, or None = whole data}, {shape: end offsets})."""
+        hit: dict[int, list[int]] = {}
+        if data:
+            self.db.scan(data, match_event_handler=_collect_rule, context=hit)
+        return self.classify(hit)
+
+
+def _try_flags(expr: bytes) -> int | None:
+    for f in (hs.HS_FLAG_SINGLEMATCH, hs.HS_FLAG_SINGLEMATCH | hs.HS_FLAG_PREFILTER):
+        try:
+            db = hs.Database(mode=hs.HS_MODE_BLOCK)
+            db.compile(expressions=[expr], ids=[0], elements=1, flags=[f])
+            return f
+        except hs.error:
+            continue
+    return None
+
+
+__all__ = ["Form", "RuleMatcher", "SHAPES", "ValueMatcher"]

@@ -1,0 +1,55 @@
+"""A session's known values: what must never leave, and what may leave only where Credentials puts it.
+
+* `secret:NAME`: the real value of each of the session's secrets. The sandbox
+  never holds one, so one coming from the sandbox was read from somewhere it
+  should not have been: always exfiltration.
+* `placeholder:NAME`: the placeholder the sandbox holds. Legitimate only where
+  the Credentials addon substitutes (or refuses) it; anywhere else (base64,
+  hex, reversed, ...) it is a hit.
+* `canary:LABEL`: values registered through the control API.
+
+Values are read through the secret store (cached); the last value seen of each
+secret is kept too, so a rotated secret's old value is still recognised.
+"""
+
+from __future__ import annotations
+
+from gateway.detect import KnownValue
+from gateway.errors import EgressgwError
+from gateway.secrets.backends import parse_source
+
+MIN_LEN = 8  # the engine's shortest known value; shorter values cannot be told from noise
+
+
+class KnownValues:
+    def __init__(self, store):
+        self.store = store
+        self._last: dict[tuple[str, str], dict[str, bytes]] = {}  # (session, secret) -> {value: value}, newest last
+
+    async def of(self, session) -> tuple[KnownValue, ...]:
+        """Every known value of the session. Raises SecretBackendError for a secret never read and unreadable now."""
+        out: list[KnownValue] = []
+        for name, bound in session.secrets.items():
+            seen = self._last.setdefault((session.id, name), {})
+            source = parse_source(bound.spec.source)
+            value = self.store.peek(source)
+            if value is None:
+                try:
+                    value = await self.store.get(name, source)
+                except EgressgwError:
+                    if not seen:
+                        raise
+            if value is not None:
+                raw = value.encode()
+                if raw not in seen:
+                    seen[raw] = raw
+                    while len(seen) > 2:  # the current value and the one before it
+                        del seen[next(iter(seen))]
+            out.extend(KnownValue(f"secret:{name}", v) for v in seen if len(v) >= MIN_LEN)
+            out.append(KnownValue(f"placeholder:{name}", bound.placeholder.encode()))
+        out.extend(KnownValue(label, value) for label, value in session.canaries.items())
+        return tuple(out)
+
+    def forget(self, session_id: str) -> None:
+        for key in [k for k in self._last if k[0] == session_id]:
+            del self._last[key]

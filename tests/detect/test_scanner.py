@@ -1,0 +1,197 @@
+"""Detector.scan: offsets, raw spans, redaction, contexts that never carry the secret, bounds."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import zlib
+from urllib.parse import quote_from_bytes
+
+import pytest
+
+from gateway.detect import DecodeLimit, Detector, Hit, KnownValue, Limits, builtin_rules
+from gateway.detect.forms import base32_forms, base64_forms, forms
+
+CANARY = b"cnry-Zq8Lw3Xv7Np2Rt6Ys1Ku5"
+LABEL = "canary:c1"
+
+
+@pytest.fixture(scope="module")
+def det() -> Detector:
+    return Detector(builtin_rules(), [KnownValue(LABEL, CANARY)])
+
+
+def _encodings_of(value: bytes) -> list[bytes]:
+    return [f.pattern for f in forms(value)] + [value.lower(), value.upper()]
+
+
+def _assert_no_secret(text: str, value: bytes = CANARY) -> None:
+    low = text.lower().encode()
+    for enc in _encodings_of(value):
+        assert enc.lower() not in low, "secret (or an encoding of it) leaked"
+
+
+def test_stable_middles_are_independent_of_neighbours():
+    v = CANARY
+    for k, mid in enumerate(base64_forms(v)):
+        for pre in (b"", b"A", b"AB", b"\xff\x00"):
+            if len(pre) % 3 == k:
+                assert mid in base64.b64encode(pre + v + b"zz")
+    for k, mid in enumerate(base32_forms(v)):
+        assert mid in base64.b32encode(b"ABCD"[:k] + v + b"?")
+
+
+def test_short_values_are_refused_without_echoing_them():
+    with pytest.raises(ValueError) as e:
+        KnownValue("secret:short", b"abc123")
+    assert "abc123" not in str(e.value) and "secret:short" in str(e.value)
+    assert "cnry" not in repr(KnownValue(LABEL, CANARY))
+
+
+@pytest.mark.parametrize(
+    ("data", "encoding"),
+    [
+        (b"x=" + CANARY + b"&y=1", "raw"),
+        (b"x=" + quote_from_bytes(CANARY, safe=b"").encode(), "raw"),  # nothing to encode: raw
+        (b"x=" + b"".join(b"%%%02x" % c for c in CANARY), "url"),
+        (b"x=" + CANARY[:5] + b"".join(b"%%%02X" % c for c in CANARY[5:9]) + CANARY[9:], "url"),
+        (json.dumps({"k": "".join("\\u%04x" % c if i % 2 else chr(c) for i, c in enumerate(CANARY))}).encode(), "json-u"),
+    ],
+)
+def test_raw_span_maps_back_through_escape_views(det, data, encoding):
+    hits = det.scan(data, "body")
+    kv = [h for h in hits if h.rule == "known-value"]
+    assert kv and kv[0].label == LABEL
+    s, e = kv[0].raw_span
+    assert data[:s].endswith((b"x=", b'"k": "', b"x=" + b""))
+    out = det.redact(data, kv)
+    assert b"[REDACTED:known-value]" in out
+    assert CANARY not in out and not det.scan(out, "body")
+
+
+def test_redact_replaces_every_occurrence_and_keeps_the_rest(det):
+    data = b"a " + CANARY + b" b " + base64.b64encode(CANARY) + b" c " + CANARY.hex().encode() + b" d"
+    hits = det.scan(data, "body")
+    assert sorted(h.encoding for h in hits) == ["base64", "hex", "raw"]
+    out = det.redact(data, hits)
+    assert out.startswith(b"a [REDACTED:known-value] b ") and out.endswith(b" d")
+    assert det.scan(out, "body") == []
+
+
+def test_redact_merges_overlapping_spans(det):
+    data = b"password=" + CANARY + b"Q9#"
+    hits = det.scan(data, "body")
+    assert {h.rule for h in hits} == {"known-value", "generic-secret-assignment"}
+    out = det.redact(data, hits)
+    assert out.count(b"[REDACTED:") == 1 and CANARY not in out
+
+
+def test_hits_in_containers_have_no_raw_span(det):
+    hits = det.scan(gzip.compress(b"hello " + CANARY), "body", content_encoding="gzip")
+    assert [(h.part, h.raw_span, h.offset) for h in hits] == [("body>gzip", None, 6)]
+
+
+def test_context_never_carries_the_secret_even_when_adjacent(det):
+    data = CANARY + b"|" + base64.b64encode(CANARY) + b"|" + CANARY[::-1] + b"|" + b"%" + b"%".join(b"%02x" % c for c in CANARY)
+    hits = det.scan(data, "body")
+    assert len(hits) == 4
+    for h in hits:
+        assert len(h.context) <= 80 and h.context.isprintable()
+        _assert_no_secret(h.context)
+        _assert_no_secret(repr(h))
+
+
+def test_multipart_parts_and_transfer_encodings(det):
+    b = "XyZ"
+    body = (
+        f"--{b}\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nnothing\r\n"
+        f"--{b}\r\nContent-Disposition: form-data; name=\"doc\"; filename=\"x.bin\"\r\n"
+        f"Content-Transfer-Encoding: base64\r\n\r\n"
+    ).encode() + base64.encodebytes(b"x" * 70 + CANARY) + f"\r\n--{b}\r\nContent-Disposition: form-data; name=\"plain\"\r\n\r\n".encode() + CANARY + f"\r\n--{b}--\r\n".encode()
+    hits = det.scan(body, "body", content_type=f"multipart/form-data; boundary={b}")
+    got = {(h.part, h.encoding, h.raw_span is not None) for h in hits}
+    assert ("body>multipart[doc]", "base64", False) in got
+    assert ("body>multipart[plain]", "raw", True) in got
+    plain = next(h for h in hits if h.part == "body>multipart[plain]")
+    assert body[plain.raw_span[0] : plain.raw_span[1]] == CANARY
+
+
+def test_form_fields_are_named(det):
+    data = b"a=1&user%5Bnote%5D=" + quote_from_bytes(b"see " + CANARY).encode() + b"&z=2"
+    hits = det.scan(data, "body", content_type="application/x-www-form-urlencoded")
+    assert [h.part for h in hits] == ["body>form[user?note?]"]  # '[', ']' and '>' never appear in a name
+
+
+def test_sniffed_containers_and_nesting(det):
+    inner = zlib.compress(b"v=" + CANARY)
+    hits = det.scan(gzip.compress(inner), "body")
+    assert [h.part for h in hits] == ["body>gzip>deflate"]
+
+
+def test_decompression_bomb_raises_decode_limit_with_hits_so_far():
+    det = Detector(builtin_rules(), [KnownValue(LABEL, CANARY)], limits=Limits(max_output=1 << 20))
+    bomb = gzip.compress(CANARY + b"\0" * (50 << 20))
+    with pytest.raises(DecodeLimit) as e:
+        det.scan(bomb, "body", content_encoding="gzip")
+    assert e.value.part == "body>gzip" and "exceeds" in e.value.reason
+    assert [h.label for h in e.value.hits] == [LABEL]
+    _assert_no_secret(str(e.value))
+
+
+def test_ratio_limit():
+    det = Detector(builtin_rules(), limits=Limits(max_ratio=50, ratio_floor=1 << 20))
+    with pytest.raises(DecodeLimit, match="ratio"):
+        det.scan(gzip.compress(b"a" * (8 << 20)), "body", content_encoding="gzip")
+
+
+def test_nesting_depth_limit():
+    det = Detector(builtin_rules(), limits=Limits(max_depth=2))
+    data = b"hello"
+    for _ in range(5):
+        data = gzip.compress(data)
+    with pytest.raises(DecodeLimit, match="nesting"):
+        det.scan(data, "body")
+
+
+def test_corrupt_declared_encoding_is_scanned_as_is(det):
+    hits = det.scan(b"not gzip " + CANARY, "body", content_encoding="gzip")
+    assert [(h.part, h.encoding) for h in hits] == [("body", "raw")]
+
+
+def test_with_values_reuses_rules_and_caches_value_dbs(det):
+    other = det.with_values([KnownValue("canary:c2", b"another-canary-value-123")])
+    assert other._engine is det._engine
+    again = det.with_values([KnownValue("canary:c2", b"another-canary-value-123")])
+    assert again._vm is other._vm
+    assert [h.label for h in other.scan(b"x another-canary-value-123", "q")] == ["canary:c2"]
+    assert other.scan(CANARY, "q") == []
+
+
+def test_value_dbs_cache_is_bounded(det):
+    for i in range(det._engine.cache_size + 5):
+        det.with_values([KnownValue("v", b"value-number-%04d" % i)])
+    assert len(det._engine.cache) <= det._engine.cache_size
+
+
+def test_hit_is_frozen_and_has_the_documented_fields(det):
+    h = det.scan(CANARY, "header:authorization")[0]
+    assert isinstance(h, Hit)
+    assert (h.rule, h.label, h.part, h.offset, h.length, h.encoding, h.action) == (
+        "known-value", LABEL, "header:authorization", 0, len(CANARY), "raw", None)
+    with pytest.raises(AttributeError):
+        h.rule = "x"  # type: ignore[misc]
+
+
+def test_empty_and_binary_inputs(det):
+    assert det.scan(b"", "body") == []
+    assert det.scan(bytes(range(256)) * 100, "body") == []
+
+
+def test_engine_imports_nothing_from_mitmproxy():
+    import subprocess
+    import sys
+
+    code = "import sys, gateway.detect; print(any(m.split('.')[0] == 'mitmproxy' for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
