@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from gateway.errors import ControlAPIError
+from gateway.log import reader
 from gateway.sessions.client import ControlClient
 
 
@@ -135,15 +136,10 @@ class LabGateway:
 
     # -- what it wrote -------------------------------------------------------------------------
     def events(self, **match) -> list[dict]:
-        try:
-            lines = self.log_path.read_text().splitlines()
-        except FileNotFoundError:
-            return []
         out = []
-        for line in lines:
-            event = json.loads(line)
-            if all(event.get(k) == v for k, v in match.items()):
-                out.append(event)
+        for rec in reader.iter_records([self.log_path]):
+            if all(rec.event.get(k) == v for k, v in match.items()):
+                out.append(rec.event)
         return out
 
     def metrics(self) -> str:

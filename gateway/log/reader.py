@@ -1,0 +1,269 @@
+"""Reading the flow log: the one way to get events back out of it.
+
+Every record on disk is one JSON line in one of the formats the writer can
+produce (OCSF, ECS, or the native flat event); all three carry the native event
+(`gateway.log.events.make_event`) unchanged, so a reader gets the same dict
+whatever the format. Chain checkpoint records carry no event and are skipped.
+
+A log is a live file plus its rotated files `<live>.<n>`, `n` growing with age
+of rotation (the highest number is the newest rotated file). `expand()` turns a
+directory or a live path into that ordered list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+CHAIN_KEY = "egressgw_chain"
+_ROTATED = re.compile(r"^(?P<base>.+)\.(?P<n>\d+)$")
+
+
+@dataclass(frozen=True)
+class Record:
+    path: str
+    line: int  # 1-based line number in `path`
+    offset: int  # byte offset of the line start in `path`
+    event: dict  # the native flat event, as events.make_event built it
+    raw: dict  # the record as written (OCSF / ECS / native, with its chain fields)
+    seq: int | None = None  # the chain sequence number, None for an unchained (old) record
+
+
+def native_event(raw: dict) -> dict | None:
+    """The native event inside a record of any format, or None for a checkpoint record."""
+    if not isinstance(raw, dict):
+        return None
+    unmapped = raw.get("unmapped")
+    if "class_uid" in raw and isinstance(unmapped, dict):  # OCSF
+        event = unmapped.get("egressgw")
+        return event if isinstance(event, dict) else None
+    if "ecs" in raw and isinstance(raw.get("egressgw"), dict):  # ECS
+        return raw["egressgw"]
+    if "event" in raw and isinstance(raw["event"], str):  # native flat
+        if CHAIN_KEY in raw:
+            return {k: v for k, v in raw.items() if k != CHAIN_KEY}
+        return raw
+    return None
+
+
+def chain_of(raw: dict) -> dict | None:
+    """The chain fields (`seq`, `prev`, and for a checkpoint `hmac`, `reason`...) of a record."""
+    if not isinstance(raw, dict):
+        return None
+    chain = raw.get(CHAIN_KEY)
+    if chain is None and isinstance(raw.get("unmapped"), dict):
+        chain = raw["unmapped"].get(CHAIN_KEY)
+    return chain if isinstance(chain, dict) else None
+
+
+def _rotation_index(path: Path, base: str) -> int | None:
+    m = _ROTATED.match(path.name)
+    if m and m.group("base") == base:
+        return int(m.group("n"))
+    return None
+
+
+def rotated_files(live: str | os.PathLike) -> list[tuple[int, Path]]:
+    """`(n, path)` of the rotated files of a live log path, oldest first."""
+    live = Path(live)
+    try:
+        names = os.listdir(live.parent)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        n = _rotation_index(Path(name), live.name)
+        if n is not None:
+            out.append((n, live.parent / name))
+    return sorted(out)
+
+
+def _live_files_in(directory: Path) -> list[Path]:
+    """Live log names in a directory: files that are not `<other>.<n>` of another file there."""
+    names = set(os.listdir(directory))
+    live = set()
+    for name in names:
+        m = _ROTATED.match(name)
+        if m and m.group("base") in names:
+            continue
+        if m and not (directory / name).is_file():
+            continue
+        if m:  # a rotated file whose live file is gone (e.g. stopped gateway removed it)
+            live.add(m.group("base"))
+        elif (directory / name).is_file() and not name.startswith("."):
+            live.add(name)
+    return [directory / n for n in sorted(live)]
+
+
+def expand(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> list[Path]:
+    """A directory or a live path -> its rotated files oldest first, then the live file.
+
+    A rotated file named explicitly (`flows.jsonl.3`) stands for itself.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            for live in _live_files_in(p):
+                out.extend(x for _, x in rotated_files(live))
+                if live.exists():
+                    out.append(live)
+        elif _ROTATED.match(p.name) and p.exists() and (p.parent / _ROTATED.match(p.name).group("base")).exists():
+            out.append(p)
+        else:
+            out.extend(x for _, x in rotated_files(p))
+            if p.exists() or not out:
+                out.append(p)
+    seen: set[Path] = set()
+    return [p for p in out if not (p in seen or seen.add(p))]
+
+
+def _record(path: str, line_no: int, offset: int, line: bytes) -> Record | None:
+    try:
+        raw = json.loads(line)
+    except ValueError:
+        return None  # a torn or corrupt line: `log verify` reports it; readers skip it
+    event = native_event(raw)
+    if event is None:
+        return None
+    chain = chain_of(raw)
+    seq = chain.get("seq") if chain else None
+    return Record(path, line_no, offset, event, raw, seq if isinstance(seq, int) else None)
+
+
+def iter_file(path: str | os.PathLike, *, start_offset: int = 0) -> Iterator[Record]:
+    """Event records of one file from `start_offset` (a line start); a torn last line is skipped."""
+    path = str(path)
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        f.seek(start_offset)
+        offset = start_offset
+        line_no = 0
+        if start_offset:
+            # Line numbers are counted from the start of the file.
+            f.seek(0)
+            line_no = f.read(start_offset).count(b"\n")
+        for line in f:
+            line_no += 1
+            if line.endswith(b"\n"):
+                rec = _record(path, line_no, offset, line)
+                if rec is not None:
+                    yield rec
+            offset += len(line)
+
+
+def iter_records(paths: Sequence[str | os.PathLike], *, start_offset: int = 0) -> Iterator[Record]:
+    """Event records of every file, in order; `start_offset` applies to the first file.
+
+    Each path is expanded (`expand`): a directory or live path yields its rotated set in order.
+    """
+    first = True
+    for path in expand(paths):
+        yield from iter_file(path, start_offset=start_offset if first else 0)
+        first = False
+
+
+def follow(path: str | os.PathLike, *, poll: float = 0.2,
+           stop: Callable[[], bool] | None = None, from_start: bool = False) -> Iterator[Record]:
+    """`tail -f` a live log across rotation: yields event records as they are appended.
+
+    Starts at the end of the live file (or its start with `from_start`). When the live file is
+    rotated (renamed to `<live>.<n>` and a new one created), the rest of the old file is read
+    to its end, then the new file from its start. Returns when `stop()` is true.
+    """
+    path = Path(path)
+    f = None
+    ino = None
+    offset = 0
+    line_no = 0
+    pending = b""
+    pending_at = 0
+
+    def open_live(at_end: bool) -> None:
+        nonlocal f, ino, offset, line_no, pending, pending_at
+        try:
+            nf = open(path, "rb")
+        except FileNotFoundError:
+            return
+        f = nf
+        st = os.fstat(f.fileno())
+        ino = (st.st_dev, st.st_ino)
+        pending = b""
+        if at_end:
+            data = f.read()
+            offset = len(data)
+            line_no = data.count(b"\n")
+            if not data.endswith(b"\n") and data:  # keep the unfinished last line
+                cut = data.rfind(b"\n") + 1
+                pending, offset = data[cut:], cut
+            pending_at = offset
+        else:
+            offset = line_no = pending_at = 0
+
+    open_live(at_end=not from_start)
+    try:
+        while True:
+            got = False
+            if f is not None:
+                chunk = f.read()
+                if chunk:
+                    got = True
+                    data = pending + chunk
+                    start = 0
+                    while True:
+                        nl = data.find(b"\n", start)
+                        if nl < 0:
+                            break
+                        line = data[start:nl + 1]
+                        line_no += 1
+                        rec = _record(str(path), line_no, pending_at, line)
+                        pending_at += len(line)
+                        start = nl + 1
+                        if rec is not None:
+                            yield rec
+                    pending = data[start:]
+            if not got:
+                # Rotated? The live name now points at another file (or none yet).
+                try:
+                    st = os.stat(path)
+                    now = (st.st_dev, st.st_ino)
+                except FileNotFoundError:
+                    now = None
+                if f is None and now is not None:
+                    open_live(at_end=False)
+                    continue
+                if now is not None and now != ino:
+                    rest = f.read() if f is not None else b""
+                    if rest:
+                        continue_data = pending + rest
+                        pending = b""
+                        # Deliver what the old file got after our last read, then switch.
+                        for line in continue_data.splitlines(keepends=True):
+                            if line.endswith(b"\n"):
+                                line_no += 1
+                                rec = _record(str(path), line_no, pending_at, line)
+                                pending_at += len(line)
+                                if rec is not None:
+                                    yield rec
+                    if f is not None:
+                        f.close()
+                    open_live(at_end=False)
+                    continue
+                if stop is not None and stop():
+                    return
+                time.sleep(poll)
+            elif stop is not None and stop():
+                return
+    finally:
+        if f is not None:
+            f.close()
