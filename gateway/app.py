@@ -36,7 +36,6 @@ from gateway.audit import Audit
 from gateway.config import Config, Listen
 from gateway.connstate import ConnTable
 from gateway.dialguard import DialGuard
-from gateway.log.writer import FlowLog
 from gateway.resolver import UpstreamResolver
 from gateway.secrets.backends import SecretStore
 from gateway.sessions.api import ControlAPI
@@ -88,7 +87,7 @@ class Gateway:
     def __init__(self, config: Config):
         self.config = config
         self.registry = SessionRegistry()
-        self.audit = Audit(FlowLog(config.log_path))
+        self.audit = Audit.from_config(config)
         self.registry.subscribe(lambda what, s: self.audit.session_changed(what, s, len(self.registry)))
         self.resolver = UpstreamResolver(config.upstream_dns, config.upstream_timeout)
         self.guard = DialGuard(self.resolver, config.allow_dest_ranges)

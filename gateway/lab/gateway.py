@@ -40,7 +40,8 @@ class LabGateway:
         # Sandboxed processes run as nobody and must read the CA bundle under this directory.
         for d in (Path(lab.work), self.dir):
             d.chmod(0o755)
-        self.log_path = self.dir / "flows.jsonl"
+        self.log_path = self.dir / "log" / "flows.jsonl"  # its own directory: the key must be outside it
+        self.log_key = self.dir / "log.key"
         self.stderr_path = self.dir / "gateway.stderr"
         self.control_sock = self.dir / "control.sock"
         self.config_path = self.dir / "config.yaml"
@@ -54,7 +55,7 @@ class LabGateway:
             },
             "upstream": {"dns": [f"{lab.dns_addr}:{lab.dns_port}"], "caBundle": str(lab.ca_cert)},
             "ca": {"dir": str(self.dir / "ca")},
-            "log": {"path": str(self.log_path)},
+            "log": {"path": str(self.log_path), "hmacKeyFile": str(self.log_key)},
             "control": {"tokenFile": str(self.dir / "control.token")},
             "sandbox": {"pool": pool, "stateDir": str(self.dir / "state")},
         }
