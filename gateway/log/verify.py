@@ -127,6 +127,7 @@ class _Walker:
             rot_no = int(m.group("n")) if m and (live_name is None or m.group("base") == live_name) else None
             torn: list[tuple[int, int, str]] = []  # undeclared invalid lines: (line, offset, sha)
             first = True
+            first_chained = True
             last_line = 0
             ends_torn = False
             for n, offset, line in _lines(path):
@@ -189,6 +190,9 @@ class _Walker:
                         self.r.notes.append(Finding(str(path), n, f"the log starts at record seq {seq}: earlier "
                                                     "records are in files not given or removed by retention "
                                                     "(log.keep)"))
+                if first_chained and not (is_ckpt and fields.get("reason") == "open"):
+                    self.fail(path, n, "the file does not start with its open checkpoint (removed or replaced)")
+                first_chained = False
                 if is_ckpt:
                     self._checkpoint(path, n, fields)
                     reason = fields.get("reason")
