@@ -78,7 +78,7 @@ def rotated_files(live: str | os.PathLike) -> list[tuple[int, Path]]:
     out = []
     for name in names:
         n = _rotation_index(Path(name), live.name)
-        if n is not None:
+        if n is not None and (live.parent / name).is_file():
             out.append((n, live.parent / name))
     return sorted(out)
 

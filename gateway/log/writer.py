@@ -119,6 +119,7 @@ class FlowLog:
         self._need_open = True  # write an "open" checkpoint before the first record
         self._since = 0  # event records since the last checkpoint
         self._rotate_marked = False  # the current file already ends with its "rotate" checkpoint
+        self._oldest_kept: int | None = None
 
     # -- building lines ------------------------------------------------------------------------
     def _checkpoint_line(self, seq: int, prev: str, reason: str, **extra) -> bytes:
@@ -143,8 +144,15 @@ class FlowLog:
         return _dumps(_attach(rec, self.format, {"seq": seq, "prev": prev}))
 
     def _oldest(self) -> int:
-        rotated = rotated_files(self.path)
-        return rotated[0][0] if rotated else self._file_no
+        """The oldest rotated file that should exist: as found at start, then as this writer pruned.
+
+        Kept in memory, so a file deleted behind the writer's back is still listed in the next
+        open checkpoint and `verify` reports it missing.
+        """
+        if self._oldest_kept is None:
+            rotated = rotated_files(self.path)
+            self._oldest_kept = rotated[0][0] if rotated else self._file_no
+        return self._oldest_kept
 
     # -- writing -------------------------------------------------------------------------------
     # A batch is a list of (kind, bytes): "end" (a lone newline that ends a torn line; not
@@ -240,9 +248,11 @@ class FlowLog:
         self._rotate_marked = False
         self._need_open = True
         self._since = 0
-        if self.keep > 0:
+        oldest = self._oldest()
+        if self.keep > 0 and self._file_no - self.keep > oldest:
+            self._oldest_kept = self._file_no - self.keep
             for n, old in rotated_files(self.path):
-                if n <= self._file_no - 1 - self.keep:
+                if n < self._oldest_kept:
                     try:
                         old.unlink()
                     except OSError:
