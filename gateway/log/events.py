@@ -59,7 +59,10 @@ def clean(value: object, limit: int = MAX_FIELD) -> str:
     out = []
     for ch in text[: limit + 1]:
         o = ord(ch)
-        if o < 0x20 or o == 0x7F or 0x80 <= o < 0xA0 or ch in "\u2028\u2029":
+        # C0/C1 controls, DEL, line/paragraph separators, lone surrogates (undecodable bytes) and
+        # bidi overrides/isolates (which reorder what a reader sees on screen)
+        if (o < 0x20 or o == 0x7F or 0x80 <= o < 0xA0 or 0xD800 <= o < 0xE000
+                or ch in "\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"):
             out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
         else:
             out.append(ch)

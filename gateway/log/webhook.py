@@ -108,7 +108,7 @@ class WebhookSink:
         metrics.WEBHOOK_DROPPED.labels(reason).inc()
 
     def _post(self, body: dict) -> None:
-        data = json.dumps(body, separators=(",", ":")).encode()
+        data = json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode("ascii")
         req = urllib.request.Request(self.config.url, data=data, method="POST",
                                      headers={"Content-Type": "application/json", "User-Agent": "egressgw-webhook"})
         with urllib.request.urlopen(req, timeout=self.config.timeout) as resp:
