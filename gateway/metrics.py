@@ -37,7 +37,7 @@ LOG_ERRORS = Counter(
 )
 WEBHOOK_SENT = Counter("egressgw_webhook_alerts_sent_total", "Alerts delivered to the webhook.", registry=REGISTRY)
 WEBHOOK_DROPPED = Counter(
-    "egressgw_webhook_alerts_dropped_total", "Alerts the webhook sink gave up on (queue-full, retries-exhausted).",
+    "egressgw_webhook_alerts_dropped_total", "Alerts the webhook sink gave up on (queue-full, retries-exhausted, shutdown).",
     ["reason"], registry=REGISTRY,
 )
 

@@ -84,6 +84,7 @@ class WebhookSink:
         self._queue: collections.deque = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._inflight = False
         self.sent = 0
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="egressgw-webhook", daemon=True)
@@ -121,39 +122,40 @@ class WebhookSink:
                     self._cond.wait()
                 if not self._queue:
                     return
-                body = self._queue[0]
-            delay = self.config.backoff
-            for attempt in range(self.config.max_retries + 1):
-                try:
-                    self._post(body)
-                except (OSError, urllib.error.URLError, ValueError) as e:
-                    status = getattr(e, "code", None)
-                    logger.warning("alert webhook %s failed (attempt %d): %s", _redacted(self.config.url),
-                                   attempt + 1, f"HTTP {status}" if status else type(e).__name__)
-                    if attempt == self.config.max_retries:
-                        with self._cond:
-                            if self._queue and self._queue[0] is body:
-                                self._queue.popleft()
-                        self._drop("retries-exhausted")
-                        break
-                    with self._cond:
-                        if self._closed:
-                            return
-                        self._cond.wait(delay)
-                        if not self._queue or self._queue[0] is not body:
-                            break  # dropped as the oldest while waiting (already counted)
-                    delay = min(delay * 2, self.config.max_backoff)
-                    continue
+                body = self._queue.popleft()  # in flight: no longer counted against maxQueue
+                self._inflight = True
+            try:
+                self._deliver(body)
+            finally:
+                self._inflight = False
+
+    def _deliver(self, body: dict) -> None:
+        delay = self.config.backoff
+        for attempt in range(self.config.max_retries + 1):
+            try:
+                self._post(body)
+            except (OSError, urllib.error.URLError, ValueError) as e:
+                status = getattr(e, "code", None)
+                logger.warning("alert webhook %s failed (attempt %d): %s", _redacted(self.config.url),
+                               attempt + 1, f"HTTP {status}" if status else type(e).__name__)
+                if attempt == self.config.max_retries:
+                    self._drop("retries-exhausted")
+                    return
                 with self._cond:
-                    if self._queue and self._queue[0] is body:  # not dropped meanwhile as the oldest
-                        self._queue.popleft()
-                self.sent += 1
-                metrics.WEBHOOK_SENT.inc()
-                break
+                    if self._closed:
+                        self._drop("shutdown")
+                        return
+                    self._cond.wait(delay)
+                delay = min(delay * 2, self.config.max_backoff)
+                continue
+            self.sent += 1
+            metrics.WEBHOOK_SENT.inc()
+            return
 
     def pending(self) -> int:
+        """Alerts not yet delivered: waiting in the queue or in flight."""
         with self._cond:
-            return len(self._queue)
+            return len(self._queue) + (1 if self._inflight else 0)
 
     def close(self, timeout: float = 2.0) -> None:
         """Give queued alerts `timeout` seconds to go out, then stop."""
@@ -162,5 +164,9 @@ class WebhookSink:
             time.sleep(0.02)
         with self._cond:
             self._closed = True
+            left = len(self._queue)
+            self._queue.clear()
             self._cond.notify_all()
+        for _ in range(left):
+            self._drop("shutdown")
         self._thread.join(max(0.0, deadline - time.monotonic()) + 0.1)

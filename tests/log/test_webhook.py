@@ -114,16 +114,18 @@ def test_submit_never_blocks_and_a_full_queue_drops_the_oldest():
     before = dropped("queue-full")
     sink = WebhookSink(WebhookConfig(url=hook.url, timeout=5, max_queue=10, backoff=0.05))
     try:
+        sink.submit(alert(0))
+        assert wait_for(lambda: hook.attempts)  # in flight, the receiver hangs
         start = time.monotonic()
-        for i in range(100):
+        for i in range(1, 100):
             sink.submit(alert(i))
-        assert time.monotonic() - start < 0.2  # 100 submits while the receiver hangs
-        assert sink.pending() == 10
-        assert dropped("queue-full") - before == 90
-        assert sink.dropped == 90
+        assert time.monotonic() - start < 0.2  # 99 submits while the receiver hangs
+        assert sink.pending() == 11  # 10 queued + 1 in flight
+        assert dropped("queue-full") - before == 89
+        assert sink.dropped == 89
         # the newest 10 are kept and sent (after the one that was in flight when the flood came)
-        assert wait_for(lambda: len(hook.received) >= 10, timeout=20)
-        assert [e["detail"] for e in hook.received][-10:] == [f"n={i}" for i in range(90, 100)]
+        assert wait_for(lambda: len(hook.received) == 11, timeout=20)
+        assert [e["detail"] for e in hook.received] == ["n=0"] + [f"n={i}" for i in range(90, 100)]
     finally:
         sink.close(timeout=0.1)
         hook.close()
