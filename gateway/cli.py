@@ -5,6 +5,7 @@
     egressgw sandbox up|exec|list|down ...     sandbox namespaces on this host
     egressgw session list|show|delete|set-policy ...   sessions through the control API
     egressgw log verify|query|tail|har ...     flow logs
+    egressgw review LOG... -o report.html      one HTML report of flow logs
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from gateway.errors import EgressgwError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gateway.commands import log, policy, run, sandbox, session
+    from gateway.commands import log, policy, review, run, sandbox, session
 
     parser = argparse.ArgumentParser(prog="egressgw", description="Egress gateway for AI-agent sandboxes.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (run, policy, sandbox, session, log):
+    for module in (run, policy, sandbox, session, log, review):
         module.add_parser(sub)
     return parser
 

@@ -44,7 +44,7 @@ def add_filter_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_index_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", metavar="PATH",
-                   help="SQLite index file (default: <first LOG>.idx.sqlite beside the log; "
+                   help="SQLite index file (default: .<first LOG>.idx.sqlite beside the log; "
                         "it is a cache: delete it at any time)")
 
 

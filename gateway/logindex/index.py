@@ -75,11 +75,14 @@ _INDEX_NAMES = [s.split()[5] for s in _INDEXES]
 
 
 def default_index_path(logs: Sequence[str | os.PathLike]) -> Path:
-    """`<first log>.idx.sqlite` beside the log (for a directory: `<dir>/.egressgw.idx.sqlite`)."""
+    """`.<first log>.idx.sqlite` beside the log (for a directory: `<dir>/.egressgw.idx.sqlite`).
+
+    A dot file, so that a directory given to `log verify`, `review` or `query` (`reader.expand`)
+    does not take the index for a log."""
     first = Path(logs[0])
     if first.is_dir():
         return first / ".egressgw.idx.sqlite"
-    return first.with_name(first.name + SUFFIX)
+    return first.with_name("." + first.name + SUFFIX)
 
 
 def is_index_file(path: Path) -> bool:
