@@ -16,7 +16,6 @@ decision, rule, reason, alert), all of which the log already holds, cleaned.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sqlite3
 import sys
@@ -27,9 +26,10 @@ from pathlib import Path
 
 from gateway.log import reader
 from gateway.logindex import QueryError
+from gateway.logindex.jsonline import loads
 from gateway.logindex.query import Filter, event_time, host_of, is_alert
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 SUFFIX = ".idx.sqlite"
 BATCH = 20_000
 _INSERT = "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY,
     path TEXT NOT NULL,
     head TEXT NOT NULL UNIQUE,      -- sha256 of the first line: the file's identity
-    offset INTEGER NOT NULL,        -- bytes indexed: the end of the last indexed record's line
+    offset INTEGER NOT NULL,        -- bytes read: always the end of a complete line
+    lines INTEGER NOT NULL,         -- lines read
     records INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -207,7 +208,7 @@ class LogIndex:
         if head is None:
             return 0
         db = self.db
-        row = db.execute("SELECT id, path, offset FROM files WHERE head = ?", (head,)).fetchone()
+        row = db.execute("SELECT id, path, offset, lines FROM files WHERE head = ?", (head,)).fetchone()
         if row is not None and size < row[2]:
             self._forget(row[0])  # truncated: whatever it held before may have changed
             stats.reindexed.append(str(path))
@@ -216,12 +217,12 @@ class LogIndex:
             db.execute("BEGIN IMMEDIATE")
             # Another file used to live under this name: it moved (rotation) or is gone; park it.
             db.execute("UPDATE files SET path = '' WHERE path = ? AND head != ?", (str(path), head))
-            cur = db.execute("INSERT INTO files (path, head, offset, records) VALUES (?, ?, 0, 0)",
+            cur = db.execute("INSERT INTO files (path, head, offset, lines, records) VALUES (?, ?, 0, 0, 0)",
                              (str(path), head))
             db.execute("COMMIT")
-            file_id, offset = cur.lastrowid, 0
+            file_id, offset, lines = cur.lastrowid, 0, 0
         else:
-            file_id, old_path, offset = row
+            file_id, old_path, offset, lines = row
             if old_path != str(path):
                 db.execute("BEGIN IMMEDIATE")
                 db.execute("UPDATE files SET path = '' WHERE path = ? AND id != ?", (str(path), file_id))
@@ -229,40 +230,44 @@ class LogIndex:
                 db.execute("COMMIT")
         if offset >= size:
             return 0
-        return self._append(file_id, path, offset, size)
+        return self._append(file_id, path, offset, lines, size)
 
-    def _append(self, file_id: int, path: Path, offset: int, size: int) -> int:
+    def _append(self, file_id: int, path: Path, offset: int, lines: int, size: int) -> int:
+        """Index the complete lines after `offset` (read as `reader.iter_file` does, without re-reading
+        the part already indexed to count lines: the line count is kept)."""
         db = self.db
         total = db.execute("SELECT COALESCE(SUM(records), 0) FROM files").fetchone()[0]
         # A bulk load builds the B-trees once at the end: several times faster than keeping them all
         # up to date row by row. Small appends keep them.
         bulk = (size - offset) > 64 * 1024 * 1024 and (size - offset) > total * 200
         added = 0
-        last = None
         db.execute("BEGIN IMMEDIATE")
         try:
             if bulk:
                 for name in _INDEX_NAMES:
                     db.execute(f"DROP INDEX IF EXISTS {name}")
             batch: list[tuple] = []
-            for rec in reader.iter_file(path, start_offset=offset):
-                batch.append(self._row(file_id, rec))
-                last = rec
-                if len(batch) >= BATCH:
-                    db.executemany(_INSERT, batch)
-                    added += len(batch)
-                    batch.clear()
+            row = self._row
+            with open(path, "rb") as f:
+                f.seek(offset)
+                pos = offset
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        break  # torn (or still being written): read again next time
+                    lines += 1
+                    r = row(file_id, pos, lines, line)
+                    pos += len(line)
+                    if r is not None:
+                        batch.append(r)
+                        if len(batch) >= BATCH:
+                            db.executemany(_INSERT, batch)
+                            added += len(batch)
+                            batch.clear()
             if batch:
                 db.executemany(_INSERT, batch)
                 added += len(batch)
-            if last is not None:
-                # Resume after the last record's line (checkpoints and torn lines after it are read
-                # again next time, and skipped again: cheap, and a torn line may be complete by then).
-                with open(path, "rb") as f:
-                    f.seek(last.offset)
-                    end = last.offset + len(f.readline())
-                db.execute("UPDATE files SET offset = ?, records = records + ? WHERE id = ?",
-                           (end, added, file_id))
+            db.execute("UPDATE files SET offset = ?, lines = ?, records = records + ? WHERE id = ?",
+                       (pos, lines, added, file_id))
             if bulk:
                 for stmt in _INDEXES:
                     db.execute(stmt)
@@ -275,12 +280,20 @@ class LogIndex:
         return added
 
     @staticmethod
-    def _row(file_id: int, rec: reader.Record) -> list:
-        e = rec.event
+    def _row(file_id: int, offset: int, line_no: int, line: bytes) -> tuple | None:
+        try:
+            raw = loads(line)
+        except ValueError:
+            return None  # a corrupt line: `log verify` names it; readers skip it
+        e = reader.native_event(raw)
+        if e is None:
+            return None  # a checkpoint
+        chain = reader.chain_of(raw)
+        seq = chain.get("seq") if chain else None
         host = host_of(e) or None
-        decision = e.get("decision")
-        return [file_id, rec.offset, rec.line, rec.seq, event_time(e), e.get("event"), e.get("session"), host,
-                host[::-1] if host else None, decision, e.get("rule"), e.get("reason"), 1 if is_alert(e) else 0]
+        return (file_id, offset, line_no, seq if isinstance(seq, int) else None, event_time(e), e.get("event"),
+                e.get("session"), host, host[::-1] if host else None, e.get("decision"), e.get("rule"),
+                e.get("reason"), 1 if is_alert(e) else 0)
 
     def _forget(self, file_id: int) -> None:
         db = self.db
@@ -354,7 +367,7 @@ class LogIndex:
                         raise StaleIndex(fid)
                     data = f.readline()
                     try:
-                        raw = json.loads(data)
+                        raw = loads(data)
                         event = reader.native_event(raw)
                     except ValueError:
                         raise StaleIndex(fid) from None
