@@ -19,7 +19,6 @@ from __future__ import annotations
 from datetime import datetime
 
 from importlib import metadata as _metadata_lib
-from urllib.parse import urlsplit
 
 try:
     _VERSION = _metadata_lib.version("egressgw")
@@ -75,21 +74,28 @@ def endpoint(addr: str | None) -> dict | None:
 
 
 def _url(url: str) -> dict:
+    """OCSF url object of a URL the gateway built (`scheme://authority/path?names=`)."""
     out: dict = {"url_string": url}
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return out
-    if parts.scheme:
-        out["scheme"] = parts.scheme
-    if parts.hostname:
-        out["hostname"] = parts.hostname
-    if port is not None:
-        out["port"] = port
-    out["path"] = parts.path or "/"
-    if parts.query:
-        out["query_string"] = parts.query  # names only: events.strip_query_values dropped the values
+    out["scheme"] = scheme
+    slash = rest.find("/")
+    authority, target = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
+    authority = authority.rpartition("@")[2]
+    if authority.startswith("["):
+        host, _, tail = authority[1:].partition("]")
+        port = tail[1:] if tail.startswith(":") else ""
+    else:
+        host, _, port = authority.partition(":")
+    if host:
+        out["hostname"] = host.lower()
+    if port.isdigit():
+        out["port"] = int(port)
+    path, _, query = target.partition("?")
+    out["path"] = path.partition("#")[0] or "/"
+    if query:
+        out["query_string"] = query.partition("#")[0]  # names only: events.strip_query_values dropped the values
     return out
 
 

@@ -33,8 +33,11 @@ class LogWriteError(EgressgwError):
     """The flow log could not be written; egress must stop."""
 
 
+_ENCODE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), check_circular=False).encode
+
+
 def _dumps(record: dict) -> bytes:
-    return (json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
+    return (_ENCODE(record) + "\n").encode("ascii")
 
 
 def _attach(record: dict, fmt: str, chain_fields: dict) -> dict:
