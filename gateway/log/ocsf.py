@@ -11,7 +11,7 @@ lost even before this mapper knows them.
 | `dns` | DNS Activity (4003) | Response 2 (the gateway answered), Query 1 (no answer) |
 | `tls`, `tcp`, `connect` | Network Activity (4001) | Refuse 5 when denied; Open 1 (tls, connect) or Traffic 6 (tcp) |
 | `session` | Network Activity (4001) | Other 99, `activity_name` "Session created" / "Session deleted" ... |
-| chain checkpoint | Event Log Activity (1008) | Start 6, Rotate 5, Stop 7, Other 99 (interval / recovery) |
+| chain checkpoint | Event Log Activity (1008) | Start 6 (open), Rotate 5, Stop 7, Other 99 (interval) |
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ _ACTIONS = {
 }
 
 # Checkpoint reasons -> Event Log Activity activity.
-_CHECKPOINT_ACTIVITY = {"start": (6, "Start"), "rotate": (5, "Rotate"), "stop": (7, "Stop")}
+_CHECKPOINT_ACTIVITY = {"open": (6, "Start"), "rotate": (5, "Rotate"), "stop": (7, "Stop")}
 
 
 def epoch_ms(rfc3339: str | None) -> int:
