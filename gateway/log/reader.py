@@ -83,20 +83,33 @@ def rotated_files(live: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
+def _looks_like_log(path: Path) -> bool:
+    """A flow log starts with a JSON object (or is still empty and named like one).
+
+    Keeps other files that live beside a log (an index, a config) out of a directory's logs.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1)
+    except OSError:
+        return False
+    return head == b"{" or (head == b"" and path.suffix in (".jsonl", ".json", ".log"))
+
+
 def _live_files_in(directory: Path) -> list[Path]:
-    """Live log names in a directory: files that are not `<other>.<n>` of another file there."""
+    """Live logs in a directory: log files that are not `<other>.<n>` of another file there."""
     names = set(os.listdir(directory))
     live = set()
     for name in names:
+        if name.startswith("."):
+            continue
         m = _ROTATED.match(name)
         if m and m.group("base") in names:
             continue
-        if m and not (directory / name).is_file():
+        if not (directory / name).is_file() or not _looks_like_log(directory / name):
             continue
-        if m:  # a rotated file whose live file is gone (e.g. stopped gateway removed it)
-            live.add(m.group("base"))
-        elif (directory / name).is_file() and not name.startswith("."):
-            live.add(name)
+        # a rotated file whose live file is gone stands for its log
+        live.add(m.group("base") if m else name)
     return [directory / n for n in sorted(live)]
 
 
@@ -173,97 +186,101 @@ def iter_records(paths: Sequence[str | os.PathLike], *, start_offset: int = 0) -
         first = False
 
 
+def _same_file(path: Path, ino) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == ino
+
+
 def follow(path: str | os.PathLike, *, poll: float = 0.2,
            stop: Callable[[], bool] | None = None, from_start: bool = False) -> Iterator[Record]:
     """`tail -f` a live log across rotation: yields event records as they are appended.
 
     Starts at the end of the live file (or its start with `from_start`). When the live file is
     rotated (renamed to `<live>.<n>` and a new one created), the rest of the old file is read
-    to its end, then the new file from its start. Returns when `stop()` is true.
+    to its end, then every file rotated after it, then the new live file from its start.
+    Returns when `stop()` is true (checked whenever there is nothing new to read).
     """
     path = Path(path)
-    f = None
-    ino = None
-    offset = 0
-    line_no = 0
-    pending = b""
-    pending_at = 0
+    cur: dict = {"f": None, "ino": None, "name": str(path), "offset": 0, "line": 0, "pending": b""}
 
-    def open_live(at_end: bool) -> None:
-        nonlocal f, ino, offset, line_no, pending, pending_at
+    def switch(name: Path, at_end: bool) -> bool:
         try:
-            nf = open(path, "rb")
+            nf = open(name, "rb")
         except FileNotFoundError:
-            return
-        f = nf
-        st = os.fstat(f.fileno())
-        ino = (st.st_dev, st.st_ino)
-        pending = b""
+            return False
+        if cur["f"] is not None:
+            cur["f"].close()
+        st = os.fstat(nf.fileno())
+        cur.update(f=nf, ino=(st.st_dev, st.st_ino), name=str(name), offset=0, line=0, pending=b"")
         if at_end:
-            data = f.read()
-            offset = len(data)
-            line_no = data.count(b"\n")
-            if not data.endswith(b"\n") and data:  # keep the unfinished last line
-                cut = data.rfind(b"\n") + 1
-                pending, offset = data[cut:], cut
-            pending_at = offset
-        else:
-            offset = line_no = pending_at = 0
+            data = nf.read()
+            cut = data.rfind(b"\n") + 1
+            cur.update(offset=cut, line=data[:cut].count(b"\n"), pending=data[cut:])
+        return True
 
-    open_live(at_end=not from_start)
+    def drain() -> Iterator[Record]:
+        chunk = cur["f"].read() if cur["f"] is not None else b""
+        if not chunk:
+            return
+        data = cur["pending"] + chunk
+        start = 0
+        while (nl := data.find(b"\n", start)) >= 0:
+            line = data[start:nl + 1]
+            cur["line"] += 1
+            rec = _record(cur["name"], cur["line"], cur["offset"], line)
+            cur["offset"] += len(line)
+            start = nl + 1
+            if rec is not None:
+                yield rec
+        cur["pending"] = data[start:]
+
+    def rotated_after_current() -> Path | None:
+        """The next file to read after the current one was rotated away; None: the live file."""
+        rotated = rotated_files(path)
+        mine = next((n for n, p in rotated if _same_file(p, cur["ino"])), None)
+        if mine is None:
+            return None
+        for n, p in rotated:
+            if n > mine:
+                return p
+        return None
+
+    switch(path, at_end=not from_start)
     try:
         while True:
             got = False
-            if f is not None:
-                chunk = f.read()
-                if chunk:
-                    got = True
-                    data = pending + chunk
-                    start = 0
-                    while True:
-                        nl = data.find(b"\n", start)
-                        if nl < 0:
-                            break
-                        line = data[start:nl + 1]
-                        line_no += 1
-                        rec = _record(str(path), line_no, pending_at, line)
-                        pending_at += len(line)
-                        start = nl + 1
-                        if rec is not None:
-                            yield rec
-                    pending = data[start:]
-            if not got:
-                # Rotated? The live name now points at another file (or none yet).
-                try:
-                    st = os.stat(path)
-                    now = (st.st_dev, st.st_ino)
-                except FileNotFoundError:
-                    now = None
-                if f is None and now is not None:
-                    open_live(at_end=False)
+            for rec in drain():
+                got = True
+                yield rec
+            if got:
+                continue
+            try:
+                st = os.stat(path)
+                live = (st.st_dev, st.st_ino)
+            except FileNotFoundError:
+                live = None
+            if cur["f"] is None:
+                if live is not None and switch(path, at_end=False):
                     continue
-                if now is not None and now != ino:
-                    rest = f.read() if f is not None else b""
-                    if rest:
-                        continue_data = pending + rest
-                        pending = b""
-                        # Deliver what the old file got after our last read, then switch.
-                        for line in continue_data.splitlines(keepends=True):
-                            if line.endswith(b"\n"):
-                                line_no += 1
-                                rec = _record(str(path), line_no, pending_at, line)
-                                pending_at += len(line)
-                                if rec is not None:
-                                    yield rec
-                    if f is not None:
-                        f.close()
-                    open_live(at_end=False)
-                    continue
-                if stop is not None and stop():
-                    return
-                time.sleep(poll)
-            elif stop is not None and stop():
+            elif live is not None and live != cur["ino"]:
+                # The file we read is no longer the live one: finish it (under its new name),
+                # then go on in order.
+                cur["name"] = next((str(p) for _, p in rotated_files(path) if _same_file(p, cur["ino"])),
+                                   cur["name"])
+                yield from drain()
+                nxt = rotated_after_current()
+                if nxt is not None:
+                    old = cur["name"]
+                    if switch(nxt, at_end=False) and cur["name"] != old:
+                        continue
+                switch(path, at_end=False)
+                continue
+            if stop is not None and stop():
                 return
+            time.sleep(poll)
     finally:
-        if f is not None:
-            f.close()
+        if cur["f"] is not None:
+            cur["f"].close()
