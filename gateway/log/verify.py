@@ -88,6 +88,34 @@ def _lines(path: Path):
             offset += len(line)
 
 
+_CHAIN_MARK = b'"egressgw_chain":'
+_DECODE = json.JSONDecoder().raw_decode
+
+
+def _fast_chain(line: bytes) -> dict | None:
+    """The chain fields of a line the writer wrote, without parsing the whole record.
+
+    The writer puts them last, so they are the last `"egressgw_chain":` of the line (inside a
+    JSON string that text would read `\\"egressgw_chain\\":`). Only a line that ends right after
+    them (closing at most the `unmapped` object and the record) takes this path; anything
+    else is parsed in full. A line that is not JSON but ends like a record still cannot pass:
+    its hash is in the next record's `prev`, and the chain is signed by the checkpoints.
+    """
+    at = line.rfind(_CHAIN_MARK)
+    if at < 0:
+        return None
+    try:
+        text = line[at + len(_CHAIN_MARK):].decode("ascii")
+        fields, end = _DECODE(text)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if text[end:] not in ("}\n", "}}\n") or not isinstance(fields, dict):
+        return None
+    if not line.startswith(b"{"):
+        return None
+    return fields
+
+
 def _find_seq(path: Path, seq: int, after_line: int) -> int | None:
     for n, _, line in _lines(path):
         if n <= after_line:
@@ -139,12 +167,14 @@ class _Walker:
                     self.r.truncated = Finding(str(path), n, f"truncated: the last record is torn ({len(line)} bytes "
                                                "without an end of line: the gateway stopped during a write)")
                     break
-                try:
-                    raw = json.loads(line)
-                except ValueError:
-                    torn.append((n, offset, chain.line_hash(line)))
-                    continue
-                fields = chain_of(raw)
+                fields = _fast_chain(line)
+                if fields is None:
+                    try:
+                        raw = json.loads(line)
+                    except ValueError:
+                        torn.append((n, offset, chain.line_hash(line)))
+                        continue
+                    fields = chain_of(raw)
                 if fields is None or not isinstance(fields.get("seq"), int) or not isinstance(fields.get("prev"), str):
                     if not started:
                         unchained += 1
