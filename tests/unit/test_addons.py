@@ -41,6 +41,7 @@ from gateway.addons.refuse import META
 from gateway.audit import Audit
 from gateway.connstate import ConnTable
 from gateway.dialguard import DialGuard
+from gateway.log import reader
 from gateway.log.writer import FlowLog
 from gateway.resolver import DnsFailure
 from gateway.sessions.registry import SessionRegistry
@@ -108,7 +109,7 @@ class Gateway:
         self.http_audit = HttpAudit(self.audit)
 
     def log(self) -> list[dict]:
-        return [json.loads(line) for line in self.flowlog.path.read_text().splitlines()]
+        return [r.event for r in reader.iter_records([self.flowlog.path])]
 
     def flow_log(self, kind: str) -> list[dict]:
         return [r for r in self.log() if r["event"] == kind]
