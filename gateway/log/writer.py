@@ -123,6 +123,7 @@ class FlowLog:
         self._since = 0  # event records since the last checkpoint
         self._rotate_marked = False  # the current file already ends with its "rotate" checkpoint
         self._oldest_kept: int | None = None
+        self._renamed = False  # rotation renamed the live file but could not create the new one yet
 
     # -- building lines ------------------------------------------------------------------------
     def _checkpoint_line(self, seq: int, prev: str, reason: str, **extra) -> bytes:
@@ -238,12 +239,15 @@ class FlowLog:
             self._rotate_marked = True
         target = self.path.with_name(f"{self.path.name}.{self._file_no}")
         try:
-            if target.exists():
-                raise OSError(f"{target} already exists")
-            os.rename(self.path, target)
+            if not self._renamed:
+                if os.path.lexists(target):
+                    raise OSError(f"{target} already exists")
+                os.rename(self.path, target)
+                self._renamed = True
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         except OSError as e:
             raise LogWriteError(f"cannot rotate flow log {self.path}: {e}") from e
+        self._renamed = False
         os.close(self._fd)
         self._fd = fd
         self._size = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gateway.log import chain, events
+from gateway.log import events
 from gateway.log.reader import CHAIN_KEY, chain_of
 from gateway.log.writer import FlowLog
 
