@@ -752,6 +752,7 @@ def test_http_audit_logs_one_event_per_flow_without_query_values(gw):
     assert len(events) == 1
     event = events[0]
     assert "s3cret" not in json.dumps(gw.log())
+    assert b"s3cret" not in gw.flowlog.path.read_bytes()  # nor anywhere in the records as written (OCSF)
     assert event["url"] == "https://allowed.test/ok/x?token=&page="
     assert {k: event[k] for k in ("session", "client", "dest_host", "dest_ip", "dest_port", "sni", "method",
                                   "status", "bytes_out", "bytes_in", "decision", "rule", "reason")} == {
