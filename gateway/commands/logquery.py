@@ -21,7 +21,8 @@ from gateway.logindex.query import DECISIONS, KINDS, Filter, event_time
 
 FILTER_HELP = """filters (all given must match):
   --session S        a session id (repeat for several)
-  --since/--until T  RFC3339 (2026-11-22T23:11:54Z), a date, `now`, or relative (-15m, -2h, -7d)
+  --since/--until T  RFC3339 (2026-11-22T23:11:54Z), a date, `now`, or a time ago: 15m, 2h, 7d
+                     (also --since=-15m; a bare `-15m` would look like an option)
   --host GLOB        destination host, SNI or DNS name; shell glob (*.example.com), case-insensitive
   --decision D       allow, deny or report
   --kind K           dns, tls, http, tcp, connect or session
@@ -33,7 +34,7 @@ FILTER_HELP = """filters (all given must match):
 def add_filter_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("filters")
     g.add_argument("--session", action="append", metavar="S", help="session id (repeatable)")
-    g.add_argument("--since", metavar="T", help="from this time (RFC3339, date, now, or -15m / -2h / -7d)")
+    g.add_argument("--since", metavar="T", help="from this time (RFC3339, date, now, or ago: 15m, 2h, 7d)")
     g.add_argument("--until", metavar="T", help="before this time")
     g.add_argument("--host", metavar="GLOB", help="host glob, e.g. '*.example.com' (case-insensitive)")
     g.add_argument("--decision", choices=DECISIONS)
@@ -156,6 +157,8 @@ def tail_command(args) -> int:
     if hasattr(w, "sample"):
         w.sample = 0
     n = 0
+    print(f"egressgw: following {path}{' from its start' if args.from_start else ''} (Ctrl-C to stop)",
+          file=sys.stderr, flush=True)
     try:
         for rec in reader.follow(path, from_start=args.from_start):
             if not flt.match(rec.event):

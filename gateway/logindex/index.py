@@ -290,9 +290,9 @@ class LogIndex:
             return None  # a checkpoint
         chain = reader.chain_of(raw)
         seq = chain.get("seq") if chain else None
-        host = host_of(e) or None
+        host = host_of(e)  # "" when none: a glob like `*` matches it, as in Python
         return (file_id, offset, line_no, seq if isinstance(seq, int) else None, event_time(e), e.get("event"),
-                e.get("session"), host, host[::-1] if host else None, e.get("decision"), e.get("rule"),
+                e.get("session"), host, host[::-1], e.get("decision"), e.get("rule"),
                 e.get("reason"), 1 if is_alert(e) else 0)
 
     def _forget(self, file_id: int) -> None:
