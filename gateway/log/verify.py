@@ -193,6 +193,11 @@ class _Walker:
                         self.r.notes.append(Finding(str(path), tn, "a record torn by a crash, declared by the "
                                                     "gateway when it started again"))
                     torn = []
+                if is_ckpt and fields.get("reason") == "open" and isinstance(fields.get("offset"), int) \
+                        and fields["offset"] != offset:
+                    self.fail(path, n, f"removed: this checkpoint was written at byte {fields['offset']} of its "
+                                       f"file, it is now at byte {offset} (lines before it were removed or "
+                                       "inserted)")
                 if exp_seq is not None and seq != exp_seq:
                     if seq > exp_seq:
                         if first and fi > 0:

@@ -207,7 +207,9 @@ class FlowLog:
         if self._torn_open:
             batch.append(("end", b"\n"))
         if self._need_open or self._torn:
-            extra: dict = {"file_no": self._file_no, "oldest": self._oldest(), "every": self.checkpoint_every}
+            # `offset`: where in its file this line starts, so cutting the head of a file is seen
+            extra: dict = {"file_no": self._file_no, "oldest": self._oldest(), "every": self.checkpoint_every,
+                           "offset": self._size + sum(len(line) for _, line in batch)}
             if self._torn:
                 extra["torn"] = [{"offset": off, "sha256": chain.line_hash(part + b"\n")} for off, part in self._torn]
             batch.append(("checkpoint", self._checkpoint_line(seq, prev, "open", **extra)))

@@ -172,6 +172,22 @@ def _renumber(lines, seq, prev):
     return out
 
 
+def cut_head_up_to_a_restart(d):
+    """Remove the start of the live file up to the open checkpoint a restart wrote."""
+    from gateway.log.writer import FlowLog
+    from .logutil import sample_event
+
+    log = FlowLog(d / "flows.jsonl", rotate_bytes=ROTATE, checkpoint_every=5, key=KEY)
+    log.write(sample_event(1000))
+    log.close()
+    p = d / "flows.jsonl"
+    lines = read_lines(p)
+    opens = [i for i, line in enumerate(lines) if chain_fields(line).get("reason") == "open"]
+    assert len(opens) == 2
+    write_lines(p, lines[opens[1]:])
+    return p, 1, "removed: this checkpoint was written at byte"
+
+
 def garbage_line_inside(d):
     p = d / "flows.jsonl.2"
     lines = read_lines(p)
@@ -192,7 +208,8 @@ def renamed_files_swapped(d):
 
 CASES = [edit_field, edit_decision_last_record, delete_line, swap_lines, duplicate_line, cut_rotated_file,
          drop_middle_file, drop_newest_rotated_file, drop_oldest_file, replace_checkpoint_hmac,
-         forge_chain_without_key, forge_chain_dropping_checkpoints, garbage_line_inside, renamed_files_swapped]
+         forge_chain_without_key, forge_chain_dropping_checkpoints, garbage_line_inside, renamed_files_swapped,
+         cut_head_up_to_a_restart]
 
 
 @pytest.mark.parametrize("tamper", CASES, ids=lambda f: f.__name__)
