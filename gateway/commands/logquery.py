@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from gateway.commands.common import add_config_argument, config_from_args
 from gateway.log import reader
 from gateway.logindex import QueryError
 from gateway.logindex.har import build_har
@@ -54,7 +55,8 @@ def register(sub) -> None:
     q = sub.add_parser("query", help="events from one or more flow logs, filtered (backed by an SQLite index)",
                        description="List flow-log events matching the filters, oldest first.",
                        epilog=FILTER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    q.add_argument("logs", nargs="+", metavar="LOG", help="log file, live log (with its rotated files) or directory")
+    q.add_argument("logs", nargs="*", metavar="LOG",
+                   help="log file, live log (with its rotated files) or directory (default: log.path of the config)")
     add_filter_arguments(q)
     q.add_argument("--limit", type=int, metavar="N", help="at most N events")
     q.add_argument("--newest-first", action="store_true", help="newest events first (with --limit: the last N)")
@@ -68,7 +70,7 @@ def register(sub) -> None:
     t = sub.add_parser("tail", help="follow a live flow log (across rotation), filtered",
                        description="Print new flow-log events as they are written, following rotation.",
                        epilog=FILTER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("log", metavar="LOG", help="the live log file")
+    t.add_argument("log", nargs="?", metavar="LOG", help="the live log file (default: log.path of the config)")
     add_filter_arguments(t)
     t.add_argument("--format", choices=FORMATS, default="table")
     t.add_argument("--from-start", action="store_true", help="start at the beginning of the live file, not its end")
@@ -76,11 +78,19 @@ def register(sub) -> None:
     t.set_defaults(func=tail_command)
 
     h = sub.add_parser("har", help="HAR 1.2 of one session's HTTP requests (no bodies or headers: not captured)")
-    h.add_argument("logs", nargs="+", metavar="LOG")
+    h.add_argument("logs", nargs="*", metavar="LOG", help="(default: log.path of the config)")
     h.add_argument("--session", required=True, metavar="S")
     h.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the HAR (- for stdout)")
     _add_index_argument(h)
     h.set_defaults(func=har_command)
+    for p in (q, t, h):
+        add_config_argument(p)
+
+
+def default_logs(args) -> list[str]:
+    """The LOGs given, else the configured flow log (`--config`, $EGRESSGW_CONFIG, /etc/egressgw/config.yaml)."""
+    logs = getattr(args, "logs", None) or ([args.log] if getattr(args, "log", None) else [])
+    return [str(p) for p in logs] or [config_from_args(args).log_path]
 
 
 def open_index(index_arg: str | None, logs: list[str], rebuild: bool = False) -> LogIndex:
@@ -111,6 +121,7 @@ def indexed(index: LogIndex, files: list[Path], quiet: bool = False) -> None:
 
 def query_command(args) -> int:
     flt = Filter.from_args(args)
+    args.logs = default_logs(args)
     if args.limit is not None and args.limit < 0:
         raise QueryError("--limit must be 0 or more")
     files = log_files(args.logs)
@@ -150,7 +161,7 @@ def _scan(files, flt: Filter, limit: int | None, newest_first: bool):
 
 def tail_command(args) -> int:
     flt = Filter.from_args(args)
-    path = Path(args.log)
+    path = Path(default_logs(args)[0])
     if path.is_dir() or not (path.exists() or path.parent.is_dir()):
         raise QueryError(f"{path}: give the live log file (fix: e.g. /var/log/egressgw/flows.jsonl)")
     w = writer_for(args.format, sys.stdout)
@@ -174,6 +185,7 @@ def tail_command(args) -> int:
 
 
 def har_command(args) -> int:
+    args.logs = default_logs(args)
     files = log_files(args.logs)
     flt = Filter(sessions=(args.session,), kind="http")
     with open_index(args.index, args.logs) as index:

@@ -33,7 +33,8 @@ def add_parser(sub) -> None:
         description="Read flow logs and write one HTML file a reviewer can open offline: what each sandbox "
                     "talked to, what was refused and why, alerts and placeholder misuse, credentials by host, "
                     "DNS anomalies, charts, and the verdict of `log verify` on the log's integrity.")
-    p.add_argument("logs", nargs="+", metavar="LOG", help="log file, live log (with its rotated files) or directory")
+    p.add_argument("logs", nargs="*", metavar="LOG",
+                   help="log file, live log (with its rotated files) or directory (default: log.path of the config)")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the HTML file to write")
     p.add_argument("--session", action="append", metavar="S", help="only these sessions (repeatable)")
     p.add_argument("--since", metavar="T", help="only events from this time (RFC3339, date, or -2h / -7d)")
@@ -96,6 +97,7 @@ def review_command(args) -> int:
     flt = Filter(sessions=tuple(args.session or ()),
                  since=parse_time(args.since) if args.since else None,
                  until=parse_time(args.until) if args.until else None)
+    args.logs = args.logs or [config_from_args(args).log_path]
     files = log_files(args.logs)
     out = Path(args.output)
     if out.resolve() in {f.resolve() for f in files}:

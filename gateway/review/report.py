@@ -219,14 +219,17 @@ class Report:
     def _refusals(self, s: Scope, top: int) -> str:
         if not s.refused:
             return '<p class="empty">Nothing was refused.</p>'
-        per_reason: dict[str, list] = {}
+        per_reason: dict[str, dict[str, int]] = {}
+        kinds_of: dict[str, set] = {}
         for (reason, kind, host), n in s.refusals.counts.items():
-            per_reason.setdefault(reason, []).append((n, kind, host))
+            hosts_n = per_reason.setdefault(reason, {})
+            hosts_n[host] = hosts_n.get(host, 0) + n
+            kinds_of.setdefault(reason, set()).add(kind)
         reason_rows = []
         for reason, n in s.reasons.most_common():
-            items = sorted(per_reason.get(reason, []), key=lambda t: (-t[0], t[2]))
-            kinds = sorted({k for _, k, _ in items})
-            hosts = ", ".join(f"<code>{h(host or '–')}</code> ({_n(c)})" for c, _, host in items[:5])
+            items = sorted(per_reason.get(reason, {}).items(), key=lambda t: (-t[1], t[0]))
+            kinds = sorted(map(str, kinds_of.get(reason, ())))
+            hosts = ", ".join(f"<code>{h(host or '–')}</code> ({_n(c)})" for host, c in items[:5])
             if len(items) > 5:
                 hosts += f" and {_n(len(items) - 5)} more"
             reason_rows.append([f"<code>{h(reason or '–')}</code>", _n(n), h(", ".join(map(str, kinds))), hosts])
