@@ -12,7 +12,6 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.commands.common import add_config_argument, config_from_args
 from gateway.log import reader
 from gateway.logindex import QueryError
 from gateway.logindex.har import build_har
@@ -84,13 +83,19 @@ def register(sub) -> None:
     _add_index_argument(h)
     h.set_defaults(func=har_command)
     for p in (q, t, h):
-        add_config_argument(p)
+        p.add_argument("--config", "-c", metavar="FILE",
+                       help="gateway config whose log.path is the default LOG (default: $EGRESSGW_CONFIG, else "
+                            "/etc/egressgw/config.yaml if it exists)")
 
 
 def default_logs(args) -> list[str]:
     """The LOGs given, else the configured flow log (`--config`, $EGRESSGW_CONFIG, /etc/egressgw/config.yaml)."""
     logs = getattr(args, "logs", None) or ([args.log] if getattr(args, "log", None) else [])
-    return [str(p) for p in logs] or [config_from_args(args).log_path]
+    if logs:
+        return [str(p) for p in logs]
+    from gateway.commands.common import config_from_args  # only now: it imports the secrets backends
+
+    return [config_from_args(args).log_path]
 
 
 def open_index(index_arg: str | None, logs: list[str], rebuild: bool = False) -> LogIndex:

@@ -15,7 +15,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from gateway.commands.common import config_from_args
 from gateway.errors import ConfigError
 from gateway.log import chain, reader, verify
 from gateway.logindex import QueryError
@@ -57,6 +56,8 @@ def _key(args) -> tuple[bytes | None, str | None]:
         return None, "--no-key"
     if args.key_file:
         return chain.load_key(args.key_file, create=False, source="--key-file"), None
+    from gateway.commands.common import config_from_args
+
     explicit = bool(args.config or os.environ.get("EGRESSGW_CONFIG"))
     config = config_from_args(args)
     path = config.log_hmac_key_file
@@ -97,7 +98,10 @@ def review_command(args) -> int:
     flt = Filter(sessions=tuple(args.session or ()),
                  since=parse_time(args.since) if args.since else None,
                  until=parse_time(args.until) if args.until else None)
-    args.logs = args.logs or [config_from_args(args).log_path]
+    if not args.logs:
+        from gateway.commands.common import config_from_args
+
+        args.logs = [config_from_args(args).log_path]
     files = log_files(args.logs)
     out = Path(args.output)
     if out.resolve() in {f.resolve() for f in files}:
