@@ -130,6 +130,56 @@ def bench_requests(rounds: int, duration: float, warmup: float, case_keys: list[
     return out
 
 
+def profile_share(seconds: float, case_key: str) -> dict:
+    """py-spy a gateway (default log: OCSF to a file) under load: share of its busy CPU samples spent logging.
+
+    A sample counts as logging when a frame of `gateway/log/` or `Audit.emit` is on its stack. The
+    share is robust to other load on the machine (both parts slow down alike), unlike req/s.
+    """
+    import shutil
+    import subprocess
+
+    import bench as harness
+    from gateway.lab import Lab
+    from gateway.lab.gateway import LabGateway
+
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    case = {c.key: c for c in harness.cases(4)}[case_key]
+    with Lab(nginx=True) as lab, tempfile.TemporaryDirectory() as tmp:
+        policy = lab.work / "bench-policy.yaml"
+        policy.write_text(harness.POLICY)
+        gw = LabGateway(lab, name="lb-profile").start()
+        try:
+            info = gw.sandbox_up("lbprof", policy)
+            runner = harness.Runner(info["netns"], 1.0, seconds, pid=gw.proc.pid)
+            runner.wrk(case, lab, 1.0)  # warm-up
+            raw = Path(os.environ.get("LOGBENCH_PROFILE_DIR", tmp)) / f"profile-{case_key}.raw"
+            spy = subprocess.Popen([pyspy, "record", "--pid", str(gw.proc.pid), "--duration", str(int(seconds)),
+                                    "--rate", "250", "--nonblocking", "--format", "raw", "-o", str(raw)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            time.sleep(0.3)
+            load = runner.wrk(case, lab, seconds + 1)
+            spy.communicate(timeout=60)
+            total = logging_ = writer_io = 0
+            for line in raw.read_text(errors="replace").splitlines():
+                stack, _, n = line.rpartition(" ")
+                if not n.isdigit():
+                    continue
+                total += int(n)
+                if "gateway/log/" in stack or "emit (gateway/audit.py" in stack:
+                    logging_ += int(n)
+                    if "posix.write" in stack or "_write_batch" in stack.rsplit(";", 1)[-1]:
+                        writer_io += int(n)
+        finally:
+            gw.sandbox_down("lbprof")
+            gw.stop()
+    share = logging_ / total if total else None
+    print(f"  profile {case_key}: {logging_}/{total} busy samples in logging = {share:.2%}"
+          f" ({load['rps']:.0f} req/s under py-spy)", file=sys.stderr)
+    return {"case": case_key, "samples": total, "logging_samples": logging_, "logging_share": share,
+            "rps_under_profile": round(load["rps"], 1)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="bench/logbench.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=100_000, help="events per writer run (default 100000)")
@@ -138,11 +188,15 @@ def main(argv=None) -> int:
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--cases", nargs="+", default=["http_ka_c10", "https_ka_c10"])
+    ap.add_argument("--profile", type=float, metavar="SECONDS",
+                    help="also py-spy the gateway under load: share of its CPU spent logging (root)")
     ap.add_argument("--out", default=str(BENCH / "results" / "logbench.json"))
     args = ap.parse_args(argv)
     result = {"writer": bench_writer(args.events)}
     if args.requests:
         result["requests"] = bench_requests(args.rounds, args.duration, args.warmup, args.cases)
+    if args.profile:
+        result["profile"] = [profile_share(args.profile, key) for key in args.cases]
     print("| writer | sink | events/s | CPU µs/event | bytes/event |\n|---|---|---:|---:|---:|")
     for row in result["writer"]:
         print(f"| {row['format']} | {row['sink']} | {row['events_per_s']:,} | {row['cpu_us_per_event']} | "
@@ -154,6 +208,9 @@ def main(argv=None) -> int:
             print(f"| {key} | {row['file-ocsf']['rps']:,.0f} | {row['devnull-native']['rps']:,.0f} | "
                   f"{row['rps_ratio']:.3f} | {row['file-ocsf']['cpu_us_per_req']:,.0f} | "
                   f"{row['devnull-native']['cpu_us_per_req']:,.0f} |")
+    for p in result.get("profile", []):
+        print(f"\nlogging share of the gateway's busy CPU, {p['case']}: {p['logging_share']:.2%} "
+              f"({p['logging_samples']} of {p['samples']} py-spy samples)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -7,6 +7,7 @@ characters cannot forge or hide log lines, and its length is capped.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import datetime, timezone
@@ -93,8 +94,19 @@ def address(peer) -> str | None:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
+_SECOND: list = [None, ""]  # last whole second formatted, and its text
+
+
 def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    frac, whole = math.modf(ts)
+    micro = round(frac * 1e6)  # as datetime.fromtimestamp rounds
+    second = int(whole)
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    if second != _SECOND[0]:  # formatting the date part is most of the cost: once per second
+        _SECOND[0] = second
+        _SECOND[1] = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_SECOND[1]}.{micro:06d}Z"
 
 
 _SANDBOX_TEXT = frozenset({"dest_host", "sni", "method", "dns_qname", "detail", "client"})

@@ -51,13 +51,23 @@ _ACTIONS = {
 _CHECKPOINT_ACTIVITY = {"open": (6, "Start"), "rotate": (5, "Rotate"), "stop": (7, "Stop")}
 
 
+_SECOND: list = ["", 0]  # last `YYYY-MM-DDTHH:MM:SS` parsed and its epoch seconds
+
+
 def epoch_ms(rfc3339: str | None) -> int:
+    """Epoch milliseconds of an RFC 3339 time as events.rfc3339 writes it (any RFC 3339 time works)."""
     if not rfc3339:
         return 0
+    head = rfc3339[:19]
+    if head == _SECOND[0] and rfc3339[19:20] == "." and rfc3339.endswith("Z") and rfc3339[20:23].isdigit():
+        return _SECOND[1] * 1000 + int(rfc3339[20:23])  # same second as the last one: skip the parse
     try:
-        return int(datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp() * 1000)
+        ts = datetime.fromisoformat(rfc3339).timestamp()  # 3.11+: "Z" is understood
     except ValueError:
         return 0
+    if rfc3339.endswith("Z"):
+        _SECOND[0], _SECOND[1] = head, int(ts)
+    return int(ts * 1000)
 
 
 def endpoint(addr: str | None) -> dict | None:
@@ -121,24 +131,34 @@ def _security(event: dict, rec: dict) -> None:
         rec["status_id"], rec["status"] = 2, "Failure"
 
 
+_BASES: dict = {}
+
+
 def _base(class_uid: int, activity: tuple[int, str], time_ms: int) -> dict:
-    activity_id, activity_name = activity
-    class_name = _CLASS_NAMES[class_uid]
-    return {
-        "class_uid": class_uid,
-        "class_name": class_name,
-        "category_uid": class_uid // 1000,
-        "category_name": "Network Activity" if class_uid // 1000 == 4 else "System Activity",
-        "activity_id": activity_id,
-        "activity_name": activity_name,
-        "type_uid": class_uid * 100 + activity_id,
-        "type_name": f"{class_name}: {activity_name}",
-        "time": time_ms,
-        "severity_id": 1,
-        "severity": "Informational",
-        "status_id": 1,
-        "status": "Success",
-    }
+    template = _BASES.get((class_uid, activity))
+    if template is None:
+        activity_id, activity_name = activity
+        class_name = _CLASS_NAMES[class_uid]
+        template = {
+            "class_uid": class_uid,
+            "class_name": class_name,
+            "category_uid": class_uid // 1000,
+            "category_name": "Network Activity" if class_uid // 1000 == 4 else "System Activity",
+            "activity_id": activity_id,
+            "activity_name": activity_name,
+            "type_uid": class_uid * 100 + activity_id,
+            "type_name": f"{class_name}: {activity_name}",
+            "time": 0,
+            "severity_id": 1,
+            "severity": "Informational",
+            "status_id": 1,
+            "status": "Success",
+        }
+        if len(_BASES) < 512:  # session activity names vary; keep the cache bounded
+            _BASES[(class_uid, activity)] = template
+    rec = template.copy()
+    rec["time"] = time_ms
+    return rec
 
 
 def _metadata(seq: int | None, log_name: str) -> dict:

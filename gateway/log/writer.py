@@ -33,10 +33,23 @@ class LogWriteError(EgressgwError):
     """The flow log could not be written; egress must stop."""
 
 
+try:
+    import orjson
+except ImportError:  # optional speed-up: the stdlib encoder writes the same records
+    orjson = None
+
 _ENCODE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), check_circular=False).encode
 
 
 def _dumps(record: dict) -> bytes:
+    """One compact JSON line, pure ASCII (non-ASCII text is \\u-escaped, so no byte can split a line)."""
+    if orjson is not None:
+        try:
+            data = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        except TypeError:  # e.g. a lone surrogate or a huge int: the stdlib copes
+            data = None
+        if data is not None and data.isascii():
+            return data
     return (_ENCODE(record) + "\n").encode("ascii")
 
 
