@@ -143,31 +143,25 @@ def volume_over_time(times: Sequence[float], values: Sequence[int], t0: float | 
 
 def hbars(items: Sequence[tuple[str, float, float]], width: int = 1100, label: str = "per-host volume",
           names=("sent", "received")) -> str:
-    """Horizontal bars per label: first value (dark) and second value (light), bytes."""
+    """Horizontal bars of the first value per label (bytes), the second one written beside it."""
     if not items:
         return '<p class="empty">No request bytes were sent.</p>'
     row = 20
     left = 330
-    height = row * len(items) + 24
-    w = width - left - 110
-    vmax = max(max(a, b) for _, a, b in items) or 1
+    height = row * len(items) + 4
+    w = width - left - 190
+    vmax = max(a for _, a, _ in items) or 1
     parts = _frame(width, height, label)
     for i, (name, a, b) in enumerate(items):
         y = 4 + i * row
         shown = name if len(name) <= 48 else name[:47] + "…"
         parts.append(f'<text x="{left - 8}" y="{y + 13}" text-anchor="end" font-size="12" fill="{TEXT}">'
                      f'{escape(shown)}<title>{escape(name)}</title></text>')
-        wa, wb = w * a / vmax, w * b / vmax
-        parts.append(f'<rect x="{left}" y="{y + 2}" width="{max(wb, 0):.1f}" height="14" fill="#b7cf98">'
-                     f'<title>{escape(f"{name}: {human_bytes(b)} {names[1]}")}</title></rect>')
-        parts.append(f'<rect x="{left}" y="{y + 5}" width="{max(wa, 0):.1f}" height="8" fill="{BYTES}">'
-                     f'<title>{escape(f"{name}: {human_bytes(a)} {names[0]}")}</title></rect>')
-        parts.append(f'<text x="{left + max(wa, wb) + 6:.1f}" y="{y + 13}" font-size="11" fill="{TEXT}">'
-                     f'{escape(human_bytes(a))} / {escape(human_bytes(b))}</text>')
-    ly = height - 8
-    parts.append(f'<rect x="{left}" y="{ly - 9}" width="10" height="8" fill="{BYTES}"/>'
-                 f'<text x="{left + 14}" y="{ly}" font-size="11" fill="{TEXT}">{escape(names[0])}</text>'
-                 f'<rect x="{left + 70}" y="{ly - 9}" width="10" height="8" fill="#b7cf98"/>'
-                 f'<text x="{left + 84}" y="{ly}" font-size="11" fill="{TEXT}">{escape(names[1])}</text>')
+        wa = w * a / vmax
+        parts.append(f'<rect x="{left}" y="{y + 2}" width="{max(wa, 1):.1f}" height="14" fill="{BYTES}">'
+                     f'<title>{escape(f"{name}: {human_bytes(a)} {names[0]}, {human_bytes(b)} {names[1]}")}</title>'
+                     "</rect>")
+        parts.append(f'<text x="{left + wa + 6:.1f}" y="{y + 13}" font-size="11" fill="{TEXT}">'
+                     f'{escape(human_bytes(a))} {escape(names[0])} · {escape(human_bytes(b))} {escape(names[1])}</text>')
     parts.append("</svg>")
     return "".join(parts)
