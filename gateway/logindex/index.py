@@ -32,6 +32,7 @@ from gateway.logindex.query import Filter, event_time, host_of, is_alert
 SCHEMA_VERSION = "2"
 SUFFIX = ".idx.sqlite"
 BATCH = 20_000
+BULK_BYTES = 64 << 20  # new bytes past which indexes are dropped and built again at the end
 _INSERT = "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 
 _SCHEMA = """
@@ -194,8 +195,29 @@ class LogIndex:
         """Bring the index up to date with `files` (as `log_files` returns them)."""
         t0 = time.monotonic()
         stats = UpdateStats(files=len(files))
-        for path in files:
-            stats.added += self._update_file(path, stats)
+        known = dict(self.db.execute("SELECT path, offset FROM files").fetchall())
+        pending = 0
+        for p in files:
+            try:
+                pending += max(0, p.stat().st_size - known.get(str(p), 0))
+            except OSError:
+                pass
+        total = self.db.execute("SELECT COALESCE(SUM(records), 0) FROM files").fetchone()[0]
+        # A bulk load (a first build, or far more new than old) builds the B-trees once at the end:
+        # several times faster than keeping them all up to date row by row. Small appends keep them.
+        bulk = pending > BULK_BYTES and pending > total * 200
+        if bulk:
+            for name in _INDEX_NAMES:
+                self.db.execute(f"DROP INDEX IF EXISTS {name}")
+        try:
+            for path in files:
+                stats.added += self._update_file(path, stats)
+        finally:
+            if bulk:  # (if this is cut short, opening the index creates them again)
+                for stmt in _INDEXES:
+                    self.db.execute(stmt)
+        if stats.added and (bulk or stats.added > total):
+            self.db.execute("ANALYZE")
         stats.seconds = time.monotonic() - t0
         return stats
 
@@ -236,16 +258,9 @@ class LogIndex:
         """Index the complete lines after `offset` (read as `reader.iter_file` does, without re-reading
         the part already indexed to count lines: the line count is kept)."""
         db = self.db
-        total = db.execute("SELECT COALESCE(SUM(records), 0) FROM files").fetchone()[0]
-        # A bulk load builds the B-trees once at the end: several times faster than keeping them all
-        # up to date row by row. Small appends keep them.
-        bulk = (size - offset) > 64 * 1024 * 1024 and (size - offset) > total * 200
         added = 0
         db.execute("BEGIN IMMEDIATE")
         try:
-            if bulk:
-                for name in _INDEX_NAMES:
-                    db.execute(f"DROP INDEX IF EXISTS {name}")
             batch: list[tuple] = []
             row = self._row
             with open(path, "rb") as f:
@@ -268,15 +283,10 @@ class LogIndex:
                 added += len(batch)
             db.execute("UPDATE files SET offset = ?, lines = ?, records = records + ? WHERE id = ?",
                        (pos, lines, added, file_id))
-            if bulk:
-                for stmt in _INDEXES:
-                    db.execute(stmt)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        if added and (bulk or added > total):
-            db.execute("ANALYZE")
         return added
 
     @staticmethod

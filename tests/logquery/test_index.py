@@ -166,3 +166,30 @@ def test_index_in_an_unwritable_place_is_a_clear_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(QueryError, match="--index"):
         LogIndex(blocker / "sub" / "ix.sqlite")
+
+
+def test_bulk_build_drops_and_rebuilds_the_btrees(fleet_log, tmp_path, monkeypatch):
+    from gateway.logindex import index as ix
+
+    path, sessions = fleet_log
+    files = log_files([path])
+    flt = Filter(sessions=(sessions[0].id,), decision="deny")
+    with LogIndex(tmp_path / "slow") as slow:
+        slow.update(files)
+        expected = [h.event for h in search(slow, flt, files)]
+    monkeypatch.setattr(ix, "BULK_BYTES", 1)
+    dropped = []
+    real = LogIndex._update_file
+
+    def spy(self, p, stats):
+        names = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        dropped.append(not (set(ix._INDEX_NAMES) & names))
+        return real(self, p, stats)
+
+    monkeypatch.setattr(LogIndex, "_update_file", spy)
+    with LogIndex(tmp_path / "bulk") as bulk:
+        assert bulk.update(files).added == 3000
+        assert dropped and all(dropped)  # no B-tree kept up to date row by row
+        names = {r[0] for r in bulk.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert set(ix._INDEX_NAMES) <= names
+        assert [h.event for h in search(bulk, flt, files)] == expected and expected
