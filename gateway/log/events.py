@@ -54,9 +54,16 @@ _FIELD_SET = frozenset(FIELDS)
 MAX_FIELD = 2048
 
 
+# C0/C1 controls, DEL, line/paragraph separators, lone surrogates (undecodable bytes) and
+# bidi overrides/isolates (which reorder what a reader sees on screen)
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
 def clean(value: object, limit: int = MAX_FIELD) -> str:
     """Render a sandbox-controlled value as one safe, bounded line of text."""
     text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit and not _UNSAFE.search(text):
+        return text  # the common case: nothing to escape
     out = []
     for ch in text[: limit + 1]:
         o = ord(ch)
