@@ -93,7 +93,8 @@ def build_har(session: str, events: Iterable[tuple[dict, str | None]]) -> dict:
     comment = COMMENT + f" Session {session}: {len(entries)} HTTP requests"
     if other:
         comment += f"; {other} other events of the session (DNS, TLS, raw TCP, WebSocket messages) are not in this HAR"
-    comment += " (egressgw log query --session ... lists them)."
+        comment += f" (`egressgw log query LOG --session {session}` lists them)"
+    comment += "."
     return {
         "log": {
             "version": "1.2",

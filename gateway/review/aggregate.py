@@ -9,9 +9,9 @@ made once at the end.
 
 What is counted as what:
 
-    request    an HTTP request, a raw TCP connection (its opening decision), an explicit-proxy CONNECT,
-               and a TLS connection not intercepted (refused at ClientHello or passed through); an
-               intercepted TLS connection is counted by the HTTP requests inside it
+    request    an HTTP request, a raw TCP connection (its opening decision), a refused explicit-proxy
+               CONNECT, and a TLS connection not intercepted (refused at ClientHello or passed through);
+               an intercepted TLS connection or an allowed CONNECT tunnel is counted by what went inside
     refusal    any event with decision `deny` (DNS included)
     bytes      request bytes sent (`bytes_out`) and received (`bytes_in`), from HTTP and closed TCP events
 """
@@ -248,7 +248,9 @@ class Aggregator:
             request = refused or detail != "intercept"
         elif kind == "tcp":
             request = detail != "closed"
-        else:  # http, connect
+        elif kind == "connect":
+            request = refused  # an allowed tunnel is counted through the TLS / HTTP events inside it
+        else:  # http
             request = True
         if request:
             s.requests += 1

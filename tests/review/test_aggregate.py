@@ -37,6 +37,7 @@ EVENTS = [
     ev(13, "dns", session="s-b", dns_qname="aaaa.t.tunnel.test", dns_rcode="REFUSED", decision="deny",
        reason="dns-tunnel", detections=[{"rule": "dns-tunnel:entropy", "part": "dns_qname"}], alert=True),
     ev(14, "connect", client="10.9.9.9:1234", decision="deny", reason="no-session"),
+    ev(15, "connect", session="s-b", dest_host="api.github.com", dest_port=443, decision="allow"),  # a tunnel
 ]
 
 
@@ -59,7 +60,8 @@ def test_counts_per_session():
     assert b.reported == 1 and b.allowed == 0 and b.alerts == 2
     assert b.tunnels.counts == {("tunnel.test", "entropy"): 1}
     assert b.findings[0].detections[0]["context"] == "k=AKIA[REDACTED:16]"
-    assert agg.sessions[NO_SESSION].refused == 1
+    assert agg.sessions[NO_SESSION].refused == 1 and agg.sessions[NO_SESSION].requests == 1
+    assert b.requests == 2  # the allowed CONNECT is counted through what went inside it
 
 
 def test_overall_is_the_sum():
