@@ -325,37 +325,23 @@ class Aggregator:
     def overall(self) -> Scope:
         total = Scope(session="all sessions")
         for s in self.sessions.values():
-            for name in ("events", "requests", "allowed", "refused", "reported", "dns", "dns_refused", "nxdomain",
-                         "alerts", "bytes_out", "bytes_in", "findings_total"):
-                setattr(total, name, getattr(total, name) + getattr(s, name))
-            if s.first is not None and (total.first is None or s.first < total.first):
-                total.first = s.first
-            if s.last is not None and (total.last is None or s.last > total.last):
-                total.last = s.last
-            total.kinds.update(s.kinds)
-            total.hosts.merge(s.hosts)
-            total.refusals.merge(s.refusals)
-            total.reasons.update(s.reasons)
-            total.misuse.update(s.misuse)
-            total.dns_refused_names.merge(s.dns_refused_names)
-            total.tunnels.merge(s.tunnels)
-            for key, c in s.credentials.items():
-                t = total.credentials.get(key)
-                if t is None:
-                    t = total.credentials[key] = [0, 0, 0, set()]
-                t[0] += c[0]
-                t[1] += c[1]
-                t[2] += c[2]
-                t[3] |= c[3]
-            total.findings.extend(s.findings)
-            total.nx_bursts.extend((s.session, *b) for b in s.nx_bursts)
-            total.t_ok.extend(s.t_ok)
-            total.t_refused.extend(s.t_refused)
-            total.t_bytes.extend(s.t_bytes)
-            total.v_bytes.extend(s.v_bytes)
+            merge_scope(total, s, overall=True)
         total.findings.sort(key=lambda f: f.ts)
         total.nx_bursts.sort(key=lambda b: b[1])
         return total
+
+    def merge(self, later: "Aggregator") -> "Aggregator":
+        """Add what another aggregator saw in the files after this one's (parallel passes)."""
+        self.records += later.records
+        self.untimed += later.untimed
+        for key, scope in later.sessions.items():
+            mine = self.sessions.get(key)
+            if mine is None:
+                self.sessions[key] = scope
+            else:
+                merge_scope(mine, scope, overall=False)
+                del mine.findings[self.findings_cap:]
+        return self
 
     def credential_sessions(self) -> dict[tuple[str, str], int]:
         """(secret, host) -> how many sessions used it."""
@@ -363,6 +349,52 @@ class Aggregator:
         for s in self.sessions.values():
             out.update(s.credentials.keys())
         return out
+
+
+_SUMS = ("events", "requests", "allowed", "refused", "reported", "dns", "dns_refused", "nxdomain", "alerts",
+         "bytes_out", "bytes_in", "findings_total")
+
+
+def merge_scope(into: Scope, s: Scope, overall: bool) -> None:
+    """Add scope `s` to `into`: a session's later part (overall=False) or one session to the total."""
+    for name in _SUMS:
+        setattr(into, name, getattr(into, name) + getattr(s, name))
+    if s.first is not None and (into.first is None or s.first < into.first):
+        into.first = s.first
+    if s.last is not None and (into.last is None or s.last > into.last):
+        into.last = s.last
+    into.name = into.name or s.name
+    into.policy = s.policy or into.policy
+    into.kinds.update(s.kinds)
+    into.hosts.merge(s.hosts)
+    into.refusals.merge(s.refusals)
+    into.reasons.update(s.reasons)
+    into.misuse.update(s.misuse)
+    into.dns_refused_names.merge(s.dns_refused_names)
+    into.tunnels.merge(s.tunnels)
+    for key, c in s.credentials.items():
+        t = into.credentials.get(key)
+        if t is None:
+            t = into.credentials[key] = [0, 0, 0, set()]
+        t[0] += c[0]
+        t[1] += c[1]
+        t[2] += c[2]
+        t[3] |= c[3]
+    into.findings.extend(s.findings)
+    if overall:
+        into.nx_bursts.extend((s.session, *b) for b in s.nx_bursts)
+    else:
+        for b in s.nx_bursts:  # a burst cut by a file boundary is one burst
+            last = into.nx_bursts[-1] if into.nx_bursts else None
+            if last is not None and b[0] - last[1] <= NX_BURST_SECONDS:
+                last[1] = max(last[1], b[1])
+                last[2] += b[2]
+            else:
+                into.nx_bursts.append(list(b))
+    into.t_ok.extend(s.t_ok)
+    into.t_refused.extend(s.t_refused)
+    into.t_bytes.extend(s.t_bytes)
+    into.v_bytes.extend(s.v_bytes)
 
 
 def aggregate(events: Iterable[dict]) -> Aggregator:

@@ -95,3 +95,31 @@ def test_review_bad_key_file_is_an_error(logdir, tmp_path, capsys):
     logs, _, _ = logdir
     code, err = review(capsys, logs, "-o", tmp_path / "r.html", "--key-file", tmp_path / "missing.key")
     assert code == 1 and "missing.key" in err and not Path(tmp_path / "r.html").exists()
+
+
+def test_parallel_pass_equals_one_pass(logdir, monkeypatch):
+    """Files read by several processes and merged: the same numbers as one process reading them all."""
+    from gateway.commands import review as cmd
+    from gateway.logindex.index import log_files
+    from gateway.logindex.query import Filter
+
+    logs, _, _ = logdir
+    files = log_files([logs])
+    assert len(files) >= 3
+    one, _ = cmd.aggregate_files(files, Filter())
+    monkeypatch.setattr(cmd, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(cmd.os, "cpu_count", lambda: 3)
+    many, cpu = cmd.aggregate_files(files, Filter())
+    assert cpu > 0  # it did use worker processes
+    a, b = one.overall(), many.overall()
+    for name in ("events", "requests", "allowed", "refused", "reported", "dns", "dns_refused", "nxdomain", "alerts",
+                 "bytes_out", "bytes_in", "findings_total", "first", "last"):
+        assert getattr(a, name) == getattr(b, name), name
+    assert a.hosts.rows == b.hosts.rows and a.refusals.counts == b.refusals.counts
+    assert a.credentials == b.credentials and a.reasons == b.reasons and a.tunnels.counts == b.tunnels.counts
+    assert sorted(a.t_ok) == sorted(b.t_ok) and sorted(a.v_bytes) == sorted(b.v_bytes)
+    assert [f.time for f in a.findings] == [f.time for f in b.findings]
+    for sid, s in one.sessions.items():
+        t = many.sessions[sid]
+        assert (s.name, s.policy, s.events, s.refused, s.alerts) == (t.name, t.policy, t.events, t.refused, t.alerts)
+        assert [f.time for f in s.findings] == [f.time for f in t.findings]
