@@ -94,7 +94,7 @@ def run(gateway, sandboxes, tmp_path_factory):
 def outputs(gateway, run, artifacts):
     agent, _ = run
     report = artifacts / "report.html"
-    har = artifacts / f"{agent.session}.har"
+    har = artifacts / "session.har"  # one per run, overwritten
     r = gateway.cli("review", str(gateway.log_path), "-o", str(report), timeout=120)
     q = gateway.cli("log", "query", str(gateway.log_path), "--format", "jsonl", timeout=60)
     gateway.cli("log", "har", str(gateway.log_path), "--session", agent.session, "-o", str(har), timeout=60)
