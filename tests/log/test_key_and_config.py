@@ -90,3 +90,34 @@ def test_relative_key_file_is_relative_to_the_config(tmp_path):
 def test_bad_log_config_is_a_clear_error(log, message):
     with pytest.raises(ConfigError, match=message):
         config_from_dict({"log": log}, source="gw.yaml")
+
+
+def test_the_gateway_opens_its_log_as_configured(tmp_path):
+    from gateway.audit import Audit
+    from gateway.log import events, reader, verify
+
+    c = config_from_dict({"log": {"path": str(tmp_path / "log" / "flows.jsonl"), "format": "ecs",
+                                  "rotateBytes": 4096, "keep": 2, "checkpointEvery": 3,
+                                  "hmacKeyFile": str(tmp_path / "keys" / "log.key")}})
+    audit = Audit.from_config(c)
+    for i in range(30):
+        audit.emit(events.make_event(events.DNS, dns_qname=f"n{i}.test", dns_rcode="NOERROR", decision="allow"))
+    audit.close()
+    assert stat.S_IMODE((tmp_path / "keys" / "log.key").stat().st_mode) == 0o600
+    files = reader.expand([tmp_path / "log"])
+    assert len(files) == 3  # 2 rotated kept + live
+    recs = list(reader.iter_records(files))
+    assert all("ecs" in r.raw for r in recs) and recs[-1].event["dns_qname"] == "n29.test"
+    key = chain.load_key(tmp_path / "keys" / "log.key", create=False)
+    assert verify.verify([tmp_path / "log"], key).exit_code == verify.OK
+
+
+def test_a_loose_key_file_stops_the_gateway_from_starting(tmp_path):
+    from gateway.audit import Audit
+
+    key = tmp_path / "log.key"
+    key.write_text(os.urandom(32).hex())
+    key.chmod(0o644)
+    c = config_from_dict({"log": {"path": str(tmp_path / "log" / "flows.jsonl"), "hmacKeyFile": str(key)}})
+    with pytest.raises(ConfigError, match="chmod 600"):
+        Audit.from_config(c)
