@@ -237,14 +237,12 @@ def follow(path: str | os.PathLike, *, poll: float = 0.2,
                 yield rec
         cur["pending"] = data[start:]
 
-    def rotated_after_current() -> Path | None:
-        """The next file to read after the current one was rotated away; None: the live file."""
-        rotated = rotated_files(path)
-        mine = next((n for n, p in rotated if _same_file(p, cur["ino"])), None)
+    def next_after(mine: int | None) -> Path | None:
+        """The oldest file rotated after file number `mine` that is not the one open; None: none."""
         if mine is None:
             return None
-        for n, p in rotated:
-            if n > mine:
+        for n, p in rotated_files(path):
+            if n > mine and not _same_file(p, cur["ino"]):
                 return p
         return None
 
@@ -271,12 +269,16 @@ def follow(path: str | os.PathLike, *, poll: float = 0.2,
                 cur["name"] = next((str(p) for _, p in rotated_files(path) if _same_file(p, cur["ino"])),
                                    cur["name"])
                 yield from drain()
-                nxt = rotated_after_current()
-                if nxt is not None:
-                    old = cur["name"]
-                    if switch(nxt, at_end=False) and cur["name"] != old:
-                        continue
+                mine = next((n for n, p in rotated_files(path) if _same_file(p, cur["ino"])), None)
+                nxt = next_after(mine)
+                if nxt is not None and switch(nxt, at_end=False):
+                    continue
                 switch(path, at_end=False)
+                # The live file may have been rotated again between the look and the open: then
+                # the files rotated in between come first.
+                nxt = next_after(mine)
+                if nxt is not None:
+                    switch(nxt, at_end=False)
                 continue
             if stop is not None and stop():
                 return

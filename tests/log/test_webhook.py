@@ -86,9 +86,10 @@ def test_retries_with_exponential_backoff_until_delivered(caplog):
             assert wait_for(lambda: hook.received)
         assert hook.received == [alert(1) | {"time": hook.received[0]["time"]}]
         gaps = [b - a for a, b in zip(hook.attempts, hook.attempts[1:])]
-        assert len(gaps) == 3
-        assert gaps[0] >= 0.09 and gaps[1] >= 0.19 and gaps[2] >= 0.39  # 0.1, 0.2, 0.4
-        assert sink.sent == 1 and sink.dropped == 0
+        assert len(gaps) == 3, gaps
+        assert gaps[0] >= 0.09 and gaps[1] >= 0.19 and gaps[2] >= 0.39, gaps  # 0.1, 0.2, 0.4
+        assert wait_for(lambda: sink.sent == 1), (sink.sent, sink.dropped)
+        assert sink.dropped == 0
         # failures are logged without the URL's secret path
         assert "HTTP 503" in caplog.text and "SECRETPATHTOKEN" not in caplog.text
     finally:
