@@ -194,6 +194,16 @@ def _same_file(path: Path, ino) -> bool:
     return (st.st_dev, st.st_ino) == ino
 
 
+def _rotated_numbers(live: Path) -> list[int]:
+    """Rotation numbers present for a live path (names only: no stat per file)."""
+    try:
+        names = os.listdir(live.parent)
+    except FileNotFoundError:
+        return []
+    prefix = live.name + "."
+    return sorted(int(n[len(prefix):]) for n in names if n.startswith(prefix) and n[len(prefix):].isdigit())
+
+
 def follow(path: str | os.PathLike, *, poll: float = 0.2,
            stop: Callable[[], bool] | None = None, from_start: bool = False) -> Iterator[Record]:
     """`tail -f` a live log across rotation: yields event records as they are appended.
@@ -204,9 +214,19 @@ def follow(path: str | os.PathLike, *, poll: float = 0.2,
     Returns when `stop()` is true (checked whenever there is nothing new to read).
     """
     path = Path(path)
-    cur: dict = {"f": None, "ino": None, "name": str(path), "offset": 0, "line": 0, "pending": b""}
+    # no: rotation number of the open file (None while it is the live one); floor: the highest
+    # rotation number that existed when the live file was opened (its own number will be higher)
+    cur: dict = {"f": None, "ino": None, "name": str(path), "offset": 0, "line": 0, "pending": b"",
+                 "no": None, "floor": 0}
 
-    def switch(name: Path, at_end: bool) -> bool:
+    def rotated(n: int) -> Path:
+        return path.with_name(f"{path.name}.{n}")
+
+    def switch(name: Path, at_end: bool = False, no: int | None = None) -> bool:
+        floor = cur["floor"]
+        if no is None:  # before the open: whatever number the file we open gets is above it
+            nums = _rotated_numbers(path)
+            floor = nums[-1] if nums else 0
         try:
             nf = open(name, "rb")
         except FileNotFoundError:
@@ -214,7 +234,8 @@ def follow(path: str | os.PathLike, *, poll: float = 0.2,
         if cur["f"] is not None:
             cur["f"].close()
         st = os.fstat(nf.fileno())
-        cur.update(f=nf, ino=(st.st_dev, st.st_ino), name=str(name), offset=0, line=0, pending=b"")
+        cur.update(f=nf, ino=(st.st_dev, st.st_ino), name=str(name), offset=0, line=0, pending=b"", no=no,
+                   floor=floor)
         if at_end:
             data = nf.read()
             cut = data.rfind(b"\n") + 1
@@ -237,13 +258,28 @@ def follow(path: str | os.PathLike, *, poll: float = 0.2,
                 yield rec
         cur["pending"] = data[start:]
 
-    def next_after(mine: int | None) -> Path | None:
-        """The oldest file rotated after file number `mine` that is not the one open; None: none."""
+    def my_number() -> int | None:
+        """The rotation number the open file got: it was the live file, so it is above `floor`."""
+        if cur["no"] is not None:
+            return cur["no"]
+        n = cur["floor"] + 1
+        while rotated(n).exists():
+            if _same_file(rotated(n), cur["ino"]):
+                return n
+            n += 1
+        return None
+
+    def next_after(mine: int | None) -> tuple[Path, int] | None:
+        """The oldest file rotated after number `mine` that is not the one open (None: none)."""
         if mine is None:
             return None
-        for n, p in rotated_files(path):
-            if n > mine and not _same_file(p, cur["ino"]):
-                return p
+        if rotated(mine + 1).exists():  # the usual case: the next number
+            candidates = [mine + 1]
+        else:  # a gap (removed by retention while we lagged): look at what is there
+            candidates = [n for n in _rotated_numbers(path) if n > mine]
+        for n in candidates:
+            if not _same_file(rotated(n), cur["ino"]):
+                return rotated(n), n
         return None
 
     switch(path, at_end=not from_start)
@@ -261,24 +297,26 @@ def follow(path: str | os.PathLike, *, poll: float = 0.2,
             except FileNotFoundError:
                 live = None
             if cur["f"] is None:
-                if live is not None and switch(path, at_end=False):
+                if live is not None and switch(path):
                     continue
             elif live is not None and live != cur["ino"]:
                 # The file we read is no longer the live one: finish it (under its new name),
                 # then go on in order.
-                cur["name"] = next((str(p) for _, p in rotated_files(path) if _same_file(p, cur["ino"])),
-                                   cur["name"])
+                mine = my_number()
+                if mine is not None:
+                    cur["name"], cur["no"] = str(rotated(mine)), mine
+                else:  # already removed by retention (we still hold it open): go on above `floor`
+                    mine = cur["floor"]
                 yield from drain()
-                mine = next((n for n, p in rotated_files(path) if _same_file(p, cur["ino"])), None)
                 nxt = next_after(mine)
-                if nxt is not None and switch(nxt, at_end=False):
+                if nxt is not None and switch(nxt[0], no=nxt[1]):
                     continue
-                switch(path, at_end=False)
+                switch(path)
                 # The live file may have been rotated again between the look and the open: then
                 # the files rotated in between come first.
                 nxt = next_after(mine)
                 if nxt is not None:
-                    switch(nxt, at_end=False)
+                    switch(nxt[0], no=nxt[1])
                 continue
             if stop is not None and stop():
                 return

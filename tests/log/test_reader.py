@@ -105,3 +105,26 @@ def _line_at(path, offset):
             return json.loads(f.readline())
         except ValueError:
             return None
+
+
+def test_follow_keeps_up_with_rotation_faster_than_it_polls(tmp_path):
+    """Several rotations between two looks (and one between the look and the open) lose nothing."""
+    d = tmp_path / "log"
+    log = FlowLog(d / "flows.jsonl", rotate_bytes=4000, keep=0, key=KEY)
+    log.write(sample_event(0))
+    got = []
+    done = threading.Event()
+    th = threading.Thread(target=lambda: got.extend(
+        r.event["url"] for r in reader.follow(d / "flows.jsonl", poll=0.0005, stop=done.is_set)))
+    th.start()
+    time.sleep(0.1)
+    for i in range(1, 1500):
+        log.write(sample_event(i))
+    log.close()
+    deadline = time.monotonic() + 20
+    while len(got) < 1499 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    done.set()
+    th.join(5)
+    assert len(reader.expand([d])) > 300  # it really rotated hundreds of times
+    assert got == [sample_event(i)["url"] for i in range(1, 1500)]
