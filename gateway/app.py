@@ -37,7 +37,6 @@ from gateway.config import Config, Listen
 from gateway.connstate import ConnTable
 from gateway.detect.dnstunnel import DnsTunnelDetector, Settings
 from gateway.dialguard import DialGuard
-from gateway.log.writer import FlowLog
 from gateway.resolver import UpstreamResolver
 from gateway.secrets.backends import SecretStore
 from gateway.sessions.api import ControlAPI
@@ -91,7 +90,7 @@ class Gateway:
         self.config = config
         self.registry = SessionRegistry(open_store(config.session_store))
         metrics.SESSION_STORE_UP.set(1 if self.registry.store.healthy() else 0)  # a shared store: 0 until synced
-        self.audit = Audit(FlowLog(config.log_path))
+        self.audit = Audit.from_config(config)
         self.registry.subscribe(lambda what, s: self.audit.session_changed(what, s, len(self.registry)))
         self.resolver = UpstreamResolver(config.upstream_dns, config.upstream_timeout)
         self.guard = DialGuard(self.resolver, config.allow_dest_ranges)

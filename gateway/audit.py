@@ -7,9 +7,11 @@ log file and the counters, so the two can never disagree.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from gateway import metrics
-from gateway.log import events
+from gateway.log import chain, events
+from gateway.log.webhook import WebhookSink
 from gateway.log.writer import FlowLog, LogWriteError
 from gateway.policy.decide import REASONS
 
@@ -34,10 +36,22 @@ GATEWAY_REASONS = (
 _LABEL_REASONS = frozenset(REASONS) | frozenset(GATEWAY_REASONS)
 
 
+def open_flow_log(config) -> FlowLog:
+    """The flow-log writer a gateway config asks for (format, rotation, keyed checkpoints)."""
+    key = chain.load_key(config.log_hmac_key_file, Path(config.log_path).parent, source=config.source)
+    return FlowLog(config.log_path, format=config.log_format, rotate_bytes=config.log_rotate_bytes,
+                   keep=config.log_keep, checkpoint_every=config.log_checkpoint_every, key=key)
+
+
 class Audit:
-    def __init__(self, flowlog: FlowLog):
+    def __init__(self, flowlog: FlowLog, webhook: WebhookSink | None = None):
         self.flowlog = flowlog
+        self.webhook = webhook
         self.healthy = True
+
+    @classmethod
+    def from_config(cls, config) -> "Audit":
+        return cls(open_flow_log(config), WebhookSink(config.log_webhook) if config.log_webhook else None)
 
     def emit(self, event: dict) -> None:
         """Write the event, then count it. Raises LogWriteError: the caller must refuse the flow."""
@@ -50,6 +64,8 @@ class Audit:
             raise
         self.healthy = True
         metrics.LOG_RECORDS.inc()
+        if self.webhook is not None and event.get("alert"):
+            self.webhook.submit(event)  # queued; never waits on the network
         kind = event["event"]
         if kind == events.DNS:
             metrics.DNS_QUERIES.labels(event.get("decision", "deny"), event.get("dns_rcode", "NOERROR")).inc()
@@ -68,3 +84,5 @@ class Audit:
 
     def close(self) -> None:
         self.flowlog.close()
+        if self.webhook is not None:
+            self.webhook.close()

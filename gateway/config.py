@@ -55,6 +55,12 @@ class Config:
     secret_ttl: float = 300.0
     ca_dir: str = "/var/lib/egressgw/ca"
     log_path: str = "/var/log/egressgw/flows.jsonl"
+    log_format: str = "ocsf"  # ocsf | ecs | native
+    log_rotate_bytes: int = 100 << 20  # 0: never rotate
+    log_keep: int = 10  # rotated files kept; 0: all
+    log_checkpoint_every: int = 1000
+    log_hmac_key_file: str = "/var/lib/egressgw/log.key"
+    log_webhook: object = None  # gateway.log.webhook.WebhookConfig or None
     token_file: str = "/var/lib/egressgw/control.token"
     state_dir: str = "/run/egressgw"
     sandbox_pool: str = "10.211.0.0/16"
@@ -93,7 +99,7 @@ _KEYS = {
     "listen": {"transparent", "proxy", "dns", "control", "metrics"},
     "upstream": {"dns", "caBundle", "timeoutSeconds"},
     "ca": {"dir"},
-    "log": {"path"},
+    "log": {"path", "format", "rotateBytes", "keep", "checkpointEvery", "hmacKeyFile", "webhook"},
     "control": {"tokenFile"},
     "sandbox": {"pool", "stateDir"},
     "dialGuard": {"allowRanges"},
@@ -289,6 +295,7 @@ def config_from_dict(raw: dict, source: str = "<dict>", base_dir: Path | None = 
             if not isinstance(v, str) or not v:
                 raise ConfigError(f"{source}: {section}.{key} must be a path")
             kw[attr] = rel(v)
+    kw.update(_log_settings(raw.get("log", {}), source, rel, kw.get("log_path", defaults.log_path)))
     pool = get("sandbox", "pool")
     if pool is not None:
         try:
@@ -322,3 +329,38 @@ def _session_store(value: object, what: str, rel) -> str:
         return value
     raise ConfigError(f"{what}: {value!r} is not a session store "
                       "(fix: memory, sqlite:///var/lib/egressgw/sessions.db or redis://HOST:6379/0)")
+
+
+def _log_settings(log: dict, source: str, rel, log_path: str) -> dict:
+    """The `log:` keys other than `path`: format, rotation, checkpoints, alert webhook."""
+    from gateway.log.webhook import parse_webhook
+    from gateway.log.writer import FORMATS
+
+    kw: dict = {}
+    if "format" in log:
+        if log["format"] not in FORMATS:
+            raise ConfigError(f"{source}: log.format must be one of {', '.join(FORMATS)}, not {log['format']!r}")
+        kw["log_format"] = log["format"]
+    for key, attr, low in (("rotateBytes", "log_rotate_bytes", 0), ("keep", "log_keep", 0),
+                           ("checkpointEvery", "log_checkpoint_every", 1)):
+        if key in log:
+            v = log[key]
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ConfigError(f"{source}: log.{key} must be a whole number >= {low}, not {v!r}")
+            kw[attr] = v
+    if kw.get("log_rotate_bytes", 1) and kw.get("log_rotate_bytes", 1 << 20) < 4096:
+        raise ConfigError(f"{source}: log.rotateBytes must be 0 (never rotate) or at least 4096")
+    key_file = log.get("hmacKeyFile")
+    if key_file is not None:
+        if not isinstance(key_file, str) or not key_file:
+            raise ConfigError(f"{source}: log.hmacKeyFile must be a path")
+        kw["log_hmac_key_file"] = rel(key_file)
+    key_path = Path(kw.get("log_hmac_key_file", Config.log_hmac_key_file)).resolve()
+    log_dir = Path(log_path).resolve().parent
+    if key_path.is_relative_to(log_dir):
+        raise ConfigError(
+            f"{source}: log.hmacKeyFile {key_path} is inside the log directory {log_dir}: whoever can read or "
+            "rewrite the log could then forge its checkpoints (fix: keep it elsewhere, e.g. /var/lib/egressgw/log.key)")
+    if log.get("webhook") is not None:
+        kw["log_webhook"] = parse_webhook(log["webhook"], source)
+    return kw

@@ -46,6 +46,11 @@ LOG_RECORDS = Counter("egressgw_log_records_total", "Records written to the flow
 LOG_ERRORS = Counter(
     "egressgw_log_write_errors_total", "Flow-log writes that failed (egress is refused then).", registry=REGISTRY
 )
+WEBHOOK_SENT = Counter("egressgw_webhook_alerts_sent_total", "Alerts delivered to the webhook.", registry=REGISTRY)
+WEBHOOK_DROPPED = Counter(
+    "egressgw_webhook_alerts_dropped_total", "Alerts the webhook sink gave up on (queue-full, retries-exhausted, shutdown).",
+    ["reason"], registry=REGISTRY,
+)
 
 
 def exposition() -> bytes:

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from gateway.errors import ControlAPIError
+from gateway.log import reader
 from gateway.sessions.client import ControlClient
 
 
@@ -43,7 +44,8 @@ class LabGateway:
         # Sandboxed processes run as nobody and must read the CA bundle under this directory.
         for d in (Path(lab.work), self.dir):
             d.chmod(0o755)
-        self.log_path = self.dir / "flows.jsonl"
+        self.log_path = self.dir / "log" / "flows.jsonl"  # its own directory: the key must be outside it
+        self.log_key = self.dir / "log.key"
         self.stderr_path = self.dir / "gateway.stderr"
         self.control_sock = self.dir / "control.sock"
         self.config_path = self.dir / "config.yaml"
@@ -57,7 +59,7 @@ class LabGateway:
             },
             "upstream": {"dns": [f"{lab.dns_addr}:{lab.dns_port}"], "caBundle": str(lab.ca_cert)},
             "ca": {"dir": str(self.dir / "ca")},
-            "log": {"path": str(self.log_path)},
+            "log": {"path": str(self.log_path), "hmacKeyFile": str(self.log_key)},
             "control": {"tokenFile": str(self.dir / "control.token")},
             "sandbox": {"pool": pool, "stateDir": str(self.dir / "state")},
             "sessions": {"store": f"sqlite://{self.dir / 'sessions.db'}"},
@@ -140,15 +142,10 @@ class LabGateway:
 
     # -- what it wrote -------------------------------------------------------------------------
     def events(self, **match) -> list[dict]:
-        try:
-            lines = self.log_path.read_text().splitlines()
-        except FileNotFoundError:
-            return []
         out = []
-        for line in lines:
-            event = json.loads(line)
-            if all(event.get(k) == v for k, v in match.items()):
-                out.append(event)
+        for rec in reader.iter_records([self.log_path]):
+            if all(rec.event.get(k) == v for k, v in match.items()):
+                out.append(rec.event)
         return out
 
     def metrics(self) -> str:

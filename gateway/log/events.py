@@ -7,6 +7,7 @@ characters cannot forge or hide log lines, and its length is capped.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import datetime, timezone
@@ -54,13 +55,23 @@ _FIELD_SET = frozenset(FIELDS)
 MAX_FIELD = 2048
 
 
+# C0/C1 controls, DEL, line/paragraph separators, lone surrogates (undecodable bytes) and
+# bidi overrides/isolates (which reorder what a reader sees on screen)
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
 def clean(value: object, limit: int = MAX_FIELD) -> str:
     """Render a sandbox-controlled value as one safe, bounded line of text."""
     text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit and not _UNSAFE.search(text):
+        return text  # the common case: nothing to escape
     out = []
     for ch in text[: limit + 1]:
         o = ord(ch)
-        if o < 0x20 or o == 0x7F or 0x80 <= o < 0xA0 or ch in "\u2028\u2029":
+        # C0/C1 controls, DEL, line/paragraph separators, lone surrogates (undecodable bytes) and
+        # bidi overrides/isolates (which reorder what a reader sees on screen)
+        if (o < 0x20 or o == 0x7F or 0x80 <= o < 0xA0 or 0xD800 <= o < 0xE000
+                or ch in "\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"):
             out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
         else:
             out.append(ch)
@@ -91,8 +102,19 @@ def address(peer) -> str | None:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
+_SECOND: list = [None, ""]  # last whole second formatted, and its text
+
+
 def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    frac, whole = math.modf(ts)
+    micro = round(frac * 1e6)  # as datetime.fromtimestamp rounds
+    second = int(whole)
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    if second != _SECOND[0]:  # formatting the date part is most of the cost: once per second
+        _SECOND[0] = second
+        _SECOND[1] = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_SECOND[1]}.{micro:06d}Z"
 
 
 DETECTION_KEYS = ("rule", "label", "part", "offset", "encoding", "context", "action")

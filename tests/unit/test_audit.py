@@ -8,7 +8,7 @@ import pytest
 
 from gateway import metrics
 from gateway.audit import GATEWAY_REASONS, Audit
-from gateway.log import events
+from gateway.log import events, reader
 from gateway.log.writer import FlowLog, LogWriteError
 from gateway.policy import REASONS
 from gateway.sessions.registry import SessionRegistry
@@ -28,7 +28,7 @@ def audit(tmp_path):
 
 
 def records(audit) -> list[dict]:
-    return [json.loads(line) for line in audit.flowlog.path.read_text().splitlines()]
+    return [r.event for r in reader.iter_records([audit.flowlog.path])]
 
 
 def test_emit_writes_then_counts_a_decision(audit):

@@ -1,4 +1,7 @@
-"""gateway/log/writer.py: one JSON line per event, fail closed on write errors."""
+"""gateway/log/writer.py: one JSON line per event, fail closed on write errors.
+
+Rotation, the hash chain and checkpoints are tested in tests/log/.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,17 @@ import stat
 
 import pytest
 
-from gateway.log import events
+from gateway.log import events, reader
 from gateway.log.writer import FlowLog, LogWriteError
 
 
 def lines(path) -> list[str]:
     return path.read_text().splitlines()
+
+
+def logged(path) -> list[dict]:
+    """The native events in a log, as the reader gives them back."""
+    return [r.event for r in reader.iter_records([path])]
 
 
 def test_creates_the_file_and_parent_directories(tmp_path):
@@ -31,10 +39,10 @@ def test_one_json_line_per_event_in_order(tmp_path):
     for e in sent:
         log.write(e)
     assert log.records == 3
-    got = [json.loads(line) for line in lines(path)]
-    assert got == sent
-    # compact separators, ASCII only
-    assert lines(path)[0].startswith('{"time":"') and ", " not in lines(path)[0]
+    assert logged(path) == sent
+    # one open checkpoint, then one line per event: compact separators, ASCII only
+    assert len(lines(path)) == 4
+    assert all(line.startswith('{"class_uid":') and ", " not in line for line in lines(path))
     log.close()
 
 
@@ -42,7 +50,7 @@ def test_each_record_is_on_disk_before_write_returns(tmp_path):
     path = tmp_path / "flows.jsonl"
     log = FlowLog(path)
     log.write({"event": "http", "n": 1})
-    assert json.loads(path.read_text()) == {"event": "http", "n": 1}  # read by another file object, no close
+    assert logged(path) == [{"event": "http", "n": 1}]  # read by another file object, no close
     log.close()
 
 
@@ -50,9 +58,10 @@ def test_appends_to_an_existing_log(tmp_path):
     path = tmp_path / "flows.jsonl"
     path.write_text('{"old":true}\n')
     log = FlowLog(path)
-    log.write({"new": True})
+    log.write({"event": "http", "new": True})
     log.close()
-    assert [json.loads(line) for line in lines(path)] == [{"old": True}, {"new": True}]
+    assert json.loads(lines(path)[0]) == {"old": True}  # untouched
+    assert logged(path) == [{"event": "http", "new": True}]
 
 
 def test_log_injection_payload_stays_on_one_line(tmp_path):
@@ -65,8 +74,8 @@ def test_log_injection_payload_stays_on_one_line(tmp_path):
     log.write({"event": "http", "raw": payload})
     log.close()
     text = path.read_text()
-    assert text.count("\n") == 2
-    first, second = (json.loads(line) for line in text.splitlines())
+    assert text.count("\n") == 4  # open checkpoint, 2 records, stop checkpoint
+    first, second = logged(path)
     assert "\n" not in first["dest_host"] and "\r" not in first["dest_host"]
     assert first["dest_host"].startswith("evil.test\\x0d\\x0a{")
     assert second["raw"] == payload
@@ -90,15 +99,15 @@ def test_failed_record_never_reaches_the_file_later(tmp_path):
     log = FlowLog("/dev/full")
     for i in range(2):
         with pytest.raises(LogWriteError):
-            log.write({"n": i, "decision": "allow"})
+            log.write({"event": "http", "n": i, "decision": "allow"})
     # the disk "recovers": the same descriptor now points at a regular file
     good = tmp_path / "recovered.jsonl"
     fd = os.open(good, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, log._fd)
     os.close(fd)
-    log.write({"n": 2})
+    log.write({"event": "http", "n": 2})
     log.close()
-    assert [json.loads(line) for line in lines(good)] == [{"n": 2}]
+    assert logged(good) == [{"event": "http", "n": 2}]
     assert log.records == 1
 
 
