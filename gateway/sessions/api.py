@@ -218,6 +218,8 @@ class SessionCanaries(_Base):
             return self.fail(400, "'labels' must be a list of strings, one per value")
         try:
             added = self.ctl.registry.add_canaries(session_id, [v.encode() for v in values], labels)
+        except SessionStoreUnavailable as e:
+            return self.fail(503, str(e))
         except SessionError as e:
             return self.fail(404, str(e))
         except ValueError as e:  # the message names an index or label, never a value
