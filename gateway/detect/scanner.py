@@ -342,21 +342,22 @@ class Detector:
             return
         win = self._window
         chain = view.chain
+        binary = view.binary
         # Escape views: decoded only where needed (windows around sparse escapes), and they look for
         # base64/hex blocks again only if their escapes can have split a block (%2B %2F %3D, \/).
-        if not view.binary and "pct" in shapes and chain.count("url") < 3:
+        if not binary and "pct" in shapes and chain.count("url") < 3:
             dec, m = url_view(data, form=view.form, window=win)
             self._scan_view(_View(part, dec, view.chain + ("url",), _compose(view.to_part, m.span), view.region, depth,
                                   view.form, fresh_blocks=bool(_B64_PCT.search(data)),
                                   url_made_escapes=bool(_PCT_BACKSLASH.search(data))), acc)
         # a JSON view of a URL view only when the URL decoding made new escapes (%5C): otherwise the
         # URL view of the JSON view (below) is the same bytes
-        if not view.binary and "json" in shapes and chain.count("json-u") < 2 and (
+        if not binary and "json" in shapes and chain.count("json-u") < 2 and (
                 not chain or chain[-1] != "url" or view.url_made_escapes):
             dec, m = json_view(data, window=win)
             self._scan_view(_View(part, dec, view.chain + ("json-u",), _compose(view.to_part, m.span), view.region, depth,
                                   fresh_blocks=b"\\/" in data), acc)
-        if not view.binary and "qp" in shapes and chain.count("qp") < 2:
+        if not binary and "qp" in shapes and chain.count("qp") < 2:
             dec, m = qp_view(data, window=win)
             if dec != data:
                 self._scan_view(_View(part, dec, view.chain + ("qp",), _compose(view.to_part, m.span), view.region, depth), acc)
