@@ -345,12 +345,15 @@ class LazyMap:
         return self._map.span(start, end)
 
 
-def url_view(data: bytes, form: bool = False, window: int = 0) -> tuple[bytes, OffsetMap | LazyMap]:
-    """Percent-decoded view; '+' is a space in forms (same length: offsets do not move)."""
+def url_view(data: bytes, form: bool = False, window: int = 0, odd: bool | None = None) -> tuple[bytes, OffsetMap | LazyMap]:
+    """Percent-decoded view; '+' is a space in forms (same length: offsets do not move).
+    `odd`: whether some '%' starts no escape (None: look; the scanner knows from its hyperscan pass)."""
     n = data.count(b"%")
-    odd = True
+    if odd is None:
+        odd = True
+        if not window or n * 2 * window >= len(data):
+            odd = _PCT_ODD.search(data) is not None
     if not window or n * 2 * window >= len(data):
-        odd = _PCT_ODD.search(data) is not None
         if odd and window:
             n = len(_PCT.findall(data))  # '%' that start no escape (minified JS, printf formats) do not count
     if window and n * 2 * window < len(data):  # sparse: decode around escapes only
@@ -392,12 +395,15 @@ def unquote_fast(data: bytes) -> bytes:
 _JSON_ODD = re.compile(rb"\\(?![\"\\/bfnrt]|u[0-9a-fA-F]{4})")
 
 
-def json_view(data: bytes, window: int = 1 << 30) -> tuple[bytes, OffsetMap | LazyMap]:
+def json_view(data: bytes, window: int = 1 << 30, odd: bool | None = None) -> tuple[bytes, OffsetMap | LazyMap]:
     """JSON-unescaped view. ASCII data whose every backslash starts a JSON escape is decoded in one
-    C call (unicode_escape agrees with JSON there); anything else takes the per-escape path."""
+    C call (unicode_escape agrees with JSON there); anything else takes the per-escape path.
+    `odd`: whether some backslash starts no JSON escape (None: look)."""
     if data.count(b"\\") * 2 * window < len(data):  # sparse: decode around escapes only
         return windowed(data, _JSON, _json, window)
-    if data.isascii() and not _JSON_ODD.search(data):
+    if odd is None:
+        odd = _JSON_ODD.search(data) is not None
+    if not odd and data.isascii():
         pre = data.replace(b"\\/", b"/")
         if b"\\/" not in pre:
             with warnings.catch_warnings():

@@ -27,6 +27,14 @@ SHAPES: dict[str, tuple[bytes, int]] = {
     # "b64" is raised by rule keywords' base64 forms (below) and by halves of known values' base64
     # forms (forms.HALF): a MIME line break inside a value leaves one half whole
     "b64": (b"", 1),
+    # hints for the escape views, from the same pass instead of a Python regex over the whole view:
+    # escapes that can split a base64 run (+ / = CR LF), escapes that decode to a backslash, a '%'
+    # that starts no escape, a backslash that starts no JSON escape ('$' also matches before a final
+    # newline: an over-approximation, which only sends a view down the slower exact path)
+    "pct-b64": (rb"%(?:2[bBfF]|3[dD]|0[aAdD])", 0),
+    "pct-bs": (rb"%(?:25)*5[cC]", 0),
+    "pct-odd": (rb"%(?:[^0-9A-Fa-f]|[0-9A-Fa-f](?:[^0-9A-Fa-f]|$)|$)", 0),
+    "json-odd": (rb'\\(?:[^"\\/bfnrtu]|u[0-9A-Fa-f]{0,3}(?:[^0-9A-Fa-f]|$)|$)', 0),
 }
 # Base64/hex blocks are decoded for the rules only when a rule keyword's base64 (or hex) form occurs
 # ("-----BEGIN" -> LS0tLS1CRUdJT, "AKIA" -> QUtJQ...): long runs alone (hashes, ids, paths) cost

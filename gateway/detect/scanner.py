@@ -346,15 +346,14 @@ class Detector:
         # Escape views: decoded only where needed (windows around sparse escapes), and they look for
         # base64/hex blocks again only if their escapes can have split a block (%2B %2F %3D, \/).
         if not binary and "pct" in shapes and chain.count("url") < 3:
-            dec, m = url_view(data, form=view.form, window=win)
+            dec, m = url_view(data, form=view.form, window=win, odd="pct-odd" in shapes)
             self._scan_view(_View(part, dec, view.chain + ("url",), _compose(view.to_part, m.span), view.region, depth,
-                                  view.form, fresh_blocks=bool(_B64_PCT.search(data)),
-                                  url_made_escapes=bool(_PCT_BACKSLASH.search(data))), acc)
+                                  view.form, fresh_blocks="pct-b64" in shapes, url_made_escapes="pct-bs" in shapes), acc)
         # a JSON view of a URL view only when the URL decoding made new escapes (%5C): otherwise the
         # URL view of the JSON view (below) is the same bytes
         if not binary and "json" in shapes and chain.count("json-u") < 2 and (
                 not chain or chain[-1] != "url" or view.url_made_escapes):
-            dec, m = json_view(data, window=win)
+            dec, m = json_view(data, window=win, odd="json-odd" in shapes)
             self._scan_view(_View(part, dec, view.chain + ("json-u",), _compose(view.to_part, m.span), view.region, depth,
                                   fresh_blocks=b"\\/" in data), acc)
         if not binary and "qp" in shapes and chain.count("qp") < 2:
@@ -507,8 +506,6 @@ def _compose(outer: Callable[[int, int], tuple[int, int]] | None, inner: Callabl
     return lambda s, e: outer(*inner(s, e))
 
 
-_PCT_BACKSLASH = re.compile(rb"%(?:25)*5[cC]")
-_B64_PCT = re.compile(rb"%(?:2[bBfF]|3[dD]|0[aAdD])")  # escapes that split base64 runs: + / = CR LF
 _UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")
 
 
