@@ -204,8 +204,8 @@ class RuleMatcher:
         self.db = hs.Database(mode=hs.HS_MODE_BLOCK)
         self.db.compile(expressions=exprs, ids=ids, elements=len(exprs), flags=flags)
         self.max_len = max((r.max_len for r in self.rules), default=0)
-        # rules whose hyperscan expression is exact: every match's end offset is reported
-        self.exact = frozenset(i for i in ids if i < self.shape_base) - set(self.prefiltered) - set(self.fallback)
+        # rules whose hyperscan expression is their own regex, compiled exactly: every match end is reported
+        self.exact = frozenset(i for i in ids if i < self.shape_base and self.rules[i].hs is None) - set(self.prefiltered)
 
     def classify(self, hit: dict[int, list[int]]) -> tuple[dict[int, list[int] | None], dict[str, list[int]]]:
         shapes = {self.shape_names[i - self.shape_base]: e for i, e in hit.items() if i >= self.shape_base}

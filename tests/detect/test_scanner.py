@@ -195,3 +195,33 @@ def test_engine_imports_nothing_from_mitmproxy():
     code = "import sys, gateway.detect; print(any(m.split('.')[0] == 'mitmproxy' for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_confirm_windows_of_exact_rules_find_what_a_whole_pass_finds():
+    """Rules compiled exactly into hyperscan get confirmation windows that end just past each reported
+    end offset: on samples packed densely among noise and each other, the windowed matches equal a
+    Python `re` pass over the whole data."""
+    import random
+
+    from gateway.detect.matcher import RuleMatcher
+    from gateway.detect.scanner import _confirm
+
+    from .corpus import rule_samples
+
+    pack = builtin_rules()
+    rm = RuleMatcher(pack)
+    samples = list(rule_samples().values())
+    rnd = random.Random(7)
+    noise = [b" ", b"\n", b"x", b"=", b'"', b"password: ", b"token=", b"\\n", b"ab12", b"&"]
+    checked = 0
+    for _ in range(60):
+        data = b"".join(rnd.choice(samples) + b"".join(rnd.choice(noise) for _ in range(rnd.randint(0, 6)))
+                        for _ in range(rnd.randint(1, 8)))
+        hits, _shapes = rm.scan(data)
+        for ri in rm.exact:
+            rule = rm.rules[ri]
+            whole = [m.span() for m in rule.compiled.finditer(data)]
+            got = [m.span() for m in _confirm(rule.compiled, data, list(hits.get(ri) or []), rule.max_len, len(data), True)]
+            assert got == whole, rule.id
+            checked += len(whole)
+    assert checked > 100
