@@ -367,6 +367,49 @@ def url_view(data: bytes, form: bool = False, window: int = 0, odd: bool | None 
     return dec, LazyMap(data, _PCT_FORM if form else _PCT, _pct)
 
 
+class WindowMap:
+    """Offsets in a view made of decoded windows (joined by one newline) back to the source."""
+
+    __slots__ = ("vstarts", "rstarts", "maps")
+
+    def __init__(self) -> None:
+        self.vstarts: list[int] = []
+        self.rstarts: list[int] = []
+        self.maps: list[LazyMap] = []
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        i = max(0, bisect_right(self.vstarts, start) - 1)
+        vs, rs = self.vstarts[i], self.rstarts[i]
+        s, e = self.maps[i].span(start - vs, end - vs)
+        return s + rs, e + rs
+
+
+def sig_windows(data: bytes, sig: re.Pattern[bytes], window: int, form: bool) -> tuple[bytes, WindowMap]:
+    """The URL view only within `window` bytes of the escapes `sig` matches (b"" if none): each window
+    decoded whole, windows joined by a newline."""
+    spans: list[list[int]] = []
+    n = len(data)
+    for m in sig.finditer(data):
+        lo, hi = max(0, m.start() - window), min(n, m.end() + window)
+        if spans and lo <= spans[-1][1]:
+            spans[-1][1] = hi
+        else:
+            spans.append([lo, hi])
+    wm = WindowMap()
+    out: list[bytes] = []
+    pos = 0
+    rx = _PCT_FORM if form else _PCT
+    for lo, hi in spans:
+        piece = data[lo:hi]
+        wm.vstarts.append(pos)
+        wm.rstarts.append(lo)
+        wm.maps.append(LazyMap(piece, rx, _pct))
+        dec = unquote_fast(piece.replace(b"+", b" ") if form else piece)
+        out.append(dec)
+        pos += len(dec) + 1
+    return b"\n".join(out), wm
+
+
 _PCT_ODD = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _HEXPAIR = {(a + b).encode(): bytes.fromhex(a + b) for a in "0123456789abcdefABCDEF" for b in "0123456789abcdefABCDEF"}
 

@@ -151,6 +151,10 @@ def _collect_all(pid: int, _from: int, to: int, _flags: int, ctx: tuple) -> None
         ends.append(to)
 
 
+def _first(_pid: int, _from: int, _to: int, _flags: int, _ctx: object) -> bool:
+    return True  # stop the scan
+
+
 def _collect_rule(pid: int, _from: int, to: int, _flags: int, ctx: dict) -> None:
     ends = ctx.get(pid)
     if ends is None:
@@ -201,6 +205,17 @@ class RuleMatcher:
             ids.append(i)
             flags.append(hs.HS_FLAG_SINGLEMATCH | f)
         self.expressions = (exprs, ids, flags)
+        # Keyword gate for escape views: every rule needs one of its keywords (plain, or base64/hex for
+        # the block views) in a view to match there. A small database says whether a decoded view has
+        # any; None when some rule has no keywords (then every view is scanned whole).
+        self.kw_db: hs.Database | None = None
+        self.kw_none = not self.rules  # no rules: no keyword to look for
+        if not self.blocks_always and self.rules:
+            kw = sorted({k.encode() for r in self.rules for k in r.keywords})
+            kexprs = [_lit(k) for k in kw] + [e for e, _i, _f in extra]
+            kflags = [hs.HS_FLAG_CASELESS | hs.HS_FLAG_SINGLEMATCH] * len(kw) + [hs.HS_FLAG_SINGLEMATCH | f for _e, _i, f in extra]
+            self.kw_db = hs.Database(mode=hs.HS_MODE_BLOCK)
+            self.kw_db.compile(expressions=kexprs, ids=list(range(len(kexprs))), elements=len(kexprs), flags=kflags)
         self.db = hs.Database(mode=hs.HS_MODE_BLOCK)
         self.db.compile(expressions=exprs, ids=ids, elements=len(exprs), flags=flags)
         self.max_len = max((r.max_len for r in self.rules), default=0)
@@ -213,6 +228,16 @@ class RuleMatcher:
         for i in self.fallback:
             rules[i] = None
         return rules, shapes
+
+    def has_keyword(self, data: bytes) -> bool:
+        """Whether `data` holds a rule keyword (any case) or a keyword's base64/hex form."""
+        if self.kw_db is None:
+            return not self.kw_none
+        try:
+            self.kw_db.scan(data, match_event_handler=_first)
+        except hs.ScanTerminated:  # the handler stops at the first keyword
+            return True
+        return False
 
     def scan(self, data: bytes) -> tuple[dict[int, list[int] | None], dict[str, list[int]]]:
         """({rule index: end offsets of prefilter matches, or None = whole data}, {shape: end offsets})."""

@@ -33,14 +33,16 @@ from .decode import (
     form_fields,
     hex_blocks,
     inflate,
+    LazyMap,
     json_view,
     multipart,
     parse_codings,
     qp_view,
+    sig_windows,
     sniff,
     url_view,
 )
-from .forms import HALF, MIN_VALUE_LEN
+from .forms import HALF, MIN_VALUE_LEN, forms
 from .matcher import RuleMatcher, ValueMatcher
 from .rules import RulePack
 
@@ -190,6 +192,7 @@ class Detector:
         self._vm = self._engine.values_matcher(self.values)
         # escape views decode this far around each escape: a value form or a typical rule match fits
         self._window = max(512, self._vm.max_len)
+        self._url_sig = _significant_escapes(self.values)
 
     def __repr__(self) -> str:
         return f"Detector(rules={len(self.rules.rules)}, values={len(self.values)})"
@@ -348,8 +351,13 @@ class Detector:
         # base64/hex blocks again only if their escapes can have split a block (%2B %2F %3D, \/).
         if not binary and "pct" in shapes and chain.count("url") < 3:
             dec, m = url_view(data, form=view.form, window=win, odd="pct-odd" in shapes)
-            self._scan_view(_View(part, dec, view.chain + ("url",), _compose(view.to_part, m.span), view.region, depth,
-                                  view.form, fresh_blocks="pct-b64" in shapes, url_made_escapes="pct-bs" in shapes), acc)
+            if isinstance(m, LazyMap) and not self._engine.rules.has_keyword(dec):
+                # No rule can match in this view (no keyword): only the known values can, and only
+                # around escapes that decode to a byte of one of their forms. Decode just there.
+                dec, m = sig_windows(data, self._url_sig, win, view.form)
+            if dec:
+                self._scan_view(_View(part, dec, view.chain + ("url",), _compose(view.to_part, m.span), view.region, depth,
+                                      view.form, fresh_blocks="pct-b64" in shapes, url_made_escapes="pct-bs" in shapes), acc)
         # a JSON view of a URL view only when the URL decoding made new escapes (%5C): otherwise the
         # URL view of the JSON view (below) is the same bytes
         if not binary and "json" in shapes and chain.count("json-u") < 2 and (
@@ -499,6 +507,30 @@ def _confirm(rx: re.Pattern[bytes], data: bytes, ends: list[int] | None, max_len
                 m = m2
             last = m.end()
             yield m
+
+
+# bytes any escape view may need beyond the values' own: escape and block alphabets, line breaks
+_ALWAYS_SIG = set(b"%\\=\r\n+/_-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def _significant_escapes(values: tuple[KnownValue, ...]) -> re.Pattern[bytes]:
+    """A regex for the percent escapes whose decoded byte occurs in some literal form of some value
+    (or is an escape/block alphabet byte): only those can be inside a value match in a URL view."""
+    sig = set(_ALWAYS_SIG)
+    for v in values:
+        for f in forms(v.value):
+            sig.update(f.pattern)
+            if f.caseless:
+                sig.update(f.pattern.lower())
+                sig.update(f.pattern.upper())
+    alts = []
+    for hi in range(16):
+        los = [lo for lo in range(16) if (hi << 4 | lo) in sig]
+        if not los:
+            continue
+        cls = "".join(sorted({c for lo in los for c in {f"{lo:X}", f"{lo:x}"}}))
+        alts.append(f"[{hi:X}{hi:x}][{cls}]" if hi > 9 else f"{hi:X}[{cls}]")
+    return re.compile(("%(?:" + "|".join(alts) + ")").encode())
 
 
 def _identity(s: int, e: int) -> tuple[int, int]:

@@ -225,3 +225,21 @@ def test_confirm_windows_of_exact_rules_find_what_a_whole_pass_finds():
             assert got == whole, rule.id
             checked += len(whole)
     assert checked > 100
+
+
+def test_url_view_decoded_only_around_escapes_a_value_form_can_hold():
+    """A body dense with escapes no value form contains (%20, %3A) and no rule keyword: the URL view
+    is decoded only around the escapes that can be part of a value, and a partly percent-encoded
+    value far inside is still found, with its raw span; a rule keyword makes the view whole again."""
+    value = b"Pw-Zq8Lw3Xv7Np2!Rt6"
+    det = Detector(builtin_rules(), [KnownValue("v", value)])
+    filler = b"".join(b"q=is%3Aopen+label%3Abug%20%20x&" for _ in range(400))
+    enc = value.replace(b"!", b"%21").replace(b"Zq", b"%5Aq")
+    body = filler + b"v=" + enc + b"&" + filler
+    hits = det.scan(body, "body")
+    assert [(h.rule, h.label) for h in hits] == [("known-value", "v")]
+    assert hits[0].raw_span == (len(filler) + 2, len(filler) + 2 + len(enc))
+    # a rule match needs the whole view: a keyword anywhere keeps it
+    secret = b"api_key%3D%22" + b"Zk9Qx2Lm7Rt4Vb8Nc1Wd" + b"%22"
+    hits = det.scan(filler + secret + filler, "body")
+    assert "generic-secret-assignment" in {h.rule for h in hits}
