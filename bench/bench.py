@@ -1066,6 +1066,13 @@ class Bench:
             "added_cpu_us": (cpu_on - cpu_off) if cpu_on and cpu_off else None,
             "added_cpu_pct": (100 * (cpu_on - cpu_off) / cpu_off) if cpu_on and cpu_off else None,
         }
+        missed = any(r_.get("result") == "MISS" for r_ in rows)
+        if a.profile == "always" or (a.profile == "auto" and missed):
+            # where detection's time goes: the gateway under the ON sandbox's load (frames of
+            # gateway/addons/detection.py, gateway/exfil/*, gateway/detect/* in the .txt)
+            log(f"profiling egressgw with py-spy for {a.profile_seconds:.0f}s under the detection POST (sandbox ON)")
+            self.results["detection"]["profile"] = profile(egw.pid, runners["on"], lab, case, a.profile_seconds,
+                                                           self.out, "egressgw-detection-on")
 
     def _last_resort(self) -> None:
         """Runs last: remove any sandbox namespace of this run that the normal teardown left behind."""
