@@ -151,6 +151,19 @@ def _collect_all(pid: int, _from: int, to: int, _flags: int, ctx: tuple) -> None
         ends.append(to)
 
 
+def _pct_lit(pattern: bytes) -> bytes:
+    """A literal as a hyperscan regex in which every byte may also be percent-encoded."""
+    out = []
+    for c in pattern:
+        hx = b"%02x" % c
+        esc = b"%" + b"".join(b"[%s%s]" % (h.lower(), h.upper()) if h.isalpha() else h for h in (hx[:1], hx[1:]))
+        alts = [_lit(bytes([c])), esc]
+        if c == 0x20:
+            alts.append(b"\\+")
+        out.append(b"(?:" + b"|".join(alts) + b")")
+    return b"".join(out)
+
+
 def _first(_pid: int, _from: int, _to: int, _flags: int, _ctx: object) -> bool:
     return True  # stop the scan
 
@@ -195,6 +208,8 @@ class RuleMatcher:
                 ids.append(self.shape_base + k)
                 flags.append(hs.HS_FLAG_SINGLEMATCH)
         self.blocks_always = any(not r.keywords for r in self.rules)
+        b64: list[bytes] = []
+        hexes: list[bytes] = []
         if self.blocks_always:
             extra = [(rb"[A-Za-z0-9+/_-]{40}", b64_id, 0), (rb"[0-9A-Fa-f]{80}", hex_id, 0)]
         else:
@@ -211,9 +226,12 @@ class RuleMatcher:
         self.kw_db: hs.Database | None = None
         self.kw_none = not self.rules  # no rules: no keyword to look for
         if not self.blocks_always and self.rules:
+            # each byte also as its percent escape ('+' for a space in forms): the gate runs on the
+            # undecoded view, so a URL view is decoded whole only when a keyword can be in it
             kw = sorted({k.encode() for r in self.rules for k in r.keywords})
-            kexprs = [_lit(k) for k in kw] + [e for e, _i, _f in extra]
-            kflags = [hs.HS_FLAG_CASELESS | hs.HS_FLAG_SINGLEMATCH] * len(kw) + [hs.HS_FLAG_SINGLEMATCH | f for _e, _i, f in extra]
+            kws = [(k, True) for k in kw] + [(f, False) for f in b64] + [(f, True) for f in hexes]
+            kexprs = [_pct_lit(k) for k, _c in kws]
+            kflags = [hs.HS_FLAG_SINGLEMATCH | (hs.HS_FLAG_CASELESS if c else 0) for _k, c in kws]
             self.kw_db = hs.Database(mode=hs.HS_MODE_BLOCK)
             self.kw_db.compile(expressions=kexprs, ids=list(range(len(kexprs))), elements=len(kexprs), flags=kflags)
         self.db = hs.Database(mode=hs.HS_MODE_BLOCK)
@@ -230,7 +248,8 @@ class RuleMatcher:
         return rules, shapes
 
     def has_keyword(self, data: bytes) -> bool:
-        """Whether `data` holds a rule keyword (any case) or a keyword's base64/hex form."""
+        """Whether `data` holds a rule keyword (any case) or a keyword's base64/hex form, with any
+        of its bytes percent-encoded."""
         if self.kw_db is None:
             return not self.kw_none
         try:

@@ -33,7 +33,6 @@ from .decode import (
     form_fields,
     hex_blocks,
     inflate,
-    LazyMap,
     json_view,
     multipart,
     parse_codings,
@@ -350,10 +349,12 @@ class Detector:
         # Escape views: decoded only where needed (windows around sparse escapes), and they look for
         # base64/hex blocks again only if their escapes can have split a block (%2B %2F %3D, \/).
         if not binary and "pct" in shapes and chain.count("url") < 3:
-            dec, m = url_view(data, form=view.form, window=win, odd="pct-odd" in shapes)
-            if isinstance(m, LazyMap) and not self._engine.rules.has_keyword(dec):
-                # No rule can match in this view (no keyword): only the known values can, and only
-                # around escapes that decode to a byte of one of their forms. Decode just there.
+            if self._engine.rules.has_keyword(data):
+                dec, m = url_view(data, form=view.form, window=win, odd="pct-odd" in shapes)
+            else:
+                # No rule can match in the URL view (no keyword, plain or percent-encoded): only the
+                # known values can, and only around escapes that decode to a byte of one of their
+                # forms. Decode just there.
                 dec, m = sig_windows(data, self._url_sig, win, view.form)
             if dec:
                 self._scan_view(_View(part, dec, view.chain + ("url",), _compose(view.to_part, m.span), view.region, depth,

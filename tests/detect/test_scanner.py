@@ -243,3 +243,7 @@ def test_url_view_decoded_only_around_escapes_a_value_form_can_hold():
     secret = b"api_key%3D%22" + b"Zk9Qx2Lm7Rt4Vb8Nc1Wd" + b"%22"
     hits = det.scan(filler + secret + filler, "body")
     assert "generic-secret-assignment" in {h.rule for h in hits}
+    # ... also when the keyword itself is percent-encoded (the gate reads the undecoded bytes)
+    secret = b"p%61ss%77ord%3D%22" + b"Zk9Qx2Lm7Rt4Vb8Nc1Wd" + b"%22"
+    hits = det.scan(filler + secret + filler, "body")
+    assert "generic-secret-assignment" in {h.rule for h in hits}
