@@ -68,8 +68,8 @@ def flow(session, method, path, headers, body=b""):
     f.request.headers.clear()
     for k, v in headers:
         f.request.headers.add(k, v)
+    f.request.content = body  # (a test flow comes with a body of its own)
     if body:
-        f.request.content = body
         f.request.headers["content-length"] = str(len(body))
     f.response = None
     f.metadata[META] = {"session": session, "host": "api.bench.test", "decision": "allow", "reason": "allowed",
