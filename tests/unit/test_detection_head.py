@@ -123,8 +123,9 @@ def test_a_large_value_set_compiles_off_the_event_loop(monkeypatch):
 
     f, took, worst_gap = asyncio.run(scenario())
     assert f.response.status_code == 403 and "canary:bulk777" in f.response.get_text()
-    # the compile took a while, yet the loop kept turning (before: one gap as long as the compile)
-    assert took > 0.3 and worst_gap < 0.25, (took, worst_gap)
+    # the compile took a while, yet the loop kept turning (on the loop it was one gap as long as the
+    # compile); a loaded machine delays a 5 ms sleep too, so the bound is relative to the compile
+    assert took > 0.3 and worst_gap < max(0.25, took / 4), (took, worst_gap)
 
 
 def test_a_compile_that_takes_too_long_refuses_detection_not_ready(monkeypatch):
