@@ -309,21 +309,20 @@ class Detection:
         req, host = flow.request, info["host"]
         rule = session.policy.rule_named(info.get("rule"))
         uploads = bool(rule and rule.uploads)
-        # Budget: a declared length that cannot fit is refused before a byte of the body is read.
-        budget = detection.upload_budget
-        length = req.headers.get("content-length")
-        if budget and not uploads and length and length.isdigit():
-            used = self.budgets.used(session.id, host, budget.window_seconds)
-            if used + int(length) + len(req.data.path) > budget.bytes:
-                return self._over_budget(flow, info)
         path, sep, query = req.data.path.partition(b"?")
         slots: list[tuple[str, bytes]] = [("path", path)]
         if sep:
             slots.append(("query", query))
         names = []  # header and cookie names are the sandbox's choice too
+        length: str | None = None  # the first Content-Length (as mitmproxy's headers.get gives it)
+        chunked = False
         for name, value in req.headers.fields:
             lname = name.decode("latin-1").lower()
             names.append(name)
+            if lname == "content-length" and length is None:
+                length = value.decode("latin-1")
+            elif lname == "transfer-encoding":
+                chunked = True
             if lname == "cookie":
                 for pair in value.split(b";"):
                     cname, _, cvalue = pair.strip().partition(b"=")
@@ -335,14 +334,20 @@ class Detection:
             else:
                 slots.append((f"header:{lname}", value))
         slots.append(("header-names", b"\n".join(names)))
+        # Budget: a declared length that cannot fit is refused before a byte of the body is read.
+        budget = detection.upload_budget
+        if budget and not uploads and length and length.isdigit():
+            used = self.budgets.used(session.id, host, budget.window_seconds)
+            if used + int(length) + len(req.data.path) > budget.bytes:
+                return self._over_budget(flow, info)
         # One engine call for the whole head (the cost is per call more than per byte).
         hits = _head_hits(full, _masked(slots, session))
         fragments = self._fragments(path, query, slots)
         hits.extend(self._joined_hits(joined, session, host, fragments, detection.split_window_seconds))
         by_part: dict[str, bytes] = {}
-        for part, data in slots:
+        for part, data in (slots if hits else ()):
             by_part.setdefault(part, data)
-        findings = self._judge(hits, info, by_part.get)
+        findings = self._judge(hits, info, by_part.get) if hits else []
         in_path = [f.hit for f in findings if base_part(f.hit.part) == "path"]
         if in_path or any(base_part(f.hit.part) == "query" for f in findings):
             # The log shows the path and the query's names: never with a value in them.
@@ -356,7 +361,7 @@ class Detection:
             return
         if verdict == "redact":
             self._redact_head(flow, full, [f for f in findings if f.action == "redact"])
-        if self._should_stream(req, detection):
+        if self._should_stream(req.method, length, chunked, detection):
             self._start_stream(flow, info, full, uploads)
 
     @staticmethod
@@ -434,11 +439,10 @@ class Detection:
 
     # -- bodies ---------------------------------------------------------------------------------
     @staticmethod
-    def _should_stream(req: http.Request, detection) -> bool:
-        if req.method in ("GET", "HEAD", "OPTIONS", "TRACE") and "content-length" not in req.headers \
-                and "transfer-encoding" not in req.headers:
+    def _should_stream(method: str, length: str | None, chunked: bool, detection) -> bool:
+        """`length`: the first Content-Length header; `chunked`: a Transfer-Encoding header is there."""
+        if method in ("GET", "HEAD", "OPTIONS", "TRACE") and length is None and not chunked:
             return False
-        length = req.headers.get("content-length")
         if length is None or not length.isdigit():
             return True  # unknown length: chunked, or HTTP/2 without a length
         return int(length) > detection.stream_bytes
