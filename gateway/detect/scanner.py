@@ -349,12 +349,12 @@ class Detector:
         # Escape views: decoded only where needed (windows around sparse escapes), and they look for
         # base64/hex blocks again only if their escapes can have split a block (%2B %2F %3D, \/).
         if not binary and "pct" in shapes and chain.count("url") < 3:
-            if self._engine.rules.has_keyword(data):
+            if halves or "hex" in shapes or self._engine.rules.has_keyword(data):
                 dec, m = url_view(data, form=view.form, window=win, odd="pct-odd" in shapes)
             else:
-                # No rule can match in the URL view (no keyword, plain or percent-encoded): only the
-                # known values can, and only around escapes that decode to a byte of one of their
-                # forms. Decode just there.
+                # No rule can match in the URL view (no keyword, plain or percent-encoded) and no
+                # base64/hex block is to be decoded: only the known values' literal forms can match,
+                # and only around escapes that decode to a byte of one of them. Decode just there.
                 dec, m = sig_windows(data, self._url_sig, win, view.form)
             if dec:
                 self._scan_view(_View(part, dec, view.chain + ("url",), _compose(view.to_part, m.span), view.region, depth,
