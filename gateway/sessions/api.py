@@ -141,7 +141,7 @@ class Sessions(_Base):
             secrets.append((spec, make_placeholder(value)))
         try:
             session = self.ctl.registry.create(name, policy, sources, session_id, policy_text=body["policy"],
-                                               secrets=secrets)
+                                               secrets=secrets, policy_dir=body.get("policyDir"))
         except SessionStoreUnavailable as e:
             return self.fail(503, str(e))
         except SessionError as e:
@@ -193,7 +193,7 @@ class SessionPolicy(_Base):
         if policy is None:
             return
         try:
-            self.ctl.registry.replace_policy(session_id, policy, policy_text=raw)
+            self.ctl.registry.replace_policy(session_id, policy, policy_text=raw, policy_dir=base_dir)
         except SessionStoreUnavailable as e:
             return self.fail(503, str(e))
         self.finish(session.summary())

@@ -63,6 +63,7 @@ class Session:
     rev: str = ""  # changes with every write: replicas compare it to skip what they already have
     sources: frozenset[str] = frozenset()
     policy_text: str = field(default="", repr=False)
+    policy_dir: str | None = None  # where the policy's relative paths (detection rulesFiles) are resolved
     secrets: dict[str, BoundSecret] = field(default_factory=dict, repr=False)
     canaries: dict[str, bytes] = field(default_factory=dict, repr=False)  # "canary:LABEL" -> value
     created: float = field(default_factory=time.time)
@@ -110,6 +111,7 @@ class Session:
             "token_sha256": self.token_sha256,
             "sources": sorted(self.sources),
             "policy_text": self.policy_text,
+            "policy_dir": self.policy_dir,
             "secrets": [encode_secret(s.spec, s.placeholder) for s in self.secrets.values()],
             # Canaries are detection bait, not credentials: kept (base64) so every replica and a restart
             # still detect them (docs/sessions.md#canaries).
@@ -222,6 +224,7 @@ class SessionRegistry:
         session_id: str | None = None,
         policy_text: str = "",
         secrets: Iterable[tuple[SecretSpec, str]] = (),
+        policy_dir: str | None = None,
     ) -> Session:
         """Register a session. `secrets` pairs each spec with the placeholder made for it."""
         sources = frozenset(sources)
@@ -238,6 +241,7 @@ class SessionRegistry:
             decider=Decider(policy),
             sources=sources,
             policy_text=policy_text,
+            policy_dir=policy_dir,
             rev=token_hex(8),
         )
         for spec, placeholder in secrets:
@@ -246,12 +250,14 @@ class SessionRegistry:
         self._add(session)
         return session
 
-    def replace_policy(self, session_id: str, policy: Policy, policy_text: str = "") -> Session:
+    def replace_policy(self, session_id: str, policy: Policy, policy_text: str = "",
+                       policy_dir: str | None = None) -> Session:
         session = self.get(session_id)
         decider = Decider(policy)  # compile first: a bad policy never half-replaces
         rev = token_hex(8)
-        self.store.put({**session.record(), "policy_text": policy_text, "rev": rev})
+        self.store.put({**session.record(), "policy_text": policy_text, "policy_dir": policy_dir, "rev": rev})
         self._swap_policy(session, policy, decider, policy_text, rev)
+        session.policy_dir = policy_dir
         return session
 
     def delete(self, session_id: str) -> Session:
@@ -276,10 +282,13 @@ class SessionRegistry:
         if session is not None and session.rev == record.get("rev"):
             return
         try:
-            policy = load_policy_text(record["policy_text"], source=f"policy of session {record['name']}")
+            # rulesFiles are read again from the policy's directory: the same path on every replica
+            policy = load_policy_text(record["policy_text"], source=f"policy of session {record['name']}",
+                                      base_dir=record.get("policy_dir"))
             if session is not None:
                 canaries = _canaries_of(record)
                 self._swap_policy(session, policy, Decider(policy), record["policy_text"], record.get("rev", ""))
+                session.policy_dir = record.get("policy_dir")
                 if canaries != session.canaries:
                     session.canaries = canaries
                     self._notify("canaries-added", session)
@@ -306,6 +315,7 @@ class SessionRegistry:
             decider=Decider(policy),
             sources=frozenset(record.get("sources", ())),
             policy_text=record["policy_text"],
+            policy_dir=record.get("policy_dir"),
             created=record.get("created", time.time()),
             rev=record.get("rev", ""),
             canaries=_canaries_of(record),

@@ -233,3 +233,29 @@ def test_a_record_with_malformed_canaries_is_no_session(canaries, caplog):
     reg.apply("s-bad", {**SessionRegistry().create("x", load_policy_text(TEXT_A), policy_text=TEXT_A).record(),
                         "id": "s-bad", "canaries": canaries})
     assert "s-bad" not in reg.ids() and "not loaded" in caplog.text
+
+
+TEAM_RULES = """\
+[[rules]]
+id = "acme-token"
+description = "ACME token"
+regex = '''acme_[a-z0-9]{32}'''
+keywords = ["acme_"]
+"""
+
+
+def test_a_policy_with_relative_rules_files_survives_a_restart(tmp_path):
+    """rulesFiles are relative to the policy's directory: the record keeps it, a reload reads them again."""
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "team.toml").write_text(TEAM_RULES)
+    text = TEXT_A + "  detection:\n    rulesFiles: [team.toml]\n"
+    pdir = str(tmp_path / "policies")
+    db = tmp_path / "sessions.db"
+    first = _registry(db)
+    s = first.create("alpha", load_policy_text(text, base_dir=pdir), policy_text=text, policy_dir=pdir)
+    first.replace_policy(s.id, load_policy_text(text, base_dir=pdir), policy_text=text, policy_dir=pdir)
+    first.store.close()
+    again = _registry(db)
+    assert again.load() == 1  # before: the relative path could not be resolved and the session was lost
+    s2 = again.get(s.id)
+    assert s2.policy_dir == pdir and [p.ids for p in s2.policy.detection.packs] == [("acme-token",)]
