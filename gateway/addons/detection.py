@@ -467,7 +467,7 @@ class Detection:
         if not body:
             return
         # The detectors the head was scanned with (the same values: no second look-up per request).
-        full, joined = flow.metadata.get(_DETECTORS) or await self._detectors(session)
+        full, joined = flow.metadata.pop(_DETECTORS, None) or await self._detectors(session)
         ctype, cenc = req.headers.get("content-type"), req.headers.get("content-encoding")
         try:
             hits = full.scan(body, "body", content_type=ctype, content_encoding=cenc)
