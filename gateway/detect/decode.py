@@ -449,9 +449,8 @@ def json_view(data: bytes, window: int = 1 << 30, odd: bool | None = None) -> tu
     if not odd and data.isascii():
         pre = data.replace(b"\\/", b"/")
         if b"\\/" not in pre:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                text = codecs.decode(pre, "unicode_escape")
+            # every backslash starts a JSON escape, all valid Python escapes: no warning to silence
+            text = codecs.decode(pre, "unicode_escape")
             dec = text.encode("utf-8", "surrogatepass") if text.isascii() else _utf8(text)
             return dec, LazyMap(data, _JSON, _json)
     return windowed(data, _JSON, _json, window)
