@@ -408,7 +408,8 @@ class Runner:
     """Runs wrk cases inside one namespace; with `pid`, also what the proxy process spent."""
 
     def __init__(self, ns: str, warmup: float, duration: float, pid: int | None = None,
-                 headers: tuple[str, ...] = ()):
+                 headers: tuple[str, ...] = (), script: Path | None = None):
+        self.script = script or LUA  # wrk -s: the report script (with a request of its own, for POSTs)
         self.ns = ns
         self.warmup = warmup
         self.duration = duration
@@ -421,7 +422,7 @@ class Runner:
 
     def wrk(self, case: Case, lab: Lab, seconds: float) -> dict[str, Any]:
         argv = ["ip", "netns", "exec", self.ns, "wrk", "-t", str(case.threads), "-c", str(case.conns),
-                "-d", f"{max(1, round(seconds))}s", "--timeout", "5s", "-s", str(LUA)]
+                "-d", f"{max(1, round(seconds))}s", "--timeout", "5s", "-s", str(self.script)]
         if case.close:
             argv += ["-H", "Connection: close"]
         for h in self.headers:
@@ -702,6 +703,7 @@ class Bench:
         self.cases = [c for c in cases(args.bulk_conns) if main_ and (not args.cases or c.key in args.cases)]
         self.paths = args.paths if main_ else ["egressgw"]
         self.credentials = args.only in (None, "credentials") and "egressgw" in self.paths
+        self.detection = args.only == "detection"  # bench/detection_cost.py; only when asked for
         self.results: dict[str, Any] = {"paths": {}, "memory": {}, "profiles": {}}
         self.out = Path(args.out)
         self.tag = secrets.token_hex(2)
@@ -730,7 +732,8 @@ class Bench:
         a = self.args
         self.results["machine"] = machine()
         self.results["code"] = code_version()
-        mine = (f"egb{self.tag}-", f"egw-bm{self.tag}", f"egw-be{self.tag}", f"egw-bc{self.tag}")
+        mine = (f"egb{self.tag}-", f"egw-bm{self.tag}", f"egw-be{self.tag}", f"egw-bc{self.tag}", f"egw-bn{self.tag}",
+                f"egw-bf{self.tag}")
         self.results["activity"] = {"start": others_running(mine)}
         if self.results["activity"]["start"]["foreign_netns"]:
             log(f"WARNING: other namespaces exist ({' '.join(self.results['activity']['start']['foreign_netns'])}): "
@@ -777,6 +780,8 @@ class Bench:
                 self.results["memory"][t.name]["before_bulk_rss_kib"] = max(before_bulk)
         if cred is not None:
             self.measure_credentials(lab, cred)
+        if self.detection:
+            self.measure_detection(lab, next(t for t in targets_ if t.name == "egressgw"))
         self._flow_log_check()
         for t in proxies:
             if self.cases and (a.profile == "always"
@@ -1000,9 +1005,78 @@ class Bench:
                                                     self.out, f"egressgw-credentials-{k}-{case.key}")
         return out
 
+    # -- the detection section (bench/detection_cost.py) -------------------------------------------
+    def measure_detection(self, lab: Lab, egw: Target) -> None:
+        import detection_cost as dc
+
+        a, gw = self.args, self.gateway(lab)
+        on_text, off_text = dc.policies(POLICY)
+        data = dc.body()
+        headers = (*dc.HEADERS, dc.auth_header())
+        script = dc.lua_script(LUA, lab.work / "bench-post.lua", data)
+        runners, sessions = {}, {}
+        for key, text in (("on", on_text), ("off", off_text)):
+            path = lab.work / f"bench-detection-{key}.yaml"
+            path.write_text(text)
+            name = f"b{'n' if key == 'on' else 'f'}{self.tag}"
+            self.stack.callback(self._sandbox_down, gw, name)
+            info = gw.sandbox_up(name, path)
+            sessions[key] = info["session"]
+            runners[key] = Runner(info["netns"], a.warmup, a.cred_duration, pid=egw.pid, headers=headers,
+                                  script=script)
+            # one curl: the POST is answered by nginx and logged as an allow without detections
+            before = len(gw.events(event="http", session=info["session"]))
+            argv = ["ip", "netns", "exec", info["netns"], "curl", "-sS", "-m", "10", "--cacert", str(egw.cacert),
+                    "-w", "\n%{http_code}", "--data-binary", "@-"]
+            for h in headers:
+                argv += ["-H", h]
+            p = run([*argv, f"https://{HOST}:{lab.nginx_https_port}/"], check=False, timeout=30, input=data.decode())
+            ev = dc.wait_event(gw, info["session"], before)
+            if not p.stdout.endswith("\n200") or ev is None or ev.get("decision") != "allow" or ev.get("detections"):
+                raise BenchError(f"detection: sandbox {key}: check POST failed: {p.stdout[-300:]} {p.stderr[-300:]} "
+                                 f"event={ev}")
+        log(f"detection: sandboxes ON ({sessions['on']}) and OFF ({sessions['off']}, detection.enabled: false); "
+            f"POST {len(data)} B, {len(headers) + 2} headers; {a.cred_rounds} interleaved round(s)")
+        case = Case("https_post_c10", "https", "/", 10, 2)
+        counts0 = {k: len(gw.events(event="http", session=s_)) for k, s_ in sessions.items()}
+        runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+        for r in range(a.cred_rounds):
+            for k in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                runs[k].append(runners[k].measure(case, lab, f"det-{k}#{r + 1}"))
+        res = {k: combine(v) for k, v in runs.items()}
+        verify = {k: dc.verify(gw.events(event="http", session=s_)[counts0[k]:], s_) for k, s_ in sessions.items()}
+        rows = []
+        for label, field, unit, target in (("requests/s", "rps", "req/s", None),
+                                           ("gateway CPU/request", "proxy_cpu_us_per_req", "us", dc.DET_TARGET),
+                                           ("p50 latency", "p50_ms", "ms", None)):
+            on, off = res["on"].get(field), res["off"].get(field)
+            ratio = _ratio(on, off)
+            row = {"metric": label, "field": field, "unit": unit, "on": on, "off": off,
+                   "ratio": round(ratio, 3) if ratio is not None else None}
+            if target and ratio is not None:
+                row.update(target=f"<= {target:.2f}x", result="PASS" if ratio <= target else "MISS")
+            rows.append(row)
+        cpu_on, cpu_off = res["on"].get("proxy_cpu_us_per_req"), res["off"].get("proxy_cpu_us_per_req")
+        self.results["detection"] = {
+            "body_bytes": len(data), "headers": len(headers) + 2, "rounds": a.cred_rounds,
+            "duration_s": a.cred_duration, "sessions": sessions, "on": res["on"], "off": res["off"],
+            "rows": rows, "verify": verify,
+            "cpu_ratio_per_round": [round(x["proxy_cpu_us_per_req"] / y["proxy_cpu_us_per_req"], 3)
+                                    for x, y in zip(runs["on"], runs["off"])],
+            "added_cpu_us": (cpu_on - cpu_off) if cpu_on and cpu_off else None,
+            "added_cpu_pct": (100 * (cpu_on - cpu_off) / cpu_off) if cpu_on and cpu_off else None,
+        }
+        missed = any(r_.get("result") == "MISS" for r_ in rows)
+        if a.profile == "always" or (a.profile == "auto" and missed):
+            # where detection's time goes: the gateway under the ON sandbox's load (frames of
+            # gateway/addons/detection.py, gateway/exfil/*, gateway/detect/* in the .txt)
+            log(f"profiling egressgw with py-spy for {a.profile_seconds:.0f}s under the detection POST (sandbox ON)")
+            self.results["detection"]["profile"] = profile(egw.pid, runners["on"], lab, case, a.profile_seconds,
+                                                           self.out, "egressgw-detection-on")
+
     def _last_resort(self) -> None:
         """Runs last: remove any sandbox namespace of this run that the normal teardown left behind."""
-        for name in (f"bm{self.tag}", f"be{self.tag}", f"bc{self.tag}"):
+        for name in (f"bm{self.tag}", f"be{self.tag}", f"bc{self.tag}", f"bn{self.tag}", f"bf{self.tag}"):
             ns = f"egw-{name}"
             if os.path.lexists(f"/run/netns/{ns}"):
                 log(f"WARNING: {ns} was left behind; deleting it")
@@ -1136,6 +1210,10 @@ def render(results: dict[str, Any]) -> str:
         lines += render_main(results)
     if results.get("credentials"):
         lines += render_credentials(results["credentials"])
+    if results.get("detection"):
+        import detection_cost
+
+        lines += detection_cost.render(results["detection"])
     act = results.get("activity", {})
     foreign = sorted(set(act.get("start", {}).get("foreign_netns", [])) | set(act.get("end", {}).get("foreign_netns", [])))
     if foreign:
@@ -1267,9 +1345,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-case", nargs="+", default=["https_ka_c10", "https_new_c10"],
                     choices=[c.key for c in cases(1)], help="load(s) to profile under (default: %(default)s)")
     ap.add_argument("--profile-seconds", type=float, default=10.0)
-    ap.add_argument("--only", choices=["main", "credentials"],
-                    help="run one section: main (direct / mitmdump / egressgw) or credentials "
-                         "(egressgw without secrets vs with 10 secrets); default both")
+    ap.add_argument("--only", choices=["main", "credentials", "detection"],
+                    help="run one section: main (direct / mitmdump / egressgw), credentials "
+                         "(egressgw without secrets vs with 10 secrets), or detection (a small POST with "
+                         "detection on vs off; only when asked for); default main and credentials")
     ap.add_argument("--cred-rounds", type=int, default=6,
                     help="credentials section: measured runs per case and sandbox, interleaved A/B (default 6)")
     ap.add_argument("--cred-duration", type=float, default=3.0,
@@ -1300,6 +1379,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.close()
     results["targets"] = targets(results)
+    det = results.get("detection")
+    cpu_row = next((r for r in det["rows"] if r.get("result")), None) if det else None
+    if cpu_row:
+        results["targets"].append({"metric": "detection: gateway CPU/request, small POST, on vs off",
+                                   "case": "https_post_c10", "field": cpu_row["field"], "ratio": cpu_row["ratio"],
+                                   "target": cpu_row["target"], "result": cpu_row["result"]})
     cr = results.get("credentials")
     if cr and cr.get("result"):
         results["targets"].append({"metric": "credentials: HTTPS keep-alive, 10 conn, 10 secrets vs none",

@@ -32,6 +32,7 @@ GATEWAY_REASONS = (
     "exfiltration-redacted",
     "upload-budget",
     "body-uninspectable",
+    "detection-not-ready",
 )
 _LABEL_REASONS = frozenset(REASONS) | frozenset(GATEWAY_REASONS)
 

@@ -17,10 +17,12 @@ into the flow-log event of its flow (`detections`, `alert: true`).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import logging
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from collections import OrderedDict
 from urllib.parse import unquote_to_bytes
 
@@ -33,6 +35,7 @@ from gateway.detect import Detector, Hit, RulePack, builtin_rules
 from gateway.detect.decode import DecodeLimit
 from gateway.detect.entropy import shannon
 from gateway.exfil.budget import UploadBudgets
+from gateway.exfil.joined import scan_parts
 from gateway.exfil.known import KnownValues
 from gateway.exfil.split import SplitTracker
 from gateway.exfil.verdict import (
@@ -64,12 +67,51 @@ _STANDARD_HEADERS = frozenset({
     "if-none-match", "if-modified-since", "range",
 })
 _MAX_CACHED = 1024  # detectors kept (one per session and per policy)
+# How long a request waits for its session's detector to compile (1,000 values: ~2 s) before it is
+# refused with `detection-not-ready` (the compile goes on; the next request finds it done).
+COMPILE_WAIT = 30.0
+_DETECTORS = "egressgw-detectors"  # flow.metadata: the detectors the head was scanned with, for the body
+
+
+class DetectionNotReady(Exception):
+    """The session's detector is still compiling after COMPILE_WAIT seconds."""
 
 
 def _entropy_hit(size: int, bits: float) -> Hit:
     """The gateway's own hit: a large high-entropy body to a host whose rule does not say `uploads: true`."""
     return Hit(HIGH_ENTROPY_RULE, None, "large high-entropy upload to a host not marked for uploads", "body", 0,
                size, "raw", f"{size} bytes, {bits:.2f} bits/byte", None, None)
+
+
+def _masked(slots: list[tuple[str, bytes]], session) -> list[tuple[str, bytes]]:
+    """The head's parts with this session's raw placeholders blanked out (same length: offsets hold).
+
+    A raw placeholder in the head is the Credentials step's business (it substitutes it for an
+    approved host and part and refuses it anywhere else), so the engine's hits on it (the value,
+    and a credential rule on its key-like shape) would be dismissed anyway, at ~100 µs each on
+    every request that carries one. Names are not masked (Credentials does not look there)."""
+    phs = [b.placeholder.encode() for b in session.secrets.values()]
+    if not phs:
+        return slots
+    out = []
+    for label, data in slots:
+        if label != "header-names":
+            for ph in phs:
+                if ph in data:
+                    data = data.replace(ph, b" " * len(ph))
+        out.append((label, data))
+    return out
+
+
+def _head_hits(detector: Detector, slots: list[tuple[str, bytes]]) -> list[Hit]:
+    """Hits in the request head's parts, one engine call. Hits in header names, or in a header or cookie
+    the request repeats (redaction rewrites by name), get no raw span: they can only be refused."""
+    counts: dict[str, int] = {}
+    for label, _data in slots:
+        counts[label] = counts.get(label, 0) + 1
+    return [dataclasses.replace(h, raw_span=None)
+            if h.raw_span is not None and (h.part == "header-names" or counts.get(base_part(h.part), 1) > 1) else h
+            for h in scan_parts(detector, slots)]
 
 
 def _refuse_ws(self, flow: http.HTTPFlow) -> None:
@@ -100,12 +142,15 @@ class Detection:
         self.budgets = budgets or UploadBudgets()
         self._bases: OrderedDict[int, tuple[object, Detector]] = OrderedDict()  # id(policy) -> (policy, detector)
         self._sessions: OrderedDict[str, tuple[tuple, Detector, Detector]] = OrderedDict()
+        self._building: dict[str, tuple[tuple, asyncio.Future]] = {}  # session id -> (key, compile under way)
+        self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="egressgw-detect-compile")
         registry.subscribe(self._session_changed)
 
     # -- the engine, per session ----------------------------------------------------------------
     def _session_changed(self, what: str, session) -> None:
         if what == "deleted":
             self._sessions.pop(session.id, None)
+            self._building.pop(session.id, None)
             self.known.forget(session.id)
             self.splits.forget(session.id)
             self.budgets.forget(session.id)
@@ -126,18 +171,50 @@ class Detection:
         _compiled(())
 
     async def _detectors(self, session) -> tuple[Detector, Detector]:
-        """(full detector: rules + known values, values-only detector for joined fragments)."""
+        """(full detector: rules + known values, values-only detector for joined fragments).
+
+        Compiling a value set takes seconds for large ones (1,000 values: ~2 s), so it never runs on
+        the event loop: it runs in one compile thread (hyperscan releases the GIL while compiling;
+        one thread: the engine's caches are not shared between threads). A request of the session
+        waits for it (other sessions' traffic goes on); after COMPILE_WAIT it is refused
+        (`detection-not-ready`, fail closed). A stale detector is never used: a canary or a rotated
+        secret value is detected from the first request after it was registered."""
         values = await self.known.of(session)
-        key = (session.policy, values)  # compared by identity first: cheap
+        key = (session.policy, values)
         entry = self._sessions.get(session.id)
+        if entry is not None and entry[0][0] is key[0] and entry[0][1] is key[1]:
+            return entry[1], entry[2]
         if entry is not None and entry[0] == key:
             return entry[1], entry[2]
-        full = self._base(session.policy).with_values(values)
-        joined = _compiled(None).with_values(values)
-        self._sessions[session.id] = (key, full, joined)
-        if len(self._sessions) > _MAX_CACHED:
-            self._sessions.popitem(last=False)
-        return full, joined
+        building = self._building.get(session.id)
+        if building is None or building[0] != key:
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(self._compiler, self._build, session.policy, values)
+            building = self._building[session.id] = (key, future)
+
+            def done(fut, sid=session.id, key=key):
+                current = self._building.get(sid)
+                if current is not None and current[1] is fut:
+                    del self._building[sid]
+                else:
+                    return  # superseded by a newer value set, or the session was deleted
+                if fut.cancelled() or fut.exception() is not None:
+                    return
+                full, joined = fut.result()
+                self._sessions[sid] = (key, full, joined)
+                self._sessions.move_to_end(sid)
+                if len(self._sessions) > _MAX_CACHED:
+                    self._sessions.popitem(last=False)
+
+            future.add_done_callback(done)
+        try:
+            return await asyncio.wait_for(asyncio.shield(building[1]), COMPILE_WAIT)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise DetectionNotReady(f"detector of session {session.id} still compiling") from None
+
+    def _build(self, policy, values) -> tuple[Detector, Detector]:
+        """In the compile thread."""
+        return self._base(policy).with_values(values), _compiled(None).with_values(values)
 
     # -- judging --------------------------------------------------------------------------------
     def _judge(self, hits, info: dict, data_of, *, body_streamed: bool = False) -> list[Finding]:
@@ -225,45 +302,52 @@ class Detection:
             logger.warning("%s", e)
             info["detail"] = str(e)
             return refuse(flow, "secret-unavailable", info["host"], status=502, secret=e.secret)
+        except DetectionNotReady as e:
+            logger.warning("%s; request refused", e)
+            return refuse(flow, "detection-not-ready", info["host"], status=503, keep_alive=True)
+        flow.metadata[_DETECTORS] = (full, joined)
         req, host = flow.request, info["host"]
         rule = session.policy.rule_named(info.get("rule"))
         uploads = bool(rule and rule.uploads)
-        # Budget: a declared length that cannot fit is refused before a byte of the body is read.
-        budget = detection.upload_budget
-        length = req.headers.get("content-length")
-        if budget and not uploads and length and length.isdigit():
-            used = self.budgets.used(session.id, host, budget.window_seconds)
-            if used + int(length) + len(req.data.path) > budget.bytes:
-                return self._over_budget(flow, info)
         path, sep, query = req.data.path.partition(b"?")
         slots: list[tuple[str, bytes]] = [("path", path)]
         if sep:
             slots.append(("query", query))
         names = []  # header and cookie names are the sandbox's choice too
+        length: str | None = None  # the first Content-Length (as mitmproxy's headers.get gives it)
+        chunked = False
         for name, value in req.headers.fields:
             lname = name.decode("latin-1").lower()
             names.append(name)
+            if lname == "content-length" and length is None:
+                length = value.decode("latin-1")
+            elif lname == "transfer-encoding":
+                chunked = True
             if lname == "cookie":
                 for pair in value.split(b";"):
                     cname, _, cvalue = pair.strip().partition(b"=")
                     names.append(cname)
                     if cvalue:
                         slots.append((f"cookie:{cname.decode('latin-1')}", cvalue))
+            elif lname == "content-length" and value.isdigit():
+                continue  # digits only: checked by mitmproxy, nothing to hide in
             else:
                 slots.append((f"header:{lname}", value))
         slots.append(("header-names", b"\n".join(names)))
-        hits = []
-        for part, data in slots:
-            found = full.scan(data, part)
-            if part == "header-names":  # a name cannot be rewritten: such a hit can only be refused
-                found = [dataclasses.replace(h, raw_span=None) for h in found]
-            hits.extend(found)
+        # Budget: a declared length that cannot fit is refused before a byte of the body is read.
+        budget = detection.upload_budget
+        if budget and not uploads and length and length.isdigit():
+            used = self.budgets.used(session.id, host, budget.window_seconds)
+            if used + int(length) + len(req.data.path) > budget.bytes:
+                return self._over_budget(flow, info)
+        # One engine call for the whole head (the cost is per call more than per byte).
+        hits = _head_hits(full, _masked(slots, session))
         fragments = self._fragments(path, query, slots)
         hits.extend(self._joined_hits(joined, session, host, fragments, detection.split_window_seconds))
         by_part: dict[str, bytes] = {}
-        for part, data in slots:
+        for part, data in (slots if hits else ()):
             by_part.setdefault(part, data)
-        findings = self._judge(hits, info, by_part.get)
+        findings = self._judge(hits, info, by_part.get) if hits else []
         in_path = [f.hit for f in findings if base_part(f.hit.part) == "path"]
         if in_path or any(base_part(f.hit.part) == "query" for f in findings):
             # The log shows the path and the query's names: never with a value in them.
@@ -277,7 +361,7 @@ class Detection:
             return
         if verdict == "redact":
             self._redact_head(flow, full, [f for f in findings if f.action == "redact"])
-        if self._should_stream(req, detection):
+        if self._should_stream(req.method, length, chunked, detection):
             self._start_stream(flow, info, full, uploads)
 
     @staticmethod
@@ -295,15 +379,19 @@ class Detection:
         out = []
         if not joined.values:
             return out
-        for j in self.splits.feed(session.id, host, fragments, window, joined.overlap):
-            try:
-                hits = joined.scan(j.data, f"split:{j.channel}")
-            except DecodeLimit as e:
-                hits = e.hits
-            for hit in hits:
-                if hit.offset < j.tail_len < hit.offset + hit.length:  # begins earlier, ends in this request
-                    # Its beginning went out with an earlier request: it cannot be redacted, only refused.
-                    out.append(dataclasses.replace(hit, offset=hit.offset - j.tail_len, raw_span=None))
+        pieces = self.splits.feed(session.id, host, fragments, window, joined.overlap)
+        if not pieces:
+            return out
+        tails = {f"split:{j.channel}": j.tail_len for j in pieces}
+        try:
+            hits = scan_parts(joined, [(f"split:{j.channel}", j.data) for j in pieces])
+        except DecodeLimit as e:
+            hits = e.hits
+        for hit in hits:
+            tail_len = tails.get(base_part(hit.part), 0)
+            if hit.offset < tail_len < hit.offset + hit.length:  # begins earlier, ends in this request
+                # Its beginning went out with an earlier request: it cannot be redacted, only refused.
+                out.append(dataclasses.replace(hit, offset=hit.offset - tail_len, raw_span=None))
         return out
 
     @staticmethod
@@ -351,11 +439,10 @@ class Detection:
 
     # -- bodies ---------------------------------------------------------------------------------
     @staticmethod
-    def _should_stream(req: http.Request, detection) -> bool:
-        if req.method in ("GET", "HEAD", "OPTIONS", "TRACE") and "content-length" not in req.headers \
-                and "transfer-encoding" not in req.headers:
+    def _should_stream(method: str, length: str | None, chunked: bool, detection) -> bool:
+        """`length`: the first Content-Length header; `chunked`: a Transfer-Encoding header is there."""
+        if method in ("GET", "HEAD", "OPTIONS", "TRACE") and length is None and not chunked:
             return False
-        length = req.headers.get("content-length")
         if length is None or not length.isdigit():
             return True  # unknown length: chunked, or HTTP/2 without a length
         return int(length) > detection.stream_bytes
@@ -379,7 +466,8 @@ class Detection:
             return self._over_budget(flow, info)
         if not body:
             return
-        full, joined = await self._detectors(session)
+        # The detectors the head was scanned with (the same values: no second look-up per request).
+        full, joined = flow.metadata.pop(_DETECTORS, None) or await self._detectors(session)
         ctype, cenc = req.headers.get("content-type"), req.headers.get("content-encoding")
         try:
             hits = full.scan(body, "body", content_type=ctype, content_encoding=cenc)
@@ -461,7 +549,12 @@ class Detection:
         session = info["session"]
         if not message.from_client or not session.policy.detection.enabled:
             return
-        full, joined = await self._detectors(session)
+        try:
+            full, joined = await self._detectors(session)
+        except DetectionNotReady as e:
+            logger.warning("%s; websocket message dropped", e)
+            message.drop()
+            return
         content = message.content
         hits = full.scan(content, "websocket")
         hits.extend(self._joined_hits(joined, session, info["host"], [("websocket", content)],

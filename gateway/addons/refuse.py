@@ -35,6 +35,7 @@ _TEXT = {
     "exfiltration": "possible exfiltration, detection rule {secret}",
     "upload-budget": "upload budget for this host exhausted",
     "body-uninspectable": "request body could not be inspected",
+    "detection-not-ready": "exfiltration detection not ready, try again",
 }
 
 META = "egressgw"

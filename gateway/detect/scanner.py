@@ -37,10 +37,11 @@ from .decode import (
     multipart,
     parse_codings,
     qp_view,
+    sig_windows,
     sniff,
     url_view,
 )
-from .forms import HALF, MIN_VALUE_LEN
+from .forms import HALF, MIN_VALUE_LEN, forms
 from .matcher import RuleMatcher, ValueMatcher
 from .rules import RulePack
 
@@ -190,6 +191,7 @@ class Detector:
         self._vm = self._engine.values_matcher(self.values)
         # escape views decode this far around each escape: a value form or a typical rule match fits
         self._window = max(512, self._vm.max_len)
+        self._url_sig = _significant_escapes(self.values)
 
     def __repr__(self) -> str:
         return f"Detector(rules={len(self.rules.rules)}, values={len(self.values)})"
@@ -324,6 +326,7 @@ class Detector:
         lowered: bytes | None = None
         global_allow = self.rules.allowlist
         rules = self._engine.rules.rules
+        exact = self._engine.rules.exact
         n = len(data)
         for ri in sorted(rule_hits):
             rule = rules[ri]
@@ -332,7 +335,7 @@ class Detector:
                     lowered = data.lower()
                 if not any(k in lowered for k in rule._kw):  # type: ignore[attr-defined]
                     continue
-            for m in _confirm(rule.compiled, data, rule_hits[ri], rule.max_len, n):
+            for m in _confirm(rule.compiled, data, rule_hits[ri], rule.max_len, n, ri in exact):
                 s, e = rule.secret_span(m)
                 if e <= s or not rule.accepts(data[s:e], m.group(0), global_allow):
                     continue
@@ -342,21 +345,28 @@ class Detector:
             return
         win = self._window
         chain = view.chain
+        binary = view.binary
         # Escape views: decoded only where needed (windows around sparse escapes), and they look for
         # base64/hex blocks again only if their escapes can have split a block (%2B %2F %3D, \/).
-        if not view.binary and "pct" in shapes and chain.count("url") < 3:
-            dec, m = url_view(data, form=view.form, window=win)
-            self._scan_view(_View(part, dec, view.chain + ("url",), _compose(view.to_part, m.span), view.region, depth,
-                                  view.form, fresh_blocks=bool(_B64_PCT.search(data)),
-                                  url_made_escapes=bool(_PCT_BACKSLASH.search(data))), acc)
+        if not binary and "pct" in shapes and chain.count("url") < 3:
+            if halves or "hex" in shapes or self._engine.rules.has_keyword(data):
+                dec, m = url_view(data, form=view.form, window=win, odd="pct-odd" in shapes)
+            else:
+                # No rule can match in the URL view (no keyword, plain or percent-encoded) and no
+                # base64/hex block is to be decoded: only the known values' literal forms can match,
+                # and only around escapes that decode to a byte of one of them. Decode just there.
+                dec, m = sig_windows(data, self._url_sig, win, view.form)
+            if dec:
+                self._scan_view(_View(part, dec, view.chain + ("url",), _compose(view.to_part, m.span), view.region, depth,
+                                      view.form, fresh_blocks="pct-b64" in shapes, url_made_escapes="pct-bs" in shapes), acc)
         # a JSON view of a URL view only when the URL decoding made new escapes (%5C): otherwise the
         # URL view of the JSON view (below) is the same bytes
-        if not view.binary and "json" in shapes and chain.count("json-u") < 2 and (
+        if not binary and "json" in shapes and chain.count("json-u") < 2 and (
                 not chain or chain[-1] != "url" or view.url_made_escapes):
-            dec, m = json_view(data, window=win)
+            dec, m = json_view(data, window=win, odd="json-odd" in shapes)
             self._scan_view(_View(part, dec, view.chain + ("json-u",), _compose(view.to_part, m.span), view.region, depth,
                                   fresh_blocks=b"\\/" in data), acc)
-        if not view.binary and "qp" in shapes and chain.count("qp") < 2:
+        if not binary and "qp" in shapes and chain.count("qp") < 2:
             dec, m = qp_view(data, window=win)
             if dec != data:
                 self._scan_view(_View(part, dec, view.chain + ("qp",), _compose(view.to_part, m.span), view.region, depth), acc)
@@ -467,15 +477,21 @@ class Detector:
         return hits
 
 
-def _confirm(rx: re.Pattern[bytes], data: bytes, ends: list[int] | None, max_len: int, n: int):
-    """Matches of `rx` in windows of max_len bytes around hyperscan's end offsets (all data if None)."""
+def _confirm(rx: re.Pattern[bytes], data: bytes, ends: list[int] | None, max_len: int, n: int, exact: bool = False):
+    """Matches of `rx` in windows of max_len bytes around hyperscan's end offsets (all data if None).
+
+    `exact`: hyperscan ran the rule's own expression (not a prefilter approximation), so it reported
+    the end of every match: a match starts at most max_len before one of those ends, and the window
+    need not reach further past it (measured: halves the confirm cost of keyword rules whose `(?i)`
+    alternations Python `re` tries at every position)."""
     if ends is None:
         yield from rx.finditer(data)
         return
     ends.sort()
     windows: list[list[int]] = []
+    after = 8 if exact else max_len + 8
     for end in ends:
-        lo, hi = max(0, end - max_len - 8), min(n, end + max_len + 8)  # slack: delimiters around a token
+        lo, hi = max(0, end - max_len - 8), min(n, end + after)  # slack: delimiters around a token
         if windows and lo <= windows[-1][1]:
             windows[-1][1] = hi
         else:
@@ -494,6 +510,30 @@ def _confirm(rx: re.Pattern[bytes], data: bytes, ends: list[int] | None, max_len
             yield m
 
 
+# bytes any escape view may need beyond the values' own: escape and block alphabets, line breaks
+_ALWAYS_SIG = set(b"%\\=\r\n+/_-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def _significant_escapes(values: tuple[KnownValue, ...]) -> re.Pattern[bytes]:
+    """A regex for the percent escapes whose decoded byte occurs in some literal form of some value
+    (or is an escape/block alphabet byte): only those can be inside a value match in a URL view."""
+    sig = set(_ALWAYS_SIG)
+    for v in values:
+        for f in forms(v.value):
+            sig.update(f.pattern)
+            if f.caseless:
+                sig.update(f.pattern.lower())
+                sig.update(f.pattern.upper())
+    alts = []
+    for hi in range(16):
+        los = [lo for lo in range(16) if (hi << 4 | lo) in sig]
+        if not los:
+            continue
+        cls = "".join(sorted({c for lo in los for c in {f"{lo:X}", f"{lo:x}"}}))
+        alts.append(f"[{hi:X}{hi:x}][{cls}]" if hi > 9 else f"{hi:X}[{cls}]")
+    return re.compile(("%(?:" + "|".join(alts) + ")").encode())
+
+
 def _identity(s: int, e: int) -> tuple[int, int]:
     return s, e
 
@@ -506,8 +546,6 @@ def _compose(outer: Callable[[int, int], tuple[int, int]] | None, inner: Callabl
     return lambda s, e: outer(*inner(s, e))
 
 
-_PCT_BACKSLASH = re.compile(rb"%(?:25)*5[cC]")
-_B64_PCT = re.compile(rb"%(?:2[bBfF]|3[dD]|0[aAdD])")  # escapes that split base64 runs: + / = CR LF
 _UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")
 
 

@@ -10,6 +10,10 @@
 
 Values are read through the secret store (cached); the last value seen of each
 secret is kept too, so a rotated secret's old value is still recognised.
+
+`of()` runs on every request: while the session's secrets, canaries and the cached
+values are what they were, it returns the very same tuple (no new objects; the
+detection addon compares it by identity first).
 """
 
 from __future__ import annotations
@@ -25,10 +29,18 @@ class KnownValues:
     def __init__(self, store):
         self.store = store
         self._last: dict[tuple[str, str], dict[str, bytes]] = {}  # (session, secret) -> {value: value}, newest last
+        # session id -> (its secrets dict, its canaries dict, the cached values, the tuple of() returned)
+        self._memo: dict[str, tuple[object, object, list, tuple[KnownValue, ...]]] = {}
 
     async def of(self, session) -> tuple[KnownValue, ...]:
         """Every known value of the session. Raises SecretBackendError for a secret never read and unreadable now."""
+        memo = self._memo.get(session.id)
+        if memo is not None and memo[0] is session.secrets and memo[1] is session.canaries:
+            peeked = [self.store.peek(parse_source(b.spec.source)) for b in session.secrets.values()]
+            if None not in peeked and peeked == memo[2]:
+                return memo[3]
         out: list[KnownValue] = []
+        values: list = []
         for name, bound in session.secrets.items():
             seen = self._last.setdefault((session.id, name), {})
             source = parse_source(bound.spec.source)
@@ -39,6 +51,7 @@ class KnownValues:
                 except EgressgwError:
                     if not seen:
                         raise
+            values.append(value)
             if value is not None:
                 raw = value.encode()
                 if raw not in seen:
@@ -48,8 +61,11 @@ class KnownValues:
             out.extend(KnownValue(f"secret:{name}", v) for v in seen if len(v) >= MIN_LEN)
             out.append(KnownValue(f"placeholder:{name}", bound.placeholder.encode()))
         out.extend(KnownValue(label, value) for label, value in session.canaries.items())
-        return tuple(out)
+        result = tuple(out)
+        self._memo[session.id] = (session.secrets, session.canaries, values, result)
+        return result
 
     def forget(self, session_id: str) -> None:
+        self._memo.pop(session_id, None)
         for key in [k for k in self._last if k[0] == session_id]:
             del self._last[key]

@@ -141,7 +141,7 @@ class Sessions(_Base):
             secrets.append((spec, make_placeholder(value)))
         try:
             session = self.ctl.registry.create(name, policy, sources, session_id, policy_text=body["policy"],
-                                               secrets=secrets)
+                                               secrets=secrets, policy_dir=body.get("policyDir"))
         except SessionStoreUnavailable as e:
             return self.fail(503, str(e))
         except SessionError as e:
@@ -193,7 +193,7 @@ class SessionPolicy(_Base):
         if policy is None:
             return
         try:
-            self.ctl.registry.replace_policy(session_id, policy, policy_text=raw)
+            self.ctl.registry.replace_policy(session_id, policy, policy_text=raw, policy_dir=base_dir)
         except SessionStoreUnavailable as e:
             return self.fail(503, str(e))
         self.finish(session.summary())
@@ -218,6 +218,8 @@ class SessionCanaries(_Base):
             return self.fail(400, "'labels' must be a list of strings, one per value")
         try:
             added = self.ctl.registry.add_canaries(session_id, [v.encode() for v in values], labels)
+        except SessionStoreUnavailable as e:
+            return self.fail(503, str(e))
         except SessionError as e:
             return self.fail(404, str(e))
         except ValueError as e:  # the message names an index or label, never a value

@@ -16,6 +16,8 @@ cannot vouch for its sessions (`healthy()` false) makes every lookup raise
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import logging
 import re
@@ -61,6 +63,7 @@ class Session:
     rev: str = ""  # changes with every write: replicas compare it to skip what they already have
     sources: frozenset[str] = frozenset()
     policy_text: str = field(default="", repr=False)
+    policy_dir: str | None = None  # where the policy's relative paths (detection rulesFiles) are resolved
     secrets: dict[str, BoundSecret] = field(default_factory=dict, repr=False)
     canaries: dict[str, bytes] = field(default_factory=dict, repr=False)  # "canary:LABEL" -> value
     created: float = field(default_factory=time.time)
@@ -108,12 +111,16 @@ class Session:
             "token_sha256": self.token_sha256,
             "sources": sorted(self.sources),
             "policy_text": self.policy_text,
+            "policy_dir": self.policy_dir,
             "secrets": [encode_secret(s.spec, s.placeholder) for s in self.secrets.values()],
+            # Canaries are detection bait, not credentials: kept (base64) so every replica and a restart
+            # still detect them (docs/sessions.md#canaries).
+            "canaries": {label: base64.b64encode(v).decode() for label, v in self.canaries.items()},
             "created": self.created,
         }
 
-    def add_canaries(self, values: list[bytes], labels: list[str] | None = None) -> list[str]:
-        """Register canary values; returns their labels. ValueError (never naming a value) when one is unfit."""
+    def check_canaries(self, values: list[bytes], labels: list[str] | None = None) -> dict[str, bytes]:
+        """The canaries to add ({"canary:LABEL": value}), changing nothing. ValueError (never naming a value)."""
         if labels is not None and len(labels) != len(values):
             raise ValueError("'labels' must have one label per value")
         if not values:
@@ -131,8 +138,24 @@ class Session:
             if key in self.canaries or key in added:
                 raise ValueError(f"labels[{i}]: canary {label!r} already exists")
             added[key] = value
-        self.canaries.update(added)
+        return added
+
+    def add_canaries(self, values: list[bytes], labels: list[str] | None = None) -> list[str]:
+        """In memory only (a session of no registry); `SessionRegistry.add_canaries` also stores them."""
+        added = self.check_canaries(values, labels)
+        self.canaries = {**self.canaries, **added}
         return list(added)
+
+
+def _canaries_of(record: dict) -> dict[str, bytes]:
+    """A record's canaries; ValueError when malformed (the record is then not loaded: fail closed)."""
+    raw = record.get("canaries") or {}
+    if not isinstance(raw, dict):
+        raise ValueError("'canaries' is not a mapping")
+    try:
+        return {str(k): base64.b64decode(v, validate=True) for k, v in raw.items()}
+    except (binascii.Error, TypeError):
+        raise ValueError("a canary is not valid base64") from None
 
 
 class SessionRegistry:
@@ -201,6 +224,7 @@ class SessionRegistry:
         session_id: str | None = None,
         policy_text: str = "",
         secrets: Iterable[tuple[SecretSpec, str]] = (),
+        policy_dir: str | None = None,
     ) -> Session:
         """Register a session. `secrets` pairs each spec with the placeholder made for it."""
         sources = frozenset(sources)
@@ -217,6 +241,7 @@ class SessionRegistry:
             decider=Decider(policy),
             sources=sources,
             policy_text=policy_text,
+            policy_dir=policy_dir,
             rev=token_hex(8),
         )
         for spec, placeholder in secrets:
@@ -225,12 +250,14 @@ class SessionRegistry:
         self._add(session)
         return session
 
-    def replace_policy(self, session_id: str, policy: Policy, policy_text: str = "") -> Session:
+    def replace_policy(self, session_id: str, policy: Policy, policy_text: str = "",
+                       policy_dir: str | None = None) -> Session:
         session = self.get(session_id)
         decider = Decider(policy)  # compile first: a bad policy never half-replaces
         rev = token_hex(8)
-        self.store.put({**session.record(), "policy_text": policy_text, "rev": rev})
+        self.store.put({**session.record(), "policy_text": policy_text, "policy_dir": policy_dir, "rev": rev})
         self._swap_policy(session, policy, decider, policy_text, rev)
+        session.policy_dir = policy_dir
         return session
 
     def delete(self, session_id: str) -> Session:
@@ -255,9 +282,16 @@ class SessionRegistry:
         if session is not None and session.rev == record.get("rev"):
             return
         try:
-            policy = load_policy_text(record["policy_text"], source=f"policy of session {record['name']}")
+            # rulesFiles are read again from the policy's directory: the same path on every replica
+            policy = load_policy_text(record["policy_text"], source=f"policy of session {record['name']}",
+                                      base_dir=record.get("policy_dir"))
             if session is not None:
+                canaries = _canaries_of(record)
                 self._swap_policy(session, policy, Decider(policy), record["policy_text"], record.get("rev", ""))
+                session.policy_dir = record.get("policy_dir")
+                if canaries != session.canaries:
+                    session.canaries = canaries
+                    self._notify("canaries-added", session)
                 return
             fresh = self._from_record(record, policy)
             self._check_sources(fresh.sources)
@@ -281,8 +315,10 @@ class SessionRegistry:
             decider=Decider(policy),
             sources=frozenset(record.get("sources", ())),
             policy_text=record["policy_text"],
+            policy_dir=record.get("policy_dir"),
             created=record.get("created", time.time()),
             rev=record.get("rev", ""),
+            canaries=_canaries_of(record),
         )
         for raw in record.get("secrets", ()):
             spec, placeholder = decode_secret(raw)
@@ -313,10 +349,17 @@ class SessionRegistry:
         self._notify("policy-replaced", session)
 
     def add_canaries(self, session_id: str, values: list[bytes], labels: list[str] | None = None) -> list[str]:
+        """Register canaries: written to the store first (every replica detects them), then in force here."""
         session = self.get(session_id)
-        added = session.add_canaries(values, labels)
+        added = session.check_canaries(values, labels)
+        rev = token_hex(8)
+        record = session.record()
+        record["canaries"].update((k, base64.b64encode(v).decode()) for k, v in added.items())
+        self.store.put({**record, "rev": rev})
+        session.canaries = {**session.canaries, **added}
+        session.rev = rev
         self._notify("canaries-added", session)
-        return added
+        return list(added)
 
     def _remove(self, session: Session) -> Session:
         self._by_id.pop(session.id, None)

@@ -195,3 +195,55 @@ def test_engine_imports_nothing_from_mitmproxy():
     code = "import sys, gateway.detect; print(any(m.split('.')[0] == 'mitmproxy' for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_confirm_windows_of_exact_rules_find_what_a_whole_pass_finds():
+    """Rules compiled exactly into hyperscan get confirmation windows that end just past each reported
+    end offset: on samples packed densely among noise and each other, the windowed matches equal a
+    Python `re` pass over the whole data."""
+    import random
+
+    from gateway.detect.matcher import RuleMatcher
+    from gateway.detect.scanner import _confirm
+
+    from .corpus import rule_samples
+
+    pack = builtin_rules()
+    rm = RuleMatcher(pack)
+    samples = list(rule_samples().values())
+    rnd = random.Random(7)
+    noise = [b" ", b"\n", b"x", b"=", b'"', b"password: ", b"token=", b"\\n", b"ab12", b"&"]
+    checked = 0
+    for _ in range(60):
+        data = b"".join(rnd.choice(samples) + b"".join(rnd.choice(noise) for _ in range(rnd.randint(0, 6)))
+                        for _ in range(rnd.randint(1, 8)))
+        hits, _shapes = rm.scan(data)
+        for ri in rm.exact:
+            rule = rm.rules[ri]
+            whole = [m.span() for m in rule.compiled.finditer(data)]
+            got = [m.span() for m in _confirm(rule.compiled, data, list(hits.get(ri) or []), rule.max_len, len(data), True)]
+            assert got == whole, rule.id
+            checked += len(whole)
+    assert checked > 100
+
+
+def test_url_view_decoded_only_around_escapes_a_value_form_can_hold():
+    """A body dense with escapes no value form contains (%20, %3A) and no rule keyword: the URL view
+    is decoded only around the escapes that can be part of a value, and a partly percent-encoded
+    value far inside is still found, with its raw span; a rule keyword makes the view whole again."""
+    value = b"Pw-Zq8Lw3Xv7Np2!Rt6"
+    det = Detector(builtin_rules(), [KnownValue("v", value)])
+    filler = b"".join(b"q=is%3Aopen+label%3Abug%20%20x&" for _ in range(400))
+    enc = value.replace(b"!", b"%21").replace(b"Zq", b"%5Aq")
+    body = filler + b"v=" + enc + b"&" + filler
+    hits = det.scan(body, "body")
+    assert [(h.rule, h.label) for h in hits] == [("known-value", "v")]
+    assert hits[0].raw_span == (len(filler) + 2, len(filler) + 2 + len(enc))
+    # a rule match needs the whole view: a keyword anywhere keeps it
+    secret = b"api_key%3D%22" + b"Zk9Qx2Lm7Rt4Vb8Nc1Wd" + b"%22"
+    hits = det.scan(filler + secret + filler, "body")
+    assert "generic-secret-assignment" in {h.rule for h in hits}
+    # ... also when the keyword itself is percent-encoded (the gate reads the undecoded bytes)
+    secret = b"p%61ss%77ord%3D%22" + b"Zk9Qx2Lm7Rt4Vb8Nc1Wd" + b"%22"
+    hits = det.scan(filler + secret + filler, "body")
+    assert "generic-secret-assignment" in {h.rule for h in hits}

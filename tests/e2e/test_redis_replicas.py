@@ -3,11 +3,14 @@
 A session made through replica A's control API is served by replica B as an
 explicit proxy; a policy change made through A is enforced by B within a
 second; with Redis gone B refuses (session-store-unavailable) and recovers
-when Redis is back. A gateway restart with the SQLite store keeps sessions.
+when Redis is back. A canary registered through A is detected by B. A gateway
+restart with the SQLite store keeps sessions and their canaries.
 """
 
 from __future__ import annotations
 
+import base64
+import secrets
 import shutil
 import time
 
@@ -76,6 +79,25 @@ def test_any_replica_serves_any_session_and_follows_policy_changes(replicas, lab
     _until(lambda: _proxy(b, session, "http://other.test/")[0] == 407, 1.0, step=0.02)
 
 
+CANARY = "canary-" + secrets.token_hex(12)
+
+
+def test_a_canary_registered_on_one_replica_is_detected_on_the_other(replicas, lab):
+    a, b, _ = replicas
+    session = a.client().create_session("canaried", ALLOWED)
+    _until(lambda: _proxy(b, session, "https://allowed.test/")[0] == 200, 1.0)
+    assert a.client().add_canaries(session["id"], [CANARY], ["decoy"]) == ["canary:decoy"]
+    url = f"https://allowed.test/?d={base64.b64encode(CANARY.encode()).decode()}"
+    took = _until(lambda: _proxy(b, session, url)[0] == 403, 1.0, step=0.02)
+    status, body = _proxy(b, session, url)
+    assert status == 403 and "known-value" in body and CANARY not in body
+    event = b.events(event="http", session=session["id"], reason="exfiltration")[-1]
+    assert event["detections"][0]["label"] == "canary:decoy"
+    assert _proxy(b, session, "https://allowed.test/?d=clean")[0] == 200
+    assert b.client().canaries(session["id"]) == ["canary:decoy"]  # labels only, on B too
+    print(f"canary registered on A detected on B after {took * 1000:.0f} ms")
+
+
 def test_replica_without_redis_fails_closed_then_recovers(replicas, lab):
     a, b, redis = replicas
     session = a.client().create_session("outage", ALLOWED)
@@ -101,12 +123,14 @@ def test_sqlite_store_keeps_sessions_across_a_restart(lab):
     gw = LabGateway(lab, "restart", port_offset=20).start()
     try:
         session = gw.client().create_session("durable", ALLOWED)
+        gw.client().add_canaries(session["id"], [CANARY], ["kept"])
         gw.stop()
         gw.start()
         assert any(s["id"] == session["id"] for s in gw.client().list_sessions())
         argv = ["curl", "-sS", "-m", "5", "-w", "\n%{http_code}", "--cacert", str(gw.dir / "ca" / "sandbox-ca-bundle.pem"),
-                "-x", f"http://127.0.0.1:{gw.PROXY_PORT}", "--proxy-user", f"{session['id']}:{session['token']}",
-                "https://allowed.test/"]
-        assert lab.run_in(lab.gw_ns, argv).stdout.endswith("200")
+                "-x", f"http://127.0.0.1:{gw.PROXY_PORT}", "--proxy-user", f"{session['id']}:{session['token']}"]
+        assert lab.run_in(lab.gw_ns, [*argv, "https://allowed.test/"]).stdout.endswith("200")
+        # the canary registered before the restart is still looked for
+        assert lab.run_in(lab.gw_ns, [*argv, f"https://allowed.test/?d={CANARY[::-1]}"]).stdout.endswith("403")
     finally:
         gw.stop()

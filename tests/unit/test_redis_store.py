@@ -21,6 +21,7 @@ from gateway.sessions.store import SessionStoreUnavailable
 from gateway.lab.redis import RedisServer
 
 from .helpers import ALLOWED, PLAIN, policy_text
+from .test_session_store import CANARY, blocked_by_detection
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (scripts/bootstrap)")
 
@@ -73,6 +74,16 @@ async def _scenario(server: RedisServer) -> None:
         a.replace_policy(s.id, load_policy_text(TEXT_B), policy_text=TEXT_B)
         assert await _until(lambda: s_b.policy.name == "b", 1.0) < 1.0
         assert b.get(s.id) is s_b  # replaced in place: open connections meet the new policy
+
+        # A canary registered on A is detected on B (it travels in the record).
+        a.replace_policy(s.id, load_policy_text(TEXT_A), policy_text=TEXT_A)
+        assert a.add_canaries(s.id, [CANARY], ["c1"]) == ["canary:c1"]
+        assert await _until(lambda: s_b.canaries == {"canary:c1": CANARY}, 1.0) < 1.0
+        assert s_b.policy.name == "a"
+        assert await blocked_by_detection(b, s.id, CANARY)
+        a.replace_policy(s.id, load_policy_text(TEXT_B), policy_text=TEXT_B)
+        assert await _until(lambda: s_b.policy.name == "b", 1.0) < 1.0
+        assert s_b.canaries == {"canary:c1": CANARY}  # a later change keeps them
 
         # Redis gone: B stops vouching for its sessions at once (broken connection), and writes fail.
         server.stop()

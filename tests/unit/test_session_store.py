@@ -176,3 +176,86 @@ def test_open_store_errors():
         open_store("etcd://x")
     with pytest.raises(ConfigError, match="absolute path"):
         open_store("sqlite://rel.db")
+
+
+CANARY = b"canary-3e8d1f0a7c5b9264"
+
+
+def _blocked_by_detection(registry, session_id: str, value: bytes) -> bool:
+    import asyncio
+
+    return asyncio.run(blocked_by_detection(registry, session_id, value))
+
+
+async def blocked_by_detection(registry, session_id: str, value: bytes) -> bool:
+    """The real detection addon of `registry` on a request carrying `value` base64-encoded in a header."""
+    import base64
+
+    from tests.unit.test_detection_addon import Audit, flow_for
+
+    from gateway.addons.detection import Detection
+    from gateway.secrets.backends import SecretStore
+
+    addon = Detection(registry, SecretStore(), Audit())
+    f = flow_for(registry.get(session_id), host="allowed.test", path="/ok/x",
+                 headers=[("X-Note", base64.b64encode(value).decode())], method="GET")
+    await addon.requestheaders(f)
+    return f.response is not None and f.response.status_code == 403 and "canary:" in str(f.metadata)
+
+
+def test_canaries_survive_a_restart_and_are_detected(tmp_path):
+    db = tmp_path / "sessions.db"
+    first = _registry(db)
+    s = first.create("alpha", load_policy_text(TEXT_A), policy_text=TEXT_A)
+    assert first.add_canaries(s.id, [CANARY], ["db-dump"]) == ["canary:db-dump"]
+    first.store.close()
+
+    again = _registry(db)
+    again.load()
+    assert again.get(s.id).canaries == {"canary:db-dump": CANARY}
+    assert again.get(s.id).summary()["canaries"] == ["canary:db-dump"]  # labels only, never a value
+    assert _blocked_by_detection(again, s.id, CANARY)
+
+
+def test_canaries_are_written_to_the_store_first():
+    store = _DownStore()
+    reg = SessionRegistry(store)
+    s = reg.create("alpha", load_policy_text(TEXT_A), policy_text=TEXT_A)
+    store.up = False
+    with pytest.raises(SessionStoreUnavailable):
+        reg.add_canaries(s.id, [CANARY])
+    assert s.canaries == {}  # a refused write changes nothing locally either
+
+
+@pytest.mark.parametrize("canaries", [["not", "a", "mapping"], {"canary:x": "!!not base64!!"}])
+def test_a_record_with_malformed_canaries_is_no_session(canaries, caplog):
+    reg = SessionRegistry()
+    reg.apply("s-bad", {**SessionRegistry().create("x", load_policy_text(TEXT_A), policy_text=TEXT_A).record(),
+                        "id": "s-bad", "canaries": canaries})
+    assert "s-bad" not in reg.ids() and "not loaded" in caplog.text
+
+
+TEAM_RULES = """\
+[[rules]]
+id = "acme-token"
+description = "ACME token"
+regex = '''acme_[a-z0-9]{32}'''
+keywords = ["acme_"]
+"""
+
+
+def test_a_policy_with_relative_rules_files_survives_a_restart(tmp_path):
+    """rulesFiles are relative to the policy's directory: the record keeps it, a reload reads them again."""
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "team.toml").write_text(TEAM_RULES)
+    text = TEXT_A + "  detection:\n    rulesFiles: [team.toml]\n"
+    pdir = str(tmp_path / "policies")
+    db = tmp_path / "sessions.db"
+    first = _registry(db)
+    s = first.create("alpha", load_policy_text(text, base_dir=pdir), policy_text=text, policy_dir=pdir)
+    first.replace_policy(s.id, load_policy_text(text, base_dir=pdir), policy_text=text, policy_dir=pdir)
+    first.store.close()
+    again = _registry(db)
+    assert again.load() == 1  # before: the relative path could not be resolved and the session was lost
+    s2 = again.get(s.id)
+    assert s2.policy_dir == pdir and [p.ids for p in s2.policy.detection.packs] == [("acme-token",)]
