@@ -9,6 +9,7 @@ from gateway.addons.dialgate import DialGate
 from gateway.addons.dnsgate import DnsGate
 from gateway.addons.httppolicy import HttpPolicy
 from gateway.addons.identity import Identity
+from gateway.addons.limits import Limits, LimitsBody
 from gateway.addons.tcppolicy import TcpPolicy
 from gateway.addons.tlsgate import TlsGate
 
@@ -16,11 +17,13 @@ from gateway.addons.tlsgate import TlsGate
 def default_addons(*, registry, conns, resolver, guard, audit, store, dns_tunnels=None) -> list:
     return [
         Identity(registry, conns, audit),  # source address / proxy credentials -> session
+        Limits(registry, conns, audit),  # per-session limits: connections, rates, sizes (gateway/limits.py)
         DnsGate(registry, resolver, audit, dns_tunnels, store),  # allowed names only, asked of upstream.dns; tunnels refused
         TlsGate(conns, guard, audit),  # SNI at ClientHello: refuse / pass through / intercept
         HttpPolicy(conns, guard, audit),  # Host = SNI = authority; port, method, path
         TcpPolicy(conns, guard, audit),  # raw TCP only where a tcp rule allows it
         Detection(registry, store, audit),  # exfiltration in what the sandbox sends, before any substitution
+        LimitsBody(audit),  # request bodies counted as they stream, cut past spec.limits.bodyBytes
         Credentials(registry, store, audit),  # placeholders -> real values, approved hosts only; mask responses
         DialGate(conns),  # only vetted addresses are dialled
         HttpAudit(audit),  # one flow-log event per HTTP decision
