@@ -41,7 +41,7 @@ def check(text: str) -> None:
         for problem in exc.problems:
             assert problem.file == SOURCE and problem.line >= 0 and problem.message
             assert str(problem).startswith(SOURCE)
-            assert problem.line <= text.count("\n") + 2, (problem, text)
+            assert problem.line <= len(text.splitlines()) + 2, (problem, text)
         return
     assert isinstance(result, Policy)
 
