@@ -222,7 +222,7 @@ class LimitsBody:
         if flow.response or info is None or info.get("session") is None:
             return
         req = flow.request
-        if req.stream is None:
+        if not req.stream:  # False: mitmproxy buffers it
             if "content-length" in req.headers:
                 return  # a known length, checked against bodyBytes already; buffered by mitmproxy
             if "transfer-encoding" not in req.headers and (
@@ -249,13 +249,15 @@ class _Counted:
         self.dead = False
 
     def __call__(self, chunk: bytes):
+        # Never hand mitmproxy b"" for a chunk in the middle of a body: to a chunked HTTP/1 origin it
+        # writes a zero-size chunk, which ENDS the body there (the rest would parse as a new request).
+        # An empty list sends nothing.
         if self.dead:
-            return b""
+            return []
         self.seen += len(chunk)
         if self.seen > self.limit:
             self.dead = True
             self.addon._cut(self.flow, self.info)
-            return b""
-        if self.inner is None or self.inner is True:
-            return chunk
-        return self.inner(chunk)
+            return []
+        out = self.inner(chunk) if callable(self.inner) else chunk
+        return [] if out == b"" else out
