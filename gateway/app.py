@@ -30,7 +30,7 @@ from mitmproxy.addons import (
 )
 from mitmproxy.master import Master
 
-from gateway import metrics
+from gateway import ca, metrics
 from gateway.addons import default_addons
 from gateway.audit import Audit
 from gateway.config import Config, Listen
@@ -109,6 +109,7 @@ class Gateway:
     def _build_master(self) -> Master:
         Path(self.config.ca_dir).mkdir(parents=True, exist_ok=True)
         os.chmod(self.config.ca_dir, 0o755)  # sandboxes read the bundle; key files stay 0600
+        ca.ensure(self.config.ca_dir, self.config.ca_name_constraints, self.config.source)  # before mitmproxy loads it
         master = Master(options.Options(), event_loop=asyncio.get_running_loop(), with_termlog=True)
         master.addons.add(
             core.Core(),
@@ -121,7 +122,9 @@ class Gateway:
         )
         master.addons.add(*default_addons(
             registry=self.registry, conns=self.conns, resolver=self.resolver, guard=self.guard, audit=self.audit,
-            store=self.store, dns_tunnels=DnsTunnelDetector(self.config.dns_detection or Settings())))
+            store=self.store, dns_tunnels=DnsTunnelDetector(self.config.dns_detection or Settings()),
+            timeouts={"headers": self.config.request_headers_timeout, "body": self.config.request_body_timeout,
+                      "origin": self.config.response_headers_timeout}))
         master.options.update(
             mode=mode_specs(self.config),
             confdir=self.config.ca_dir,
@@ -130,6 +133,7 @@ class Gateway:
             ssl_verify_upstream_trusted_ca=self.config.upstream_ca_bundle,
             http2=True,
             rawtcp=True,
+            tcp_timeout=max(1, round(self.config.idle_timeout)),  # timeouts.idleSeconds
             termlog_verbosity="warn",
         )
         return master
