@@ -147,6 +147,19 @@ class Gateway:
             server.listen(listen.port, listen.host)
         self._http_servers.append(server)
 
+    def reload(self) -> None:
+        """SIGHUP: re-read the policy file of every session created from one (`sandbox up --policy FILE`).
+
+        A changed file replaces that session's policy (the next request, DNS query or connection is decided
+        by it; established connections the new policy still allows carry on). A file that no longer loads
+        leaves the old policy, logged. Listeners, CA, log path and store are not re-read: restart for those."""
+        try:
+            reloaded, failed = self.registry.reload_files()
+        except Exception:  # never let a reload take the gateway down; the old policies stay
+            logger.exception("SIGHUP: reload failed; every session keeps its policy")
+            return
+        logger.warning("SIGHUP: %d session policies reloaded, %d kept (file did not load)", len(reloaded), len(failed))
+
     async def run(self) -> None:
         self.master = self._build_master()
         for key in ("mitmproxy-ca.pem", "mitmproxy-ca.p12"):
@@ -169,6 +182,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.master.shutdown)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         logger.warning(
             "egressgw up: transparent %s, dns %s, proxy %s, control %s, metrics %s, log %s, sessions %s (%d loaded)",
             self.config.transparent, self.config.dns, proxy or "off", self.config.control.url(),

@@ -23,10 +23,11 @@ import time
 from secrets import token_hex, token_urlsafe
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable
 
 from gateway.errors import PolicyError, SessionError
-from gateway.policy import Decider, Policy, load_policy_text
+from gateway.policy import Decider, Policy, load_policy_file, load_policy_text
 from gateway.secrets.model import BoundSecret, SecretSpec
 from gateway.secrets.placeholders import core_of
 from gateway.secrets.substitute import PlaceholderIndex
@@ -61,6 +62,7 @@ class Session:
     rev: str = ""  # changes with every write: replicas compare it to skip what they already have
     sources: frozenset[str] = frozenset()
     policy_text: str = field(default="", repr=False)
+    policy_file: str = ""  # the file the policy came from (`sandbox up --policy`): SIGHUP re-reads it
     secrets: dict[str, BoundSecret] = field(default_factory=dict, repr=False)
     canaries: dict[str, bytes] = field(default_factory=dict, repr=False)  # "canary:LABEL" -> value
     created: float = field(default_factory=time.time)
@@ -108,6 +110,7 @@ class Session:
             "token_sha256": self.token_sha256,
             "sources": sorted(self.sources),
             "policy_text": self.policy_text,
+            "policy_file": self.policy_file,
             "secrets": [encode_secret(s.spec, s.placeholder) for s in self.secrets.values()],
             "created": self.created,
         }
@@ -201,6 +204,7 @@ class SessionRegistry:
         session_id: str | None = None,
         policy_text: str = "",
         secrets: Iterable[tuple[SecretSpec, str]] = (),
+        policy_file: str = "",
     ) -> Session:
         """Register a session. `secrets` pairs each spec with the placeholder made for it."""
         sources = frozenset(sources)
@@ -217,6 +221,7 @@ class SessionRegistry:
             decider=Decider(policy),
             sources=sources,
             policy_text=policy_text,
+            policy_file=policy_file,
             rev=token_hex(8),
         )
         for spec, placeholder in secrets:
@@ -225,13 +230,39 @@ class SessionRegistry:
         self._add(session)
         return session
 
-    def replace_policy(self, session_id: str, policy: Policy, policy_text: str = "") -> Session:
+    def replace_policy(self, session_id: str, policy: Policy, policy_text: str = "",
+                       policy_file: str | None = None) -> Session:
+        """`policy_file`: None keeps the session's link to its file; "" drops it (SIGHUP then leaves it alone)."""
         session = self.get(session_id)
         decider = Decider(policy)  # compile first: a bad policy never half-replaces
         rev = token_hex(8)
-        self.store.put({**session.record(), "policy_text": policy_text, "rev": rev})
+        linked = session.policy_file if policy_file is None else policy_file
+        self.store.put({**session.record(), "policy_text": policy_text, "policy_file": linked, "rev": rev})
+        session.policy_file = linked
         self._swap_policy(session, policy, decider, policy_text, rev)
         return session
+
+    def reload_files(self) -> tuple[list[str], list[str]]:
+        """Re-read every session's policy file (SIGHUP). A changed file replaces the policy; a file that no
+        longer loads (or is gone) leaves the old policy in place, logged. Returns (reloaded, failed) ids."""
+        reloaded, failed = [], []
+        for session in self.list():
+            if not session.policy_file:
+                continue
+            try:
+                policy = load_policy_file(session.policy_file)
+                text = Path(session.policy_file).read_text(encoding="utf-8-sig")
+            except (PolicyError, OSError) as e:
+                logger.error("SIGHUP: policy of session %s (%s) not reloaded, the old one stays: %s",
+                             session.id, session.name, e)
+                failed.append(session.id)
+                continue
+            if text != session.policy_text:
+                self.replace_policy(session.id, policy, policy_text=text)
+                logger.warning("SIGHUP: session %s (%s) now has the policy in %s", session.id, session.name,
+                               session.policy_file)
+                reloaded.append(session.id)
+        return reloaded, failed
 
     def delete(self, session_id: str) -> Session:
         session = self.get(session_id)
@@ -281,6 +312,7 @@ class SessionRegistry:
             decider=Decider(policy),
             sources=frozenset(record.get("sources", ())),
             policy_text=record["policy_text"],
+            policy_file=record.get("policy_file", ""),
             created=record.get("created", time.time()),
             rev=record.get("rev", ""),
         )
