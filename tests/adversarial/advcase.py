@@ -21,7 +21,7 @@ from gateway.lab.records import match
 
 @dataclass(frozen=True)
 class Attack:
-    kind: str  # "curl" | "sh" | "py" (the sandbox's python3) | "vpy" (the gateway venv's python: h2, wsproto)
+    kind: str  # "curl" | "sh" | "py" (the sandbox's python3) | "vpy" (the gateway venv's python: h2, wsproto; needs user="root")
     args: tuple[str, ...]
     user: str = "nobody"
 
@@ -157,3 +157,36 @@ def drop_count(box) -> int:
                         capture_output=True, text=True, check=True).stdout
     return sum(int(line.split("packets ")[1].split()[0])
                for line in out.splitlines() if " drop" in line and "packets " in line)
+
+
+RAW = r"""
+import os, socket, ssl, sys
+addr, port, sni, payload = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+payload = payload.encode("latin-1").decode("unicode_escape").encode("latin-1")
+s = socket.create_connection((addr, port), timeout=4)
+if sni != "-":
+    ctx = ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE"))
+    if sni == "none":
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    s = ctx.wrap_socket(s, server_hostname=None if sni == "none" else sni)
+out = b""
+for part in payload.split(b"<PAUSE>"):
+    s.sendall(part)
+    try:
+        out += s.recv(65536)
+    except (TimeoutError, OSError):
+        break
+print(out[:400])
+"""
+
+
+def raw(payload: str, addr: str = "198.18.1.10", port: int = 80, sni: str = "-") -> Attack:
+    """Bytes sent as they are (escapes like \\r\\n decoded) to addr:port, over TLS with `sni` unless
+    "-" ("none": TLS without SNI). `<PAUSE>` splits the payload: the script reads an answer between
+    parts (host switching on a kept-alive connection)."""
+    return py(RAW, addr, str(port), sni, payload)
+
+
+def req(host: str, path: str = "/MARK", method: str = "GET", extra: str = "", version: str = "HTTP/1.1") -> str:
+    return f"{method} {path} {version}\\r\\nHost: {host}\\r\\n{extra}Connection: keep-alive\\r\\n\\r\\n"
