@@ -22,10 +22,13 @@ HEADER_COUNT = "header-count"
 HEADER_BYTES = "header-bytes"
 URL = "url"
 BODY = "body"
+BODY_CHUNKS = "body-chunks"
+RESPONSE_HEADER_BYTES = "response-header-bytes"
 WEBSOCKET_MESSAGE = "websocket-message"
 DNS = "dns"
 TLS = "tls"
-NAMES = (CONNECTIONS, REQUESTS, HEADER_COUNT, HEADER_BYTES, URL, BODY, WEBSOCKET_MESSAGE, DNS, TLS)
+NAMES = (CONNECTIONS, REQUESTS, HEADER_COUNT, HEADER_BYTES, URL, BODY, BODY_CHUNKS, RESPONSE_HEADER_BYTES,
+         WEBSOCKET_MESSAGE, DNS, TLS)
 
 
 def reason(name: str) -> str:

@@ -11,13 +11,16 @@ from gateway.addons.httppolicy import HttpPolicy
 from gateway.addons.identity import Identity
 from gateway.addons.limits import Limits, LimitsBody
 from gateway.addons.tcppolicy import TcpPolicy
+from gateway.addons.timeouts import Timeouts
 from gateway.addons.tlsgate import TlsGate
 
 
-def default_addons(*, registry, conns, resolver, guard, audit, store, dns_tunnels=None) -> list:
+def default_addons(*, registry, conns, resolver, guard, audit, store, dns_tunnels=None, timeouts=None) -> list:
+    """`timeouts`: keyword arguments of `Timeouts` (headers, body, origin seconds), from the config."""
     return [
         Identity(registry, conns, audit),  # source address / proxy credentials -> session
         Limits(registry, conns, audit),  # per-session limits: connections, rates, sizes (gateway/limits.py)
+        Timeouts(conns, audit, **(timeouts or {})),  # slow clients, slow origins
         DnsGate(registry, resolver, audit, dns_tunnels, store),  # allowed names only, asked of upstream.dns; tunnels refused
         TlsGate(conns, guard, audit),  # SNI at ClientHello: refuse / pass through / intercept
         HttpPolicy(conns, guard, audit),  # Host = SNI = authority; port, method, path

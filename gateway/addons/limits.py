@@ -166,6 +166,26 @@ class Limits:
         if status == 429:
             flow.response.headers["Retry-After"] = "1"
 
+    @fail_closed(refuse_http)
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """An origin's response head over `headerBytes` (the same bound as requests) never reaches the sandbox."""
+        info = flow.metadata.get(META)
+        if info is None or info.get("session") is None or flow.response is None:
+            return
+        size = sum(len(k) + len(v) for k, v in flow.response.headers.fields)
+        if size <= info["session"].policy.limits.header_bytes:
+            return
+        count(lim.RESPONSE_HEADER_BYTES)
+        info.update(decision="deny", reason=lim.reason(lim.RESPONSE_HEADER_BYTES), logged=True,
+                    detail=f"response head of {size} bytes from the origin")
+        from gateway.addons.auditor import HttpAudit
+
+        try:
+            self.audit.emit(HttpAudit._event(flow, info))
+        except LogWriteError:
+            pass
+        close_flow(flow)  # the head is held here: nothing of it reaches the sandbox
+
     @fail_closed(_refuse_ws)
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         info = flow.metadata.get(META)
@@ -228,11 +248,12 @@ class LimitsBody:
             if "transfer-encoding" not in req.headers and (
                     req.http_version.startswith("HTTP/1") or req.method in ("GET", "HEAD", "OPTIONS", "TRACE")):
                 return  # no body
-        req.stream = _Counted(self, flow, info, req.stream, info["session"].policy.limits.body_bytes)
+        limits = info["session"].policy.limits
+        req.stream = _Counted(self, flow, info, req.stream, limits.body_bytes, limits.body_chunks)
 
-    def _cut(self, flow: http.HTTPFlow, info: dict) -> None:
-        count(lim.BODY)
-        info.update(decision="deny", reason=lim.reason(lim.BODY), logged=True)
+    def _cut(self, flow: http.HTTPFlow, info: dict, name: str = lim.BODY) -> None:
+        count(name)
+        info.update(decision="deny", reason=lim.reason(name), logged=True)
         from gateway.addons.auditor import HttpAudit
 
         try:
@@ -243,8 +264,9 @@ class LimitsBody:
 
 
 class _Counted:
-    def __init__(self, addon: LimitsBody, flow: http.HTTPFlow, info: dict, inner, limit: int):
+    def __init__(self, addon: LimitsBody, flow: http.HTTPFlow, info: dict, inner, limit: int, chunks: int):
         self.addon, self.flow, self.info, self.inner, self.limit = addon, flow, info, inner, limit
+        self.chunks_left = chunks
         self.seen = 0
         self.dead = False
 
@@ -255,9 +277,10 @@ class _Counted:
         if self.dead:
             return []
         self.seen += len(chunk)
-        if self.seen > self.limit:
+        self.chunks_left -= 1
+        if self.seen > self.limit or self.chunks_left < 0:
             self.dead = True
-            self.addon._cut(self.flow, self.info)
+            self.addon._cut(self.flow, self.info, lim.BODY if self.seen > self.limit else lim.BODY_CHUNKS)
             return []
         out = self.inner(chunk) if callable(self.inner) else chunk
         return [] if out == b"" else out

@@ -153,9 +153,10 @@ class Limits:
     connections: int = 256  # open client connections at once
     requests_per_second: int = 100  # HTTP requests (token bucket, burst 2x)
     header_count: int = 100  # request header fields
-    header_bytes: int = 65536  # request header names + values
+    header_bytes: int = 65536  # request (and response) header names + values
     url_bytes: int = 16384  # request target (path and query)
     body_bytes: int = 1 << 30  # request body
+    body_chunks: int = 65536  # pieces a streamed request body arrives in (HTTP/1 chunks, HTTP/2 DATA frames)
     websocket_message_bytes: int = 16 << 20  # one WebSocket message from the sandbox
     dns_per_second: int = 200  # DNS queries (token bucket, burst 2x)
     tls_per_second: int = 50  # TLS handshakes (token bucket, burst 2x)
@@ -173,6 +174,7 @@ LIMIT_KEYS = {
     "headerBytes": "header_bytes",
     "urlBytes": "url_bytes",
     "bodyBytes": "body_bytes",
+    "bodyChunks": "body_chunks",
     "websocketMessageBytes": "websocket_message_bytes",
     "dnsQueriesPerSecond": "dns_per_second",
     "tlsHandshakesPerSecond": "tls_per_second",
