@@ -131,3 +131,15 @@ def test_killed_gateway_restarts_and_nothing_leaks_in_between(supervised, lab, l
     assert after and all(p[1] == 200 for p in after[-5:]), after
     assert "exited with status 137" in (gw.dir / "supervise.stderr").read_text()
     assert box.curl("https://allowed.test/")[0] == 200  # the session came back from the store
+
+
+def test_sighup_to_the_supervisor_reaches_the_gateway(supervised):
+    gw, sup, _ = supervised
+    log = gw.dir / "supervise.stderr"
+    pid = gateway_pid(sup)
+    os.kill(sup.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "SIGHUP:" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "SIGHUP:" in log.read_text() and "policies reloaded" in log.read_text()
+    assert gateway_pid(sup) == pid and healthy(gw)  # reloaded, not restarted
