@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from advcase import Case, curl, raw, refused, req, run_case, table_ids
+from advcase import Case, curl, params, raw, refused, req, run_case
 
 RULES = """
 - name: allowed
@@ -80,6 +80,6 @@ def box(sandboxes):
     return sandboxes.up(RULES)
 
 
-@pytest.mark.parametrize("case", CASES, ids=table_ids(CASES))
+@pytest.mark.parametrize("case", params(CASES))
 def test_hostname_trick_is_refused(case, box, lab, leak_counter):
     run_case(case, box, lab, leak_counter)

@@ -12,7 +12,7 @@ import stat
 
 import pytest
 
-from advcase import DROPPED, IPV6_OFF, Case, curl, py, refused, run_case, sh, table_ids
+from advcase import DROPPED, IPV6_OFF, Case, curl, params, py, refused, run_case, sh
 
 RULES = """
 - name: allowed
@@ -160,7 +160,7 @@ def box(sandboxes, lab):
     return sandboxes.up(RULES)
 
 
-@pytest.mark.parametrize("case", CASES, ids=table_ids(CASES))
+@pytest.mark.parametrize("case", params(CASES))
 def test_network_attack_is_refused(case, box, lab, leak_counter):
     run_case(case, box, lab, leak_counter, {"GW": box.info["gateway"]})
 
