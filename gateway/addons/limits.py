@@ -28,6 +28,8 @@ from gateway.sessions.store import SessionStoreUnavailable
 
 logger = logging.getLogger("egressgw")
 
+FLOOD_REFUSALS = 64  # rate refusals in a row on one connection before it is closed
+SMALL_CHUNK = 1024  # a body's pieces below this size count against `bodyChunks` (each costs the event loop)
 _STATUS = {lim.REQUESTS: 429, lim.HEADER_COUNT: 431, lim.HEADER_BYTES: 431, lim.URL: 414, lim.BODY: 413}
 
 
@@ -63,6 +65,7 @@ class Limits:
         self.audit = audit
         self.limiter = limiter or lim.Limiter()
         self._counted: dict[str, str] = {}  # client connection id -> session id it counts against
+        self._flooding: dict[str, int] = {}  # client connection id -> rate refusals in a row
         registry.subscribe(self._session_changed)
 
     def _session_changed(self, what: str, session) -> None:
@@ -100,6 +103,7 @@ class Limits:
         return False
 
     def client_disconnected(self, client: connection.Client) -> None:
+        self._flooding.pop(client.id, None)
         sid = self._counted.pop(client.id, None)
         if sid is not None:
             self.limiter.close(sid)
@@ -155,8 +159,16 @@ class Limits:
                 url_bytes=len(req.data.path),
                 body_bytes=int(length) if length and length.isdigit() else None)
         if name is None:
+            self._flooding.pop(flow.client_conn.id, None)
             return
         count(name)
+        if name == lim.REQUESTS:
+            # A flood on one connection (HTTP/2 streams, pipelining) costs the event loop per request,
+            # refused or not: after FLOOD_REFUSALS refusals in a row the connection is closed.
+            cid = flow.client_conn.id
+            self._flooding[cid] = self._flooding.get(cid, 0) + 1
+            if self._flooding[cid] > FLOOD_REFUSALS:
+                close_flow(flow)
         info = flow.metadata.setdefault(META, {})
         info.setdefault("port", flow.request.port)
         info.setdefault("path", flow.request.path[:256])
@@ -277,7 +289,8 @@ class _Counted:
         if self.dead:
             return []
         self.seen += len(chunk)
-        self.chunks_left -= 1
+        if 0 < len(chunk) < SMALL_CHUNK:
+            self.chunks_left -= 1
         if self.seen > self.limit or self.chunks_left < 0:
             self.dead = True
             self.addon._cut(self.flow, self.info, lim.BODY if self.seen > self.limit else lim.BODY_CHUNKS)

@@ -25,7 +25,7 @@ _RANGES = {
     "headerBytes": (256, 16 << 20, 65536),
     "urlBytes": (16, 16 << 20, 16384),
     "bodyBytes": (0, 1 << 50, 1 << 30),
-    "bodyChunks": (1, 1 << 40, 65536),
+    "bodyChunks": (1, 1 << 40, 4096),
     "websocketMessageBytes": (1, 1 << 30, 16 << 20),
     "dnsQueriesPerSecond": (1, 1_000_000, 200),
     "tlsHandshakesPerSecond": (1, 1_000_000, 50),

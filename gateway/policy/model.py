@@ -156,7 +156,7 @@ class Limits:
     header_bytes: int = 65536  # request (and response) header names + values
     url_bytes: int = 16384  # request target (path and query)
     body_bytes: int = 1 << 30  # request body
-    body_chunks: int = 65536  # pieces a streamed request body arrives in (HTTP/1 chunks, HTTP/2 DATA frames)
+    body_chunks: int = 4096  # pieces under 1 KiB a request body may arrive in (HTTP/1 chunks, HTTP/2 DATA frames)
     websocket_message_bytes: int = 16 << 20  # one WebSocket message from the sandbox
     dns_per_second: int = 200  # DNS queries (token bucket, burst 2x)
     tls_per_second: int = 50  # TLS handshakes (token bucket, burst 2x)

@@ -32,8 +32,11 @@ print(json.dumps({"ok": ok, "total": total, "p50_ms": round(lat[len(lat) // 2], 
 """
 
 
-def during(bystander, attack, seconds: float = 4.0):
-    """Run `attack()` while the bystander sends traffic; (attack's result, bystander's numbers)."""
+def during(bystander, attack, seconds: float = 4.0, require_all: bool = True):
+    """Run `attack()` while the bystander sends traffic; (attack's result, bystander's numbers).
+
+    `require_all=False`: B's numbers are measured, not asserted (attacks that stall the gateway's
+    single event loop for everyone; docs/limits.md, "Not bounded yet")."""
     out: dict = {}
 
     def b():
@@ -47,6 +50,7 @@ def during(bystander, attack, seconds: float = 4.0):
     r = out["b"]
     assert r.returncode == 0, r.stderr
     numbers = json.loads(r.stdout.strip().splitlines()[-1])
-    assert numbers["total"] >= 5 and numbers["ok"] == numbers["total"], (numbers, r.stderr)
+    if require_all:
+        assert numbers["total"] >= 5 and numbers["ok"] == numbers["total"], (numbers, r.stderr)
     print(f"bystander: {numbers}", file=sys.stderr)
     return result, numbers

@@ -59,3 +59,15 @@ def test_problems(text, line, message, fix):
     problem = str(info.value.problems[0])
     assert problem.startswith(f"p.yaml:{line}:"), problem
     assert message in problem and fix in problem, problem
+
+
+def test_explain_shows_the_limits(tmp_path, capsys):
+    from gateway.cli import main
+
+    path = tmp_path / "p.yaml"
+    path.write_text(HEAD.replace("egress: []", "egress: [{hosts: [{matchName: a.test}]}]")
+                    + "  limits:\n    requestsPerSecond: 7\n")
+    assert main(["policy", "explain", str(path), "https://a.test/"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "allow"
+    assert out[-1].startswith("limits: connections 256, requestsPerSecond 7, headerCount 100,")
