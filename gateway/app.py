@@ -115,7 +115,7 @@ class Gateway:
             core.Core(),
             proxyserver.Proxyserver(),
             next_layer.NextLayer(),
-            tlsconfig.TlsConfig(),
+            ca.TlsConfig() if self.config.ca_name_constraints else tlsconfig.TlsConfig(),
             disable_h2c.DisableH2C(),
             strip_dns_https_records.StripDnsHttpsRecords(),
             errorcheck.ErrorCheck(repeat_errors_on_stderr=True),

@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from mitmproxy.addons import tlsconfig
 
 from gateway.errors import ConfigError, PolicyError
 
@@ -126,6 +127,24 @@ def write(directory: Path, constraints: x509.NameConstraints) -> None:
     _write(directory / f"{BASENAME}-ca.pem", key_pem + cert_pem, 0o600)
     _write(directory / f"{BASENAME}-ca-cert.pem", cert_pem, 0o644)
     _write(directory / f"{BASENAME}-ca-cert.cer", cert_pem, 0o644)
+
+
+class TlsConfig(tlsconfig.TlsConfig):
+    """mitmproxy's TlsConfig, minting a leaf for a TLS client that sent a name (SNI) with that name only.
+
+    mitmproxy puts the destination address beside the name in every leaf; under a name-constrained CA
+    that IP SAN must also fall inside a permitted IP subtree, or the leaf fails verification even for a
+    permitted name. Clients that sent a name verify the name, so the address adds nothing. Used only
+    when `ca.nameConstraints` is set; without SNI mitmproxy's own choice (an IP leaf) stands."""
+
+    def get_cert(self, conn_context):
+        sni = conn_context.client.sni
+        if sni:
+            try:
+                ipaddress.ip_address(sni)
+            except ValueError:
+                return self.certstore.get_cert(sni, [x509.DNSName(sni.encode("idna").decode())])
+        return super().get_cert(conn_context)
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
