@@ -20,6 +20,7 @@ import logging
 import time
 
 from mitmproxy import connection, ctx, http, tcp
+from mitmproxy.proxy.mode_specs import DnsMode
 
 from gateway import metrics
 from gateway.addons.refuse import META
@@ -58,6 +59,9 @@ class Timeouts:
             self._conn_deadline[client.id] = (time.monotonic() + self.limits[HEADERS], client)
 
     def client_connected(self, client: connection.Client) -> None:
+        if client.transport_protocol != "tcp" or isinstance(client.proxy_mode, DnsMode):
+            self._exempt.add(client.id)  # DNS (UDP or TCP) and other datagrams: no HTTP to time
+            return
         self._arm(client)
 
     def client_disconnected(self, client: connection.Client) -> None:

@@ -80,3 +80,14 @@ def test_a_closed_connection_is_forgotten(addon):
     addon.client_disconnected(client)
     addon._expire(time.monotonic() + 3600)
     assert records(addon) == [] and not addon._conn_deadline and not addon._inflight
+
+
+def test_dns_clients_are_not_timed(addon):
+    from mitmproxy.proxy.mode_specs import ProxyMode
+
+    client = tflow.tclient_conn()
+    client.transport_protocol = "udp"
+    client.proxy_mode = ProxyMode.parse("dns@15353")
+    addon.client_connected(client)
+    addon._expire(time.monotonic() + 3600)
+    assert records(addon) == []
