@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 KEEP ?= 0
 
-.PHONY: demo test test-quick bench bootstrap clean
+.PHONY: demo test test-quick bench bootstrap clean fuzz
 
 bootstrap:
 	@bash scripts/bootstrap
@@ -15,6 +15,12 @@ test: bootstrap
 
 test-quick: bootstrap
 	@$(PY) -m pytest -q -m "not netns"
+
+# Long fuzzing run (not in CI): each atheris harness for FUZZ_SECONDS, then the hypothesis properties at length.
+FUZZ_SECONDS ?= 600
+fuzz: bootstrap
+	@$(PY) -m fuzz all --seconds $(FUZZ_SECONDS)
+	@EGRESSGW_FUZZ=long $(PY) -m pytest -q tests/fuzz -k "not harness"
 
 bench: bootstrap
 	@bash bench/run

@@ -30,7 +30,7 @@ from mitmproxy.addons import (
 )
 from mitmproxy.master import Master
 
-from gateway import metrics
+from gateway import ca, metrics
 from gateway.addons import default_addons
 from gateway.audit import Audit
 from gateway.config import Config, Listen
@@ -108,19 +108,22 @@ class Gateway:
     def _build_master(self) -> Master:
         Path(self.config.ca_dir).mkdir(parents=True, exist_ok=True)
         os.chmod(self.config.ca_dir, 0o755)  # sandboxes read the bundle; key files stay 0600
+        ca.ensure(self.config.ca_dir, self.config.ca_name_constraints, self.config.source)  # before mitmproxy loads it
         master = Master(options.Options(), event_loop=asyncio.get_running_loop(), with_termlog=True)
         master.addons.add(
             core.Core(),
             proxyserver.Proxyserver(),
             next_layer.NextLayer(),
-            tlsconfig.TlsConfig(),
+            ca.TlsConfig() if self.config.ca_name_constraints else tlsconfig.TlsConfig(),
             disable_h2c.DisableH2C(),
             strip_dns_https_records.StripDnsHttpsRecords(),
             errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
         )
         master.addons.add(*default_addons(
             registry=self.registry, conns=self.conns, resolver=self.resolver, guard=self.guard, audit=self.audit,
-            store=self.store, dns_tunnels=DnsTunnelDetector(self.config.dns_detection or Settings())))
+            store=self.store, dns_tunnels=DnsTunnelDetector(self.config.dns_detection or Settings()),
+            timeouts={"headers": self.config.request_headers_timeout, "body": self.config.request_body_timeout,
+                      "origin": self.config.response_headers_timeout}))
         master.options.update(
             mode=mode_specs(self.config),
             confdir=self.config.ca_dir,
@@ -129,6 +132,7 @@ class Gateway:
             ssl_verify_upstream_trusted_ca=self.config.upstream_ca_bundle,
             http2=True,
             rawtcp=True,
+            tcp_timeout=max(1, round(self.config.idle_timeout)),  # timeouts.idleSeconds
             termlog_verbosity="warn",
         )
         return master
@@ -141,6 +145,19 @@ class Gateway:
         else:
             server.listen(listen.port, listen.host)
         self._http_servers.append(server)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the policy file of every session created from one (`sandbox up --policy FILE`).
+
+        A changed file replaces that session's policy (the next request, DNS query or connection is decided
+        by it; established connections the new policy still allows carry on). A file that no longer loads
+        leaves the old policy, logged. Listeners, CA, log path and store are not re-read: restart for those."""
+        try:
+            reloaded, failed = self.registry.reload_files()
+        except Exception:  # never let a reload take the gateway down; the old policies stay
+            logger.exception("SIGHUP: reload failed; every session keeps its policy")
+            return
+        logger.warning("SIGHUP: %d session policies reloaded, %d kept (file did not load)", len(reloaded), len(failed))
 
     async def run(self) -> None:
         self.master = self._build_master()
@@ -164,6 +181,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.master.shutdown)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         logger.warning(
             "egressgw up: transparent %s, dns %s, proxy %s, control %s, metrics %s, log %s, sessions %s (%d loaded)",
             self.config.transparent, self.config.dns, proxy or "off", self.config.control.url(),

@@ -54,6 +54,8 @@ class Config:
     upstream_timeout: float = 5.0
     secret_ttl: float = 300.0
     ca_dir: str = "/var/lib/egressgw/ca"
+    # None: mitmproxy's own unconstrained CA; else names/CIDRs/`policy:<path>` the CA is limited to (gateway/ca.py)
+    ca_name_constraints: tuple[str, ...] | None = None
     log_path: str = "/var/log/egressgw/flows.jsonl"
     log_format: str = "ocsf"  # ocsf | ecs | native
     log_rotate_bytes: int = 100 << 20  # 0: never rotate
@@ -69,6 +71,11 @@ class Config:
     # None: the detector's defaults. Imported lazily: gateway.detect loads hyperscan, which the
     # CLI's other commands do not need.
     dns_detection: dnstunnel.Settings | None = None
+    # timeouts.* (docs/limits.md): idle connections (mitmproxy tcp_timeout), slow clients, slow origins
+    idle_timeout: float = 300.0
+    request_headers_timeout: float = 30.0
+    request_body_timeout: float = 600.0
+    response_headers_timeout: float = 60.0
     source: str = "<defaults>"
 
     def control_token(self) -> str:
@@ -98,7 +105,7 @@ class Config:
 _KEYS = {
     "listen": {"transparent", "proxy", "dns", "control", "metrics"},
     "upstream": {"dns", "caBundle", "timeoutSeconds"},
-    "ca": {"dir"},
+    "ca": {"dir", "nameConstraints"},
     "log": {"path", "format", "rotateBytes", "keep", "checkpointEvery", "hmacKeyFile", "webhook"},
     "control": {"tokenFile"},
     "sandbox": {"pool", "stateDir"},
@@ -106,6 +113,7 @@ _KEYS = {
     "secrets": {"cacheSeconds"},
     "sessions": {"store"},
     "detection": {"dns"},
+    "timeouts": {"idleSeconds", "requestHeadersSeconds", "requestBodySeconds", "responseHeadersSeconds"},
 }
 
 # detection.dns.<key> -> (Settings field, kind, minimum): DNS tunnel thresholds (docs/detection.md)
@@ -278,7 +286,11 @@ def config_from_dict(raw: dict, source: str = "<dict>", base_dir: Path | None = 
             raise ConfigError(f"{source}: upstream.caBundle {ca_bundle} does not exist (fix: point it at a PEM file)")
         kw["upstream_ca_bundle"] = ca_bundle
     for section, key, attr in (("upstream", "timeoutSeconds", "upstream_timeout"),
-                               ("secrets", "cacheSeconds", "secret_ttl")):
+                               ("secrets", "cacheSeconds", "secret_ttl"),
+                               ("timeouts", "idleSeconds", "idle_timeout"),
+                               ("timeouts", "requestHeadersSeconds", "request_headers_timeout"),
+                               ("timeouts", "requestBodySeconds", "request_body_timeout"),
+                               ("timeouts", "responseHeadersSeconds", "response_headers_timeout")):
         seconds = get(section, key)
         if seconds is not None:
             if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0:
@@ -311,6 +323,13 @@ def config_from_dict(raw: dict, source: str = "<dict>", base_dir: Path | None = 
             kw["allow_dest_ranges"] = tuple(str(ipaddress.ip_network(r, strict=False)) for r in ranges)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{source}: dialGuard.allowRanges must be a list of networks: {e}") from None
+    constraints = get("ca", "nameConstraints")
+    if constraints is not None:
+        if not isinstance(constraints, list) or not constraints or not all(isinstance(c, str) and c for c in constraints):
+            raise ConfigError(f"{source}: ca.nameConstraints must be a non-empty list of names, CIDRs or "
+                              "policy:<path> entries (fix: e.g. [api.github.com, 'policy:/etc/egressgw/policies'])")
+        kw["ca_name_constraints"] = tuple("policy:" + rel(c[len("policy:"):]) if c.startswith("policy:") else c
+                                          for c in constraints)
     store = get("sessions", "store")
     if store is not None:
         kw["session_store"] = _session_store(store, f"{source}: sessions.store", rel)

@@ -6,13 +6,17 @@ multicast and reserved ranges are refused unless the config or a `cidrs` rule
 of the session's policy names them. IPv6 forms that embed an IPv4 address
 (mapped, NAT64, 6to4) are judged by the address they embed; Teredo is refused.
 Because the check runs on the address actually dialled, DNS rebinding gains
-nothing.
+nothing. The gateway's own addresses (every address of its network namespace,
+e.g. an allowed name whose upstream answer is the gateway's interface) are
+refused too ("gateway-self"): a sandbox must not reach the gateway's listeners
+through it.
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
+import time
 from dataclasses import dataclass
 
 from gateway.policy.hosts import parse_ip_literal
@@ -72,10 +76,66 @@ def classify(ip: IPAddress) -> str | None:
     return None
 
 
+_OWN_TTL = 5.0
+_own: tuple[float, frozenset[str]] = (0.0, frozenset())
+
+
+def _read_own_addresses() -> frozenset[str]:
+    """Every local address of this network namespace (Linux /proc; empty elsewhere)."""
+    out: set[str] = set()
+    try:
+        previous = ""
+        with open("/proc/net/fib_trie") as f:
+            for line in f:
+                if "/32 host LOCAL" in line and previous.strip().startswith("|--"):
+                    out.add(previous.strip()[3:].strip())
+                previous = line
+    except OSError:
+        pass
+    try:
+        with open("/proc/net/if_inet6") as f:
+            for line in f:
+                raw = line.split()[0]
+                out.add(str(ipaddress.IPv6Address(int(raw, 16))))
+    except (OSError, ValueError, IndexError):
+        pass
+    return frozenset(out)
+
+
+def own_addresses() -> frozenset[str]:
+    """The gateway's own addresses, re-read at most every few seconds."""
+    global _own
+    expires, addresses = _own
+    now = time.monotonic()
+    if now >= expires:
+        addresses = _read_own_addresses()
+        _own = (now + _OWN_TTL, addresses)
+    return addresses
+
+
+def refusal(ip: IPAddress) -> str | None:
+    """`classify`, plus "gateway-self" for an address of the gateway's own namespace."""
+    label = classify(ip)
+    if label is not None:
+        return label
+    inner = embedded_ipv4(ip) or ip
+    return "gateway-self" if str(inner) in own_addresses() or str(ip) in own_addresses() else None
+
+
 @functools.lru_cache(maxsize=8192)
 def classify_text(address: str) -> str | None:
     """`classify` of an address in text form, cached: the per-request fast path."""
     return classify(ipaddress.ip_address(address))
+
+
+def refusal_text(address: str) -> str | None:
+    """`refusal` of an address in text form: the cached `classify_text`, then the own-address set."""
+    label = classify_text(address)
+    if label is not None:
+        return label
+    if address in own_addresses():
+        return "gateway-self"
+    return refusal(ipaddress.ip_address(address)) if ":" in address else None
 
 
 @dataclass(frozen=True)
@@ -91,7 +151,7 @@ class DialGuard:
         self.allow = [ipaddress.ip_network(r) for r in allow_ranges]
 
     def permitted(self, ip: IPAddress, decider, port: int) -> bool:
-        if classify(ip) is None:
+        if refusal(ip) is None:
             return True
         if any(ip.version == net.version and ip in net for net in self.allow):
             return True
@@ -105,7 +165,7 @@ class DialGuard:
         if literal is not None:
             if self.permitted(literal, decider, port):
                 return Vetted(str(literal))
-            return Vetted(None, "address-not-allowed", classify(literal) or "")
+            return Vetted(None, "address-not-allowed", refusal(literal) or "")
         try:
             addresses = await self.resolver.addresses(host)
         except DnsFailure as e:
@@ -114,7 +174,7 @@ class DialGuard:
             return Vetted(None, "dns-failure", "name does not resolve")
         refused = ""
         for a in addresses:
-            if classify_text(a) is None or self.permitted(ipaddress.ip_address(a), decider, port):
+            if refusal_text(a) is None or self.permitted(ipaddress.ip_address(a), decider, port):
                 return Vetted(a)
-            refused = classify_text(a) or refused
+            refused = refusal(ipaddress.ip_address(a)) or refused
         return Vetted(None, "address-not-allowed", refused)

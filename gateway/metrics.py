@@ -42,6 +42,12 @@ DETECTIONS = Counter(
     ["rule", "action"],
     registry=REGISTRY,
 )
+LIMIT_REFUSALS = Counter(
+    "egressgw_limit_refusals_total",
+    "Sandbox traffic refused for exceeding a per-session limit (connections, requests, header-count, ...).",
+    ["limit"],
+    registry=REGISTRY,
+)
 LOG_RECORDS = Counter("egressgw_log_records_total", "Records written to the flow log.", registry=REGISTRY)
 LOG_ERRORS = Counter(
     "egressgw_log_write_errors_total", "Flow-log writes that failed (egress is refused then).", registry=REGISTRY

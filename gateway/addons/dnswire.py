@@ -11,8 +11,15 @@ the gateway's own hook (policy, tunnel detection, flow log) never sees it.
 `install()` wraps the two functions: such a label is decoded to text with the
 offending bytes written ``\\DDD`` (decimal, as in zone files; ``\\`` itself
 written ``\\092``), and a name holding ``\\`` is packed back to the very same
-bytes. The name then reaches `DnsGate` like any other, fails the policy's host
-name check (``\\`` is not a host name character) and gets NXDOMAIN, logged.
+bytes. The same holds for an ASCII label that is not valid punycode
+(``xn--bc(her-kva``): Python's idna codec raises a UnicodeError that mitmproxy
+does not catch at all (it only turns UnicodeDecodeError into a format error),
+so the layer crashed; such a label gets its first byte escaped (``\\120n--bc(``),
+which keeps it byte-exact and never a valid host name; so does a label that
+decodes to text holding a dot (the byte 0x2E inside one label, or punycode of
+U+3002), which would otherwise pack back as two labels or not at all, crashing
+the layer when the answer is sent (both found by fuzz/dns.py).
+The name then reaches `DnsGate` like any other, fails the policy's host name check (``\\`` is not a host name character) and gets NXDOMAIN, logged.
 Names that decode today decode exactly as before. Idempotent.
 """
 
@@ -24,12 +31,19 @@ import struct
 from mitmproxy.net.dns import domain_names
 
 _ESCAPE = re.compile(r"\\(\d{3})")
+_DOT = re.compile("[.\u3002\uff0e\uff61]")  # what the idna codec splits names on
 _installed = False
 
 
 def escape_label(raw: bytes) -> str:
     """Presentation form of a label that is not IDNA text (reversible by `unescape_label`)."""
     return "".join(chr(b) if 0x21 <= b <= 0x7E and b not in (0x2E, 0x5C) else f"\\{b:03d}" for b in raw)
+
+
+def _escaped(raw: bytes) -> str:
+    """`escape_label`, with at least one byte escaped: the name then packs through `unescape_label`."""
+    text = escape_label(raw)
+    return text if "\\" in text else f"\\{raw[0]:03d}" + text[1:]
 
 
 def unescape_label(text: str) -> bytes:
@@ -55,14 +69,19 @@ def install() -> None:
 
     def _unpack_label_into(labels: list[str], buffer: bytes, offset: int) -> int:
         try:
-            return original_unpack(labels, buffer, offset)
-        except struct.error:
+            used = original_unpack(labels, buffer, offset)
+        except (struct.error, UnicodeError):  # UnicodeError: bad punycode, uncaught by mitmproxy
             (size,) = domain_names._LABEL_SIZE.unpack_from(buffer, offset)
             start = offset + domain_names._LABEL_SIZE.size
             if size >= 64 or len(buffer) < start + size:
-                raise  # a real format error
-            labels.append(escape_label(buffer[start:start + size]))
+                raise struct.error(f"unpack encountered a bad label at offset {offset}") from None
+            labels.append(_escaped(buffer[start:start + size]))
             return domain_names._LABEL_SIZE.size + size
+        if used > 1 and _DOT.search(labels[-1]):
+            # a dot inside one label ("a.b" as ONE label, or punycode of U+3002) would pack back as two
+            # labels, or fail to pack at all and crash the layer when the answer is sent
+            labels[-1] = _escaped(buffer[offset + 1:offset + used])
+        return used
 
     def pack(name: str) -> bytes:
         if "\\" not in name:

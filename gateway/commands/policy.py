@@ -127,6 +127,8 @@ def explain_command(args: argparse.Namespace) -> int:
             print("note: TLS passes through uninspected; method and path are not checked")
     else:
         print(f"reason: {decision.reason}")
+    if policy.limits.declared:  # spec.limits (docs/limits.md); defaults filled in
+        print("limits: " + ", ".join(f"{k} {v}" for k, v in policy.limits.to_dict().items()))
     return 1 if decision.action == "deny" else 0
 
 

@@ -101,7 +101,8 @@ def _govern(args, target) -> int:
                   pool=config.sandbox_pool, state_dir=config.state_dir, target=target)
     try:
         session = client.create_session(args.name, policy_text, [sb.sandbox_addr], secrets=secrets,
-                                        policy_dir=str(Path(args.policy).resolve().parent))
+                                        policy_dir=str(Path(args.policy).resolve().parent),
+                                        policy_file=str(Path(args.policy).resolve()))
         netns.set_session(args.name, session["id"], state_dir=config.state_dir)
     except BaseException:
         netns.down(args.name, state_dir=config.state_dir)

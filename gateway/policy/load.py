@@ -19,6 +19,7 @@ from ..errors import PolicyError, Problem
 from .decide import normalize_path
 from .hosts import HostError, name_selector, pattern_selector
 from .load_detection import read_detection
+from .load_limits import read_limits
 from .model import API_VERSION, DEFAULT_PORTS, KIND, MODES, PROTOCOLS, HostSelector, Network, Policy, Rule
 
 MAX_BYTES = 1 << 20
@@ -39,7 +40,7 @@ _TOP_REQUIRED = {
     "spec": "add `spec:` with `egress:` rules",
 }
 _METADATA_KEYS = ("name",)
-_SPEC_KEYS = ("mode", "egress", "detection")
+_SPEC_KEYS = ("mode", "egress", "detection", "limits")
 _RULE_KEYS = ("name", "protocol", "hosts", "cidrs", "ports", "methods", "paths", "inspect", "uploads")
 _HOST_KEYS = ("matchName", "matchPattern")
 
@@ -200,7 +201,7 @@ class _Reader:
         )
         if metadata is not None:
             name = self.name(metadata.get("name"), "metadata.name")
-        mode, rules, detection = "enforce", None, None
+        mode, rules, detection, limits = "enforce", None, None, None
         spec = self.mapping(
             top.get("spec"),
             "spec",
@@ -211,9 +212,11 @@ class _Reader:
             mode = self.choice(spec.get("mode"), "spec.mode", MODES) or "enforce"
             rules = self.rules(spec.get("egress"))
             detection = read_detection(self, spec.get("detection"), self.base_dir)
-        if self.problems or name is None or rules is None or detection is None:
+            limits = read_limits(self, spec.get("limits"))
+        if self.problems or name is None or rules is None or detection is None or limits is None:
             return None
-        return Policy(name=name, mode=mode, rules=rules, source=self.source, detection=detection)
+        return Policy(name=name, mode=mode, rules=rules, source=self.source, detection=detection,
+                      limits=limits)
 
     def rules(self, node: yaml.Node | None) -> tuple[Rule, ...] | None:
         items = self.sequence(

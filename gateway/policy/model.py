@@ -145,12 +145,50 @@ class Detection:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """`spec.limits`: what one session may use of the gateway. Every field has a safe default.
+
+    Upload bytes per window are `spec.detection.uploadBudget` (per session and host), not repeated here."""
+
+    connections: int = 256  # open client connections at once
+    requests_per_second: int = 100  # HTTP requests (token bucket, burst 2x)
+    header_count: int = 100  # request header fields
+    header_bytes: int = 65536  # request (and response) header names + values
+    url_bytes: int = 16384  # request target (path and query)
+    body_bytes: int = 1 << 30  # request body
+    body_chunks: int = 4096  # pieces under 1 KiB a request body may arrive in (HTTP/1 chunks, HTTP/2 DATA frames)
+    websocket_message_bytes: int = 16 << 20  # one WebSocket message from the sandbox
+    dns_per_second: int = 200  # DNS queries (token bucket, burst 2x)
+    tls_per_second: int = 50  # TLS handshakes (token bucket, burst 2x)
+    declared: bool = field(default=False, compare=False)  # the policy had a `limits` block
+
+    def to_dict(self) -> dict[str, int]:
+        return {key: getattr(self, attr) for key, attr in LIMIT_KEYS.items()}
+
+
+# policy key -> Limits attribute
+LIMIT_KEYS = {
+    "connections": "connections",
+    "requestsPerSecond": "requests_per_second",
+    "headerCount": "header_count",
+    "headerBytes": "header_bytes",
+    "urlBytes": "url_bytes",
+    "bodyBytes": "body_bytes",
+    "bodyChunks": "body_chunks",
+    "websocketMessageBytes": "websocket_message_bytes",
+    "dnsQueriesPerSecond": "dns_per_second",
+    "tlsHandshakesPerSecond": "tls_per_second",
+}
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     mode: str  # "enforce" | "report"
     rules: tuple[Rule, ...]
     source: str
     detection: Detection = Detection()
+    limits: Limits = Limits()
 
     def rule_named(self, name: str | None) -> Rule | None:
         return next((r for r in self.rules if r.name == name), None) if name else None
@@ -165,5 +203,6 @@ class Policy:
                 "mode": self.mode,
                 "egress": [r.to_dict() for r in self.rules],
                 **({"detection": self.detection.to_dict()} if self.detection.declared else {}),
+                **({"limits": self.limits.to_dict()} if self.limits.declared else {}),
             },
         }

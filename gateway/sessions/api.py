@@ -11,7 +11,8 @@ answered 400 with every problem (line and fix), and the old policy stays.
     GET    /v1/sessions/{id}               show
     DELETE /v1/sessions/{id}               delete: its traffic is refused from the next packet
     GET    /v1/sessions/{id}/policy        the policy as YAML text
-    PUT    /v1/sessions/{id}/policy        body: YAML text (or {"policy": YAML}); takes effect on the next request
+    PUT    /v1/sessions/{id}/policy        body: YAML text (or {"policy": YAML, "policyFile"?}); takes effect on the
+                                           next request; unlinks the session's policy file unless policyFile is given
     GET    /v1/ca                          the CA bundle a sandbox must trust (PEM; certificates only, never a key)
     GET    /v1/sessions/{id}/canaries      the labels of the session's canaries (never a value)
     POST   /v1/sessions/{id}/canaries      {"values": [str...], "labels"?: [str...]} -> 201 + labels; values are
@@ -122,6 +123,9 @@ class Sessions(_Base):
         policy = self.policy_from(body.get("policy"), f"policy of session {name}", body.get("policyDir"))
         if policy is None:
             return
+        policy_file = body.get("policyFile", "")
+        if not isinstance(policy_file, str) or (policy_file and not os.path.isabs(policy_file)):
+            return self.fail(400, "'policyFile' must be an absolute path (the file SIGHUP re-reads)")
         session_id = body.get("id")
         if session_id is not None and (not isinstance(session_id, str) or not session_id.isascii()
                                        or not 0 < len(session_id) <= 64):
@@ -141,7 +145,8 @@ class Sessions(_Base):
             secrets.append((spec, make_placeholder(value)))
         try:
             session = self.ctl.registry.create(name, policy, sources, session_id, policy_text=body["policy"],
-                                               secrets=secrets, policy_dir=body.get("policyDir"))
+                                               secrets=secrets, policy_dir=body.get("policyDir"),
+                                               policy_file=policy_file)
         except SessionStoreUnavailable as e:
             return self.fail(503, str(e))
         except SessionError as e:
@@ -183,17 +188,20 @@ class SessionPolicy(_Base):
         except SessionError as e:
             return self.fail(404, str(e))
         raw = self.request.body.decode("utf-8", "replace")
-        base_dir = None
+        base_dir, policy_file = None, ""  # a policy put here unlinks the session's file: SIGHUP leaves it be
         if self.request.headers.get("Content-Type", "").startswith("application/json"):
             body = self.json_body()
             if body is None:
                 return
-            raw, base_dir = body.get("policy"), body.get("policyDir")
+            raw, base_dir, policy_file = body.get("policy"), body.get("policyDir"), body.get("policyFile", "")
+            if not isinstance(policy_file, str) or (policy_file and not os.path.isabs(policy_file)):
+                return self.fail(400, "'policyFile' must be an absolute path (the file SIGHUP re-reads)")
         policy = self.policy_from(raw, f"policy of session {session.name}", base_dir)
         if policy is None:
             return
         try:
-            self.ctl.registry.replace_policy(session_id, policy, policy_text=raw, policy_dir=base_dir)
+            self.ctl.registry.replace_policy(session_id, policy, policy_text=raw, policy_dir=base_dir,
+                                             policy_file=policy_file)
         except SessionStoreUnavailable as e:
             return self.fail(503, str(e))
         self.finish(session.summary())

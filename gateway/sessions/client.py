@@ -79,10 +79,13 @@ class ControlClient:
         return self.request("GET", "/v1/health")
 
     def create_session(self, name: str, policy_text: str, sources=(), session_id: str | None = None,
-                       secrets: list[dict] | None = None, policy_dir: str | None = None) -> dict:
+                       secrets: list[dict] | None = None, policy_dir: str | None = None,
+                       policy_file: str | None = None) -> dict:
         body = {"name": name, "policy": policy_text, "sources": list(sources)}
         if policy_dir:
             body["policyDir"] = policy_dir
+        if policy_file:
+            body["policyFile"] = policy_file  # the gateway re-reads it on SIGHUP
         if secrets:
             body["secrets"] = secrets
         if session_id:

@@ -25,10 +25,11 @@ import time
 from secrets import token_hex, token_urlsafe
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable
 
 from gateway.errors import PolicyError, SessionError
-from gateway.policy import Decider, Policy, load_policy_text
+from gateway.policy import Decider, Policy, load_policy_file, load_policy_text
 from gateway.secrets.model import BoundSecret, SecretSpec
 from gateway.secrets.placeholders import core_of
 from gateway.secrets.substitute import PlaceholderIndex
@@ -64,6 +65,7 @@ class Session:
     sources: frozenset[str] = frozenset()
     policy_text: str = field(default="", repr=False)
     policy_dir: str | None = None  # where the policy's relative paths (detection rulesFiles) are resolved
+    policy_file: str = ""  # the file the policy came from (`sandbox up --policy`): SIGHUP re-reads it
     secrets: dict[str, BoundSecret] = field(default_factory=dict, repr=False)
     canaries: dict[str, bytes] = field(default_factory=dict, repr=False)  # "canary:LABEL" -> value
     created: float = field(default_factory=time.time)
@@ -112,6 +114,7 @@ class Session:
             "sources": sorted(self.sources),
             "policy_text": self.policy_text,
             "policy_dir": self.policy_dir,
+            "policy_file": self.policy_file,
             "secrets": [encode_secret(s.spec, s.placeholder) for s in self.secrets.values()],
             # Canaries are detection bait, not credentials: kept (base64) so every replica and a restart
             # still detect them (docs/sessions.md#canaries).
@@ -225,6 +228,7 @@ class SessionRegistry:
         policy_text: str = "",
         secrets: Iterable[tuple[SecretSpec, str]] = (),
         policy_dir: str | None = None,
+        policy_file: str = "",
     ) -> Session:
         """Register a session. `secrets` pairs each spec with the placeholder made for it."""
         sources = frozenset(sources)
@@ -242,6 +246,7 @@ class SessionRegistry:
             sources=sources,
             policy_text=policy_text,
             policy_dir=policy_dir,
+            policy_file=policy_file,
             rev=token_hex(8),
         )
         for spec, placeholder in secrets:
@@ -251,14 +256,41 @@ class SessionRegistry:
         return session
 
     def replace_policy(self, session_id: str, policy: Policy, policy_text: str = "",
-                       policy_dir: str | None = None) -> Session:
+                       policy_dir: str | None = None, policy_file: str | None = None) -> Session:
+        """`policy_file`: None keeps the session's link to its file; "" drops it (SIGHUP then leaves it alone)."""
         session = self.get(session_id)
         decider = Decider(policy)  # compile first: a bad policy never half-replaces
         rev = token_hex(8)
-        self.store.put({**session.record(), "policy_text": policy_text, "policy_dir": policy_dir, "rev": rev})
+        linked = session.policy_file if policy_file is None else policy_file
+        self.store.put({**session.record(), "policy_text": policy_text, "policy_dir": policy_dir,
+                        "policy_file": linked, "rev": rev})
+        session.policy_file = linked
         self._swap_policy(session, policy, decider, policy_text, rev)
         session.policy_dir = policy_dir
         return session
+
+    def reload_files(self) -> tuple[list[str], list[str]]:
+        """Re-read every session's policy file (SIGHUP). A changed file replaces the policy; a file that no
+        longer loads (or is gone) leaves the old policy in place, logged. Returns (reloaded, failed) ids."""
+        reloaded, failed = [], []
+        for session in self.list():
+            if not session.policy_file:
+                continue
+            try:
+                policy = load_policy_file(session.policy_file)
+                text = Path(session.policy_file).read_text(encoding="utf-8-sig")
+            except (PolicyError, OSError) as e:
+                logger.error("SIGHUP: policy of session %s (%s) not reloaded, the old one stays: %s",
+                             session.id, session.name, e)
+                failed.append(session.id)
+                continue
+            if text != session.policy_text:
+                self.replace_policy(session.id, policy, policy_text=text,
+                                    policy_dir=str(Path(session.policy_file).parent))
+                logger.warning("SIGHUP: session %s (%s) now has the policy in %s", session.id, session.name,
+                               session.policy_file)
+                reloaded.append(session.id)
+        return reloaded, failed
 
     def delete(self, session_id: str) -> Session:
         session = self.get(session_id)
@@ -316,6 +348,7 @@ class SessionRegistry:
             sources=frozenset(record.get("sources", ())),
             policy_text=record["policy_text"],
             policy_dir=record.get("policy_dir"),
+            policy_file=record.get("policy_file", ""),
             created=record.get("created", time.time()),
             rev=record.get("rev", ""),
             canaries=_canaries_of(record),

@@ -205,3 +205,27 @@ def test_report_mode_never_opens_private_ranges():
 def test_report_mode_cidrs_rule_still_opens_its_own_range():
     report = Decider(policy(INSIDE, mode="report"))
     assert vet(DialGuard(FakeResolver({})), "10.9.0.1", report) == Vetted("10.9.0.1")
+
+
+def test_own_addresses_are_read_from_this_namespace():
+    from gateway.dialguard import _read_own_addresses
+
+    own = _read_own_addresses()
+    assert "127.0.0.1" in own
+
+
+@pytest.mark.parametrize("answers, expected", [
+    (("198.18.0.1",), Vetted(None, "address-not-allowed", "gateway-self")),
+    (("198.18.0.1", "198.18.1.10"), Vetted("198.18.1.10")),
+    (("64:ff9b::c612:1",), Vetted(None, "address-not-allowed", "gateway-self")),
+])
+def test_the_gateways_own_addresses_are_refused(monkeypatch, answers, expected):
+    """An allowed name whose upstream answer is the gateway's own interface (rebinding to the gateway)."""
+    import math
+
+    import gateway.dialguard as dg
+
+    monkeypatch.setattr(dg, "_own", (math.inf, frozenset({"198.18.0.1"})))
+    assert vet(DialGuard(FakeResolver({"allowed.test": answers})), "allowed.test", ENFORCE) == expected
+    assert vet(DialGuard(FakeResolver({})), "198.18.0.1", ENFORCE) == Vetted(
+        None, "address-not-allowed", "gateway-self")

@@ -228,3 +228,35 @@ def test_policy_detection_settings(tmp_path, block, refused, alerts):
     assert len(found) == alerts
     if found and not refused:
         assert found[0]["decision"] == "allow" and found[0]["detections"][0]["action"] == "alert"
+
+
+@pytest.mark.parametrize("label", [b"xn--bc(her-kv", b"xn--", b"xn--a", b"xn--zz", b"xn--ab-"])
+def test_an_ascii_label_that_is_not_punycode_reaches_the_hook(tmp_path, label):
+    """Found by fuzz/dns.py: mitmproxy's parser let the idna codec's UnicodeError escape (not a struct.error),
+    which crashed the DNS layer; now the label is escaped, packs back byte-exact and gets NXDOMAIN."""
+    gw = gateway(tmp_path)  # installs dnswire
+    wire = wire_query([label, b"t", b"allowed", b"test"])
+    msg = mdns.DNSMessage.unpack(wire)
+    assert msg.question.name.startswith(f"\\{label[0]:03d}") and msg.packed == wire
+    flow = dns_flow()
+    flow.request = msg
+    run(gw.dns.dns_request(flow))
+    assert flow.response.response_code == mdns.response_codes.NXDOMAIN
+    assert flow.response.packed[12:12 + 1 + len(label)] == bytes([len(label)]) + label
+    assert gw.flow_log("dns")[-1]["reason"] == "host-not-allowed"
+
+
+@pytest.mark.parametrize("label, text", [(b"a.b", "a\\046b"), (b"xn--", None)])
+def test_a_label_holding_a_dot_packs_back_as_one_label(tmp_path, label, text):
+    """Found by fuzz/dns.py: the byte 0x2E inside ONE label decoded to "a.b", which packed back as two labels
+    (or, next to an escaped label, not at all: the layer crashed sending the REFUSED answer)."""
+    gw = gateway(tmp_path)
+    wire = wire_query([b"J\xe4ger", label, b"allowed", b"test"])
+    msg = mdns.DNSMessage.unpack(wire)
+    if text:
+        assert msg.question.name == "J\\228ger." + text + ".allowed.test"
+    assert msg.packed == wire
+    flow = dns_flow()
+    flow.request = msg
+    run(gw.dns.dns_request(flow))
+    assert flow.response.response_code == mdns.response_codes.NXDOMAIN and flow.response.packed[12:] == wire[12:]

@@ -1,0 +1,299 @@
+"""Per-session limits: connections, request rate and size, WebSocket messages, DNS and TLS rates.
+
+Placed right after identity, so a session over its limits is refused before
+any policy work, certificate or upstream connection. Each refusal names its
+limit (`limit-<name>`), is logged like any other refusal and counted in
+`egressgw_limit_refusals_total`; the bookkeeping is per session
+(`gateway.limits.Limiter`), so one session's flood leaves the others alone.
+Request bodies are counted as they stream by `LimitsBody`, placed after the
+detection addon (which owns the body stream): a body over `bodyBytes` is cut.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import connection, ctx, http, tls
+from mitmproxy import dns as mdns
+from mitmproxy.net.dns import response_codes
+from mitmproxy.proxy.mode_specs import TransparentMode
+
+from gateway import limits as lim
+from gateway import metrics
+from gateway.addons.failclosed import fail_closed, refuse_client, refuse_http, refuse_tls
+from gateway.addons.refuse import META, refuse
+from gateway.log import events
+from gateway.log.writer import LogWriteError
+from gateway.sessions.store import SessionStoreUnavailable
+
+logger = logging.getLogger("egressgw")
+
+FLOOD_REFUSALS = 64  # rate refusals in a row on one connection before it is closed
+SMALL_CHUNK = 1024  # a body's pieces below this size count against `bodyChunks` (each costs the event loop)
+_STATUS = {lim.REQUESTS: 429, lim.HEADER_COUNT: 431, lim.HEADER_BYTES: 431, lim.URL: 414, lim.BODY: 413}
+
+
+def _refuse_dns(self, flow: mdns.DNSFlow) -> None:
+    flow.response = flow.request.fail(response_codes.REFUSED)
+
+
+def _refuse_ws(self, flow: http.HTTPFlow) -> None:
+    if flow.websocket and flow.websocket.messages:
+        flow.websocket.messages[-1].drop()
+
+
+def count(name: str) -> None:
+    metrics.LIMIT_REFUSALS.labels(name).inc()
+
+
+def close_flow(flow: http.HTTPFlow) -> None:
+    """Close both sides of a flow under way (mitmproxy idiom: through the connection handler)."""
+    proxy = ctx.master.addons.get("proxyserver") if getattr(ctx, "master", None) else None
+    handler = proxy.connections.get(flow.client_conn.id) if proxy else None
+    if handler is not None:
+        for conn in (flow.server_conn, flow.client_conn):
+            if conn in handler.transports:
+                handler.close_connection(conn)
+    if flow.killable:
+        flow.kill()
+
+
+class Limits:
+    def __init__(self, registry, conns, audit, limiter: lim.Limiter | None = None):
+        self.registry = registry
+        self.conns = conns
+        self.audit = audit
+        self.limiter = limiter or lim.Limiter()
+        self._counted: dict[str, str] = {}  # client connection id -> session id it counts against
+        self._flooding: dict[str, int] = {}  # client connection id -> rate refusals in a row
+        registry.subscribe(self._session_changed)
+
+    def _session_changed(self, what: str, session) -> None:
+        if what == "deleted":
+            self.limiter.forget(session.id)
+
+    # -- connections ----------------------------------------------------------------------------
+    @fail_closed(refuse_client)
+    def client_connected(self, client: connection.Client) -> None:
+        if not isinstance(client.proxy_mode, TransparentMode):
+            return  # explicit proxy: counted at CONNECT, once the credentials name the session
+        state = self.conns.of(client)
+        if state.session is None or state.refused:
+            return
+        if not self._open(client, state.session):
+            state.refused = lim.reason(lim.CONNECTIONS)
+            client.error = "limit connections"
+            self._emit_connect(client, state.session, None, None)
+
+    @fail_closed(refuse_http)
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        state = self.conns.of(flow.client_conn)
+        if flow.response or state.session is None or flow.client_conn.id in self._counted:
+            return
+        if not self._open(flow.client_conn, state.session):
+            state.refused = lim.reason(lim.CONNECTIONS)
+            refuse(flow, state.refused, flow.request.host, status=429, session=state.session)
+            self._emit_connect(flow.client_conn, state.session, flow.request.host, flow.request.port)
+
+    def _open(self, client, session) -> bool:
+        if self.limiter.open(session.id, session.policy.limits.connections):
+            self._counted[client.id] = session.id
+            return True
+        count(lim.CONNECTIONS)
+        return False
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._flooding.pop(client.id, None)
+        sid = self._counted.pop(client.id, None)
+        if sid is not None:
+            self.limiter.close(sid)
+
+    def _emit_connect(self, client, session, host, port) -> None:
+        try:
+            self.audit.emit(events.make_event(
+                events.CONNECT, session=session.id, client=events.address(client.peername), dest_host=host,
+                dest_port=port, decision="deny", reason=lim.reason(lim.CONNECTIONS)))
+        except LogWriteError:
+            pass  # refused either way
+
+    # -- TLS ------------------------------------------------------------------------------------
+    @fail_closed(refuse_tls)
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        client = data.context.client
+        state = self.conns.of(client)
+        if state.refused or state.session is None:
+            return  # the TLS gate refuses (and logs) these
+        session = state.session
+        if self.limiter.rate(session.id, lim.TLS, session.policy.limits.tls_per_second):
+            return
+        count(lim.TLS)
+        state.refused = lim.reason(lim.TLS)
+        data.ignore_connection = True  # no certificate; the dial guard refuses the upstream side
+        address = data.context.server.address
+        try:
+            self.audit.emit(events.make_event(
+                events.TLS, session=session.id, client=events.address(client.peername),
+                sni=data.client_hello.sni, dest_port=address[1] if address else None,
+                decision="deny", reason=state.refused))
+        except LogWriteError:
+            pass
+
+    # -- HTTP -----------------------------------------------------------------------------------
+    @fail_closed(refuse_http)
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response:
+            return
+        session = flow.metadata.get(META, {}).get("session")
+        if session is None:
+            return  # the policy addon refuses it
+        limits = session.policy.limits
+        name = None
+        if not self.limiter.rate(session.id, lim.REQUESTS, limits.requests_per_second):
+            name = lim.REQUESTS
+        else:
+            req = flow.request
+            fields = req.headers.fields
+            length = req.headers.get("content-length")
+            name = lim.over_size(
+                limits, header_count=len(fields), header_bytes=sum(len(k) + len(v) for k, v in fields),
+                url_bytes=len(req.data.path),
+                body_bytes=int(length) if length and length.isdigit() else None)
+        if name is None:
+            self._flooding.pop(flow.client_conn.id, None)
+            return
+        count(name)
+        if name == lim.REQUESTS:
+            # A flood on one connection (HTTP/2 streams, pipelining) costs the event loop per request,
+            # refused or not: after FLOOD_REFUSALS refusals in a row the connection is closed.
+            cid = flow.client_conn.id
+            self._flooding[cid] = self._flooding.get(cid, 0) + 1
+            if self._flooding[cid] > FLOOD_REFUSALS:
+                close_flow(flow)
+        info = flow.metadata.setdefault(META, {})
+        info.setdefault("port", flow.request.port)
+        info.setdefault("path", flow.request.path[:256])
+        host = flow.request.host_header or flow.request.host
+        status = _STATUS[name]
+        refuse(flow, lim.reason(name), host, status=status, keep_alive=name == lim.REQUESTS)
+        if status == 429:
+            flow.response.headers["Retry-After"] = "1"
+
+    @fail_closed(refuse_http)
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """An origin's response head over `headerBytes` (the same bound as requests) never reaches the sandbox."""
+        info = flow.metadata.get(META)
+        if info is None or info.get("session") is None or flow.response is None:
+            return
+        size = sum(len(k) + len(v) for k, v in flow.response.headers.fields)
+        if size <= info["session"].policy.limits.header_bytes:
+            return
+        count(lim.RESPONSE_HEADER_BYTES)
+        info.update(decision="deny", reason=lim.reason(lim.RESPONSE_HEADER_BYTES), logged=True,
+                    detail=f"response head of {size} bytes from the origin")
+        from gateway.addons.auditor import HttpAudit
+
+        try:
+            self.audit.emit(HttpAudit._event(flow, info))
+        except LogWriteError:
+            pass
+        close_flow(flow)  # the head is held here: nothing of it reaches the sandbox
+
+    @fail_closed(_refuse_ws)
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        info = flow.metadata.get(META)
+        if info is None or info.get("session") is None or flow.websocket is None:
+            return
+        message = flow.websocket.messages[-1]
+        session = info["session"]
+        if not message.from_client or len(message.content) <= session.policy.limits.websocket_message_bytes:
+            return
+        count(lim.WEBSOCKET_MESSAGE)
+        message.drop()
+        try:
+            self.audit.emit(events.make_event(
+                events.HTTP, session=session.id, dest_host=info.get("host"), dest_port=info.get("port"),
+                method="WEBSOCKET", client=events.address(flow.client_conn.peername), decision="deny",
+                rule=info.get("rule"), reason=lim.reason(lim.WEBSOCKET_MESSAGE),
+                detail=f"websocket message of {len(message.content)} bytes from the sandbox"))
+        except LogWriteError:
+            pass
+        close_flow(flow)
+
+    # -- DNS ------------------------------------------------------------------------------------
+    @fail_closed(_refuse_dns)
+    def dns_request(self, flow: mdns.DNSFlow) -> None:
+        if flow.response:
+            return
+        try:
+            session = self.registry.by_source(flow.client_conn.peername[0])
+        except SessionStoreUnavailable:
+            return  # the DNS gate refuses (and logs) it
+        if session is None or self.limiter.rate(session.id, lim.DNS, session.policy.limits.dns_per_second):
+            return
+        count(lim.DNS)
+        flow.response = flow.request.fail(response_codes.REFUSED)
+        q = flow.request.question if flow.request.questions else None
+        try:
+            self.audit.emit(events.make_event(
+                events.DNS, session=session.id, client=events.address(flow.client_conn.peername),
+                dns_qname=q.name if q else None, dns_rcode="REFUSED", decision="deny",
+                reason=lim.reason(lim.DNS)))
+        except LogWriteError:
+            pass
+
+
+class LimitsBody:
+    """Counts a request body as it streams (after detection set up the stream) and cuts it past `bodyBytes`."""
+
+    def __init__(self, audit):
+        self.audit = audit
+
+    @fail_closed(refuse_http)
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        info = flow.metadata.get(META)
+        if flow.response or info is None or info.get("session") is None:
+            return
+        req = flow.request
+        if not req.stream:  # False: mitmproxy buffers it
+            if "content-length" in req.headers:
+                return  # a known length, checked against bodyBytes already; buffered by mitmproxy
+            if "transfer-encoding" not in req.headers and (
+                    req.http_version.startswith("HTTP/1") or req.method in ("GET", "HEAD", "OPTIONS", "TRACE")):
+                return  # no body
+        limits = info["session"].policy.limits
+        req.stream = _Counted(self, flow, info, req.stream, limits.body_bytes, limits.body_chunks)
+
+    def _cut(self, flow: http.HTTPFlow, info: dict, name: str = lim.BODY) -> None:
+        count(name)
+        info.update(decision="deny", reason=lim.reason(name), logged=True)
+        from gateway.addons.auditor import HttpAudit
+
+        try:
+            self.audit.emit(HttpAudit._event(flow, info))
+        except LogWriteError:
+            pass
+        close_flow(flow)
+
+
+class _Counted:
+    def __init__(self, addon: LimitsBody, flow: http.HTTPFlow, info: dict, inner, limit: int, chunks: int):
+        self.addon, self.flow, self.info, self.inner, self.limit = addon, flow, info, inner, limit
+        self.chunks_left = chunks
+        self.seen = 0
+        self.dead = False
+
+    def __call__(self, chunk: bytes):
+        # Never hand mitmproxy b"" for a chunk in the middle of a body: to a chunked HTTP/1 origin it
+        # writes a zero-size chunk, which ENDS the body there (the rest would parse as a new request).
+        # An empty list sends nothing.
+        if self.dead:
+            return []
+        self.seen += len(chunk)
+        if 0 < len(chunk) < SMALL_CHUNK:
+            self.chunks_left -= 1
+        if self.seen > self.limit or self.chunks_left < 0:
+            self.dead = True
+            self.addon._cut(self.flow, self.info, lim.BODY if self.seen > self.limit else lim.BODY_CHUNKS)
+            return []
+        out = self.inner(chunk) if callable(self.inner) else chunk
+        return [] if out == b"" else out
