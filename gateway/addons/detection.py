@@ -30,7 +30,7 @@ from mitmproxy import ctx, http
 
 from gateway.addons.auditor import HttpAudit
 from gateway.addons.failclosed import fail_closed, refuse_http
-from gateway.addons.refuse import META, reason_text, refuse
+from gateway.addons.refuse import META, close_flow, reason_text, refuse
 from gateway.detect import Detector, Hit, RulePack, builtin_rules
 from gateway.detect.decode import DecodeLimit
 from gateway.detect.entropy import shannon
@@ -530,14 +530,7 @@ class Detection:
             self.audit.emit(HttpAudit._event(flow, info))
         except LogWriteError:
             pass  # the flow is being killed anyway
-        proxy = ctx.master.addons.get("proxyserver") if getattr(ctx, "master", None) else None
-        handler = proxy.connections.get(flow.client_conn.id) if proxy else None
-        if handler is not None:
-            for conn in (flow.server_conn, flow.client_conn):
-                if conn in handler.transports:
-                    handler.close_connection(conn)
-        if flow.killable:
-            flow.kill()
+        close_flow(flow)
 
     # -- WebSocket ------------------------------------------------------------------------------
     @fail_closed(_refuse_ws)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from mitmproxy import connection, ctx, http, tls
+from mitmproxy import connection, http, tls
 from mitmproxy import dns as mdns
 from mitmproxy.net.dns import response_codes
 from mitmproxy.proxy.mode_specs import TransparentMode
@@ -21,7 +21,7 @@ from mitmproxy.proxy.mode_specs import TransparentMode
 from gateway import limits as lim
 from gateway import metrics
 from gateway.addons.failclosed import fail_closed, refuse_client, refuse_http, refuse_tls
-from gateway.addons.refuse import META, refuse
+from gateway.addons.refuse import META, close_flow, refuse
 from gateway.log import events
 from gateway.log.writer import LogWriteError
 from gateway.sessions.store import SessionStoreUnavailable
@@ -44,18 +44,6 @@ def _refuse_ws(self, flow: http.HTTPFlow) -> None:
 
 def count(name: str) -> None:
     metrics.LIMIT_REFUSALS.labels(name).inc()
-
-
-def close_flow(flow: http.HTTPFlow) -> None:
-    """Close both sides of a flow under way (mitmproxy idiom: through the connection handler)."""
-    proxy = ctx.master.addons.get("proxyserver") if getattr(ctx, "master", None) else None
-    handler = proxy.connections.get(flow.client_conn.id) if proxy else None
-    if handler is not None:
-        for conn in (flow.server_conn, flow.client_conn):
-            if conn in handler.transports:
-                handler.close_connection(conn)
-    if flow.killable:
-        flow.kill()
 
 
 class Limits:

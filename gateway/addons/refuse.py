@@ -6,7 +6,7 @@ that names the refused host and nothing of the policy's internals.
 
 from __future__ import annotations
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 
 from gateway.log.events import clean
 
@@ -63,3 +63,20 @@ def refuse(flow: http.HTTPFlow, reason: str, host: str | None, *, status: int = 
     info.update(meta, decision="deny", reason=reason)
     if host:
         info.setdefault("host", host)
+
+
+def connection_handler(client_id: str):
+    """mitmproxy's handler of a client connection, or None (not running, or already gone)."""
+    proxy = ctx.master.addons.get("proxyserver") if getattr(ctx, "master", None) else None
+    return proxy.connections.get(client_id) if proxy else None
+
+
+def close_flow(flow: http.HTTPFlow) -> None:
+    """Close both sides of a flow under way (mitmproxy idiom: through the connection handler)."""
+    handler = connection_handler(flow.client_conn.id)
+    if handler is not None:
+        for conn in (flow.server_conn, flow.client_conn):
+            if conn in handler.transports:
+                handler.close_connection(conn)
+    if flow.killable:
+        flow.kill()

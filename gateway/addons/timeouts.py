@@ -19,11 +19,11 @@ import asyncio
 import logging
 import time
 
-from mitmproxy import connection, ctx, http, tcp
+from mitmproxy import connection, http, tcp
 from mitmproxy.proxy.mode_specs import DnsMode
 
 from gateway import metrics
-from gateway.addons.refuse import META
+from gateway.addons.refuse import META, close_flow, connection_handler
 from gateway.log import events
 from gateway.log.writer import LogWriteError
 
@@ -137,10 +137,6 @@ class Timeouts:
                 del self._flow_deadline[fid]
                 self._close_flow(flow, which)
 
-    def _handler(self, client_id: str):
-        proxy = ctx.master.addons.get("proxyserver") if getattr(ctx, "master", None) else None
-        return proxy.connections.get(client_id) if proxy else None
-
     def _close_client(self, client: connection.Client) -> None:
         state = self.conns.get(client.id)
         reason = f"timeout-{HEADERS}"
@@ -153,7 +149,7 @@ class Timeouts:
                 detail=f"no complete request head within {self.limits[HEADERS]:g}s"))
         except LogWriteError:
             pass
-        handler = self._handler(client.id)
+        handler = connection_handler(client.id)
         if handler is not None and client in handler.transports:
             handler.close_connection(client)
 
@@ -168,10 +164,4 @@ class Timeouts:
             self.audit.emit(HttpAudit._event(flow, info))
         except LogWriteError:
             pass
-        handler = self._handler(flow.client_conn.id)
-        if handler is not None:
-            for conn in (flow.server_conn, flow.client_conn):
-                if conn in handler.transports:
-                    handler.close_connection(conn)
-        if flow.killable:
-            flow.kill()
+        close_flow(flow)

@@ -468,7 +468,7 @@ class Detector:
                     offset=span[0] + offset_base,
                     length=span[1] - span[0],
                     encoding=f.encoding,
-                    context=_context(f.part.data, span, red[id(f.part)]),
+                    context=context(f.part.data, span, red[id(f.part)]),
                     raw_span=raw,
                     action=f.action,
                 )
@@ -549,7 +549,7 @@ def _compose(outer: Callable[[int, int], tuple[int, int]] | None, inner: Callabl
 _UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")
 
 
-def _context(data: bytes, span: tuple[int, int], redactions: list[tuple[int, int, str]]) -> str:
+def context(data: bytes, span: tuple[int, int], redactions: list[tuple[int, int, str]]) -> str:
     """<= 80 printable chars around span; every known match inside the window is redacted."""
     lo = max(0, span[0] - _SIDE)
     hi = min(len(data), span[1] + _SIDE)

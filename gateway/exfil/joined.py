@@ -17,16 +17,13 @@ through a decoded view spanning both) belongs to the part it starts in and has n
 from __future__ import annotations
 
 import dataclasses
-import re
 from bisect import bisect_right
 
 from gateway.detect.decode import field_at, form_fields
+from gateway.detect.scanner import context
 
 SEP = b"\n\n"
 LABEL = "request-head"
-_SIDE = 24
-CONTEXT_MAX = 80
-_UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")
 
 
 def scan_parts(detector, parts: list[tuple[str, bytes]]) -> list:
@@ -80,26 +77,3 @@ def _map(hits, parts, starts) -> list:
                                                              by_part[i])))
     result.sort(key=lambda h: (h.part, h.offset, h.rule))
     return result
-
-
-def context(data: bytes, span: tuple[int, int], redactions: list[tuple[int, int, str]]) -> str:
-    """<= 80 printable chars of the part around span; every hit inside that window is redacted."""
-    lo = max(0, span[0] - _SIDE)
-    hi = min(len(data), span[1] + _SIDE)
-    cuts = sorted((max(s, lo), min(e, hi), r) for s, e, r in redactions if s < hi and e > lo)
-    pieces: list[str] = []
-    pos = lo
-    for s, e, r in cuts:
-        if s > pos:
-            pieces.append(_UNPRINTABLE.sub(b".", data[pos:s]).decode("ascii"))
-        if e > pos:
-            pieces.append(f"[REDACTED:{r}]")
-            pos = e
-    if pos < hi:
-        pieces.append(_UNPRINTABLE.sub(b".", data[pos:hi]).decode("ascii"))
-    text = "".join(pieces)
-    if len(text) > CONTEXT_MAX:
-        marker = text.find("[REDACTED:")
-        start = max(0, min(marker - 10, len(text) - CONTEXT_MAX))
-        text = text[start : start + CONTEXT_MAX]
-    return text

@@ -5,7 +5,6 @@ Real mitmproxy test flows and connections, a real flow log; the clock is the arg
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -14,6 +13,7 @@ from mitmproxy.test import tflow
 from gateway.addons.timeouts import BODY, HEADERS, ORIGIN, Timeouts
 from gateway.audit import Audit
 from gateway.connstate import ConnTable
+from gateway.log import reader
 from gateway.log.writer import FlowLog
 
 
@@ -26,7 +26,7 @@ def addon(tmp_path):
 
 
 def records(addon):
-    return [json.loads(line) for line in addon.log.read_text().splitlines()] if addon.log.exists() else []
+    return [r.event for r in reader.iter_records([addon.log])] if addon.log.exists() else []
 
 
 def test_a_new_connection_must_send_a_head_in_time(addon):
