@@ -37,6 +37,8 @@ def _child(name: str, seconds: int, corpus: Path) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     args = [sys.argv[0], str(corpus), f"-max_total_time={seconds}", f"-artifact_prefix={ARTIFACTS}/{name}-",
             "-max_len=4096", "-rss_limit_mb=2048", "-print_final_stats=1"]
+    if os.environ.get("EGRESSGW_FUZZ_SEED"):  # CI: a fixed seed, so a red run is reproducible, not luck
+        args.append(f"-seed={int(os.environ['EGRESSGW_FUZZ_SEED'])}")
     atheris.Setup(args, target)
     atheris.Fuzz()
 

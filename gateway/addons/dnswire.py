@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 import struct
 
+from mitmproxy import dns as mdns
 from mitmproxy.net.dns import domain_names
 
 _ESCAPE = re.compile(r"\\(\d{3})")
@@ -87,7 +88,10 @@ def install() -> None:
         if "\\" not in name:
             return original_pack(name)
         buffer = bytearray()
-        for part in name.split("."):
+        parts = name.split(".")
+        if len(parts) > 1 and parts[-1] == "":
+            parts.pop()  # a trailing dot is the root, not an empty label
+        for part in parts:
             label = unescape_label(part) if "\\" in part else part.encode("idna")
             if not 0 < len(label) < 64:
                 raise ValueError(f"domain name {name!r} has an empty or too long label")
@@ -97,4 +101,19 @@ def install() -> None:
 
     domain_names._unpack_label_into = _unpack_label_into
     domain_names.pack = pack
+
+    # mitmproxy's DNS layer catches only struct.error from DNSMessage.unpack; any other error from a
+    # hostile packet (ValueError "contains empty labels", found by fuzzing) would escape the layer
+    # and stop that listener. Every parse failure becomes the documented "invalid message" path.
+    original_message_unpack = mdns.DNSMessage.unpack.__func__
+
+    def message_unpack(cls, buffer: bytes, timestamp: float | None = None):
+        try:
+            return original_message_unpack(cls, buffer, timestamp)
+        except struct.error:
+            raise
+        except (ValueError, UnicodeError, IndexError) as e:
+            raise struct.error(f"invalid DNS message: {e}") from None
+
+    mdns.DNSMessage.unpack = classmethod(message_unpack)
     _installed = True
