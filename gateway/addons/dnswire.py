@@ -78,7 +78,7 @@ def install() -> None:
                 raise struct.error(f"unpack encountered a bad label at offset {offset}") from None
             labels.append(_escaped(buffer[start:start + size]))
             return domain_names._LABEL_SIZE.size + size
-        if used > 1 and (_DOT.search(labels[-1]) or "\\" in labels[-1]):
+        if used > 1 and (_DOT.search(labels[-1]) or ("\\" in labels[-1] and not labels[-1].isascii())):
             # a dot inside one label ("a.b" as ONE label, or punycode of U+3002) would pack back as two
             # labels, or fail to pack at all and crash the layer when the answer is sent; so would a
             # backslash (punycode can decode to one): pack would read it as an escape (fuzz finding)
