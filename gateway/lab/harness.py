@@ -119,3 +119,32 @@ def leak_counter(lab) -> Callable[[], int]:
         return sum(int(tok) for tok in out.split("packets ")[1:] for tok in [tok.split()[0]])
 
     return leaked
+
+
+# A WebSocket client run inside a sandbox: argv host, message; prints the echoed message.
+WS_CLIENT = """
+import os, socket, ssl, sys
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+host, message = sys.argv[1], sys.argv[2]
+ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+sock = ctx.wrap_socket(socket.create_connection((host, 443), timeout=5), server_hostname=host)
+ws = WSConnection(ConnectionType.CLIENT)
+sock.sendall(ws.send(Request(host=host, target="/ws")))
+
+def wait(kind):
+    while True:
+        for event in ws.events():
+            if isinstance(event, kind):
+                return event
+            if isinstance(event, CloseConnection):
+                sys.exit("closed")
+        data = sock.recv(65536)
+        if not data:
+            sys.exit("connection closed")
+        ws.receive_data(data)
+
+wait(AcceptConnection)
+sock.sendall(ws.send(TextMessage(data=message)))
+print(wait(TextMessage).data)
+"""

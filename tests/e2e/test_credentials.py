@@ -11,6 +11,8 @@ import secrets
 import time
 
 import pytest
+
+from gateway.lab.harness import WS_CLIENT
 import yaml
 
 RULES = """
@@ -273,32 +275,6 @@ def test_sigv4_requests_are_resigned_with_the_real_keys(gateway, sandboxes, lab,
     REAL.update(AWS_ID=AWS_REAL["id"], AWS_SECRET=AWS_REAL["secret"])
 
 
-WS_CLIENT = """
-import os, socket, ssl, sys
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
-host, message = sys.argv[1], sys.argv[2]
-ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
-sock = ctx.wrap_socket(socket.create_connection((host, 443), timeout=5), server_hostname=host)
-ws = WSConnection(ConnectionType.CLIENT)
-sock.sendall(ws.send(Request(host=host, target="/ws")))
-
-def wait(kind):
-    while True:
-        for event in ws.events():
-            if isinstance(event, kind):
-                return event
-            if isinstance(event, CloseConnection):
-                sys.exit("closed")
-        data = sock.recv(65536)
-        if not data:
-            sys.exit("connection closed")
-        ws.receive_data(data)
-
-wait(AcceptConnection)
-sock.sendall(ws.send(TextMessage(data=message)))
-print(wait(TextMessage).data)
-"""
 
 
 def test_websocket_messages_where_opted_in(gateway, sandboxes, lab, tmp_path):

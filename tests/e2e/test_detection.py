@@ -15,6 +15,8 @@ import time
 import urllib.parse
 
 import pytest
+
+from gateway.lab.harness import WS_CLIENT
 import yaml
 
 from conftest import Box
@@ -165,32 +167,6 @@ def test_the_connection_is_kept_after_a_block(block_box):
     assert "Re-using existing connection" in r.stderr or "Reusing existing" in r.stderr, r.stderr[-2000:]
 
 
-WS_CLIENT = """
-import os, socket, ssl, sys
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
-host, message = sys.argv[1], sys.argv[2]
-ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
-sock = ctx.wrap_socket(socket.create_connection((host, 443), timeout=5), server_hostname=host)
-ws = WSConnection(ConnectionType.CLIENT)
-sock.sendall(ws.send(Request(host=host, target="/ws")))
-
-def wait(kind):
-    while True:
-        for event in ws.events():
-            if isinstance(event, kind):
-                return event
-            if isinstance(event, CloseConnection):
-                sys.exit("closed")
-        data = sock.recv(65536)
-        if not data:
-            sys.exit("connection closed")
-        ws.receive_data(data)
-
-wait(AcceptConnection)
-sock.sendall(ws.send(TextMessage(data=message)))
-print(wait(TextMessage).data)
-"""
 
 
 def test_websocket_message_is_dropped(block_box, lab):
