@@ -103,7 +103,7 @@ class Settings:
     max_encoded: int = 10  # distinct encoded-looking names per base per window
     max_distinct: int = 120  # distinct subdomains per base per window
     max_uncommon: int = 20  # TXT/CNAME/... queries per base per window (NULL/ANY/private count 4)
-    max_rate: int = 600  # queries per base per window
+    max_rate: int = 3000  # queries per base per window (repeats included; 50/s for a minute)
     encoded_min_length: int = 20  # characters of subdomain (dots removed) before entropy is judged
     min_entropy_ratio: float = 0.75  # of a random base32 string's entropy at the same length
     max_label_length: int = 50  # a label this long counts as encoded whatever its entropy
@@ -177,15 +177,23 @@ def base_domain(qname: str, suffixes: Iterable[str] = ()) -> str:
     return ".".join(labels[-2:])
 
 
+BUCKETS = 60  # the window's query and type counts are kept in this many slices
+
+
 @dataclass
 class _Pair:
-    """Sliding-window state of one (session, base domain)."""
+    """Sliding-window state of one (session, base domain), bounded whatever the query rate.
 
-    events: deque = field(default_factory=deque)  # (time, sub | None, encoded, uncommon) per query
-    names: dict = field(default_factory=dict)  # sub -> queries in window; len() = distinct names
-    overflow: int = 0  # queries with a new name beyond max_names, in window (each counted distinct)
-    encoded: int = 0  # distinct encoded-looking names in window
+    Names are remembered with the time they were last asked (oldest first): a name counts as
+    distinct while it was asked within the window. Query and uncommon-type counts are kept per
+    slice of ``window / BUCKETS`` seconds, so repeats cost no memory."""
+
+    names: OrderedDict = field(default_factory=OrderedDict)  # sub -> (last asked, encoded-looking)
+    slices: deque = field(default_factory=deque)  # [start, queries, uncommon weight, new names beyond max_names]
+    queries: int = 0  # in window
     uncommon: int = 0  # weighted uncommon-type queries in window
+    overflow: int = 0  # queries with a new name beyond max_names, in window (each counted distinct)
+    encoded: int = 0  # remembered names that look encoded
 
 
 class DnsTunnelDetector:
@@ -221,32 +229,38 @@ class DnsTunnelDetector:
                 self._pairs.popitem(last=False)
         else:
             self._pairs.move_to_end(key)
-        self._expire(pair, now - s.window)
+        self._expire(pair, now - s.window, s.window / BUCKETS)
 
         sub = qname[: -len(base) - 1] if len(qname) > len(base) else ""
         uncommon = qtype_weight(qtype)
-        encoded = False
-        if sub and sub in pair.names:
-            pair.names[sub] += 1
-            remembered = sub
-        elif sub:
-            encoded = looks_encoded(sub, len(qname), s)
-            if len(pair.names) < s.max_names:
-                pair.names[sub] = 1
-                remembered = sub
+        overflow = encoded_overflow = 0
+        if sub:
+            seen = pair.names.get(sub)
+            if seen is not None:
+                pair.names[sub] = (now, seen[1])
+                pair.names.move_to_end(sub)
             else:
-                pair.overflow += 1
-                remembered = None
-        else:
-            remembered = ""
-        # `encoded` is True only on the query that brought the name into the window, so
-        # pair.encoded counts distinct names; it is taken back when that query expires
-        pair.events.append((now, remembered, encoded, uncommon))
-        pair.encoded += encoded
+                encoded = looks_encoded(sub, len(qname), s)
+                if len(pair.names) < s.max_names:
+                    pair.names[sub] = (now, encoded)
+                    pair.encoded += encoded
+                else:
+                    overflow = 1  # not remembered: counted as a new name for the window
+                    encoded_overflow = int(encoded)
+                    pair.encoded += encoded
+        if not pair.slices or now >= pair.slices[-1][0] + s.window / BUCKETS:
+            pair.slices.append([now, 0, 0, 0, 0])
+        last = pair.slices[-1]
+        last[1] += 1
+        last[2] += uncommon
+        last[3] += overflow
+        last[4] += encoded_overflow
+        pair.queries += 1
         pair.uncommon += uncommon
+        pair.overflow += overflow
 
         distinct = len(pair.names) + pair.overflow
-        span = now - pair.events[0][0]
+        span = now - pair.slices[0][0]
         fired = None
         if pair.encoded >= s.max_encoded:
             fired = ("encoded", f"{pair.encoded} encoded-looking names (limit {s.max_encoded})")
@@ -255,8 +269,8 @@ class DnsTunnelDetector:
         elif pair.uncommon >= s.max_uncommon:
             fired = ("qtype", f"uncommon-type query weight {pair.uncommon} (limit {s.max_uncommon}; this one "
                               f"{qtype.upper()})")
-        elif len(pair.events) >= s.max_rate:
-            fired = ("rate", f"{len(pair.events)} queries (limit {s.max_rate})")
+        elif pair.queries >= s.max_rate:
+            fired = ("rate", f"{pair.queries} queries (limit {s.max_rate})")
         if fired is None:
             return PASS
         signal, what = fired
@@ -299,20 +313,23 @@ class DnsTunnelDetector:
     # ---- internals -----------------------------------------------------------------------------
 
     @staticmethod
-    def _expire(pair: _Pair, horizon: float) -> None:
-        events, names = pair.events, pair.names
-        while events and events[0][0] <= horizon:
-            _, sub, encoded, uncommon = events.popleft()
+    def _expire(pair: _Pair, horizon: float, width: float) -> None:
+        """Drop names last asked before ``horizon`` and slices that ended before it (a slice's
+        queries count until its last instant leaves the window: errs towards detection)."""
+        names = pair.names
+        while names:
+            sub, (last, encoded) = next(iter(names.items()))
+            if last > horizon:
+                break
+            del names[sub]
             pair.encoded -= encoded
+        slices = pair.slices
+        while slices and slices[0][0] + width <= horizon:
+            _, queries, uncommon, overflow, encoded_overflow = slices.popleft()
+            pair.queries -= queries
             pair.uncommon -= uncommon
-            if sub is None:
-                pair.overflow -= 1
-            elif sub:
-                left = names[sub] - 1
-                if left:
-                    names[sub] = left
-                else:
-                    del names[sub]
+            pair.overflow -= overflow
+            pair.encoded -= encoded_overflow
 
     def _evict_blocks(self, now: float) -> None:
         for key in [k for k, v in self._blocks.items() if v[0] <= now]:
