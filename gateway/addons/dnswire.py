@@ -21,6 +21,17 @@ U+3002), which would otherwise pack back as two labels or not at all, crashing
 the layer when the answer is sent (both found by fuzz/dns.py).
 The name then reaches `DnsGate` like any other, fails the policy's host name check (``\\`` is not a host name character) and gets NXDOMAIN, logged.
 Names that decode today decode exactly as before. Idempotent.
+
+`install()` also outlives mitmproxy_rs's UDP table. The Rust UDP server keeps
+each (client, listener) pair for 60 s after its last packet, and mitmproxy's
+Python side closes an idle UDP connection after 20 s. A closed pair stays in
+the Rust table, and every datagram it then receives is dropped and refreshes the
+entry. So a sandbox resolver that reuses a source port 20 to 80 s later gets
+no answer, ever: about 1 lookup in 100 timed out after 10 s in the lab (glibc
+picks a random port for every lookup). With the Python timeout at
+`UDP_IDLE_SECONDS` (75 s), the Rust side forgets the pair first (60 s plus its
+5 s sweep), which ends the Python connection, and the next datagram from that
+port opens a fresh one (tests/e2e/test_dns_port_reuse.py).
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from mitmproxy.net.dns import domain_names
 _ESCAPE = re.compile(r"\\(\d{3})")
 _DOT = re.compile("[.\u3002\uff0e\uff61]")  # what the idna codec splits names on
 _installed = False
+UDP_IDLE_SECONDS = 75  # > mitmproxy_rs's UDP_TIMEOUT (60 s) + its sweep interval (5 s)
 
 
 def escape_label(raw: bytes) -> str:
@@ -65,6 +77,9 @@ def install() -> None:
     global _installed
     if _installed:
         return
+    from mitmproxy.proxy import server
+
+    server.UDP_TIMEOUT = max(server.UDP_TIMEOUT, UDP_IDLE_SECONDS)
     original_unpack = domain_names._unpack_label_into
     original_pack = domain_names.pack
 
