@@ -50,6 +50,7 @@ REPO = BENCH.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import extras  # noqa: E402
 from gateway.lab import Lab  # noqa: E402
 from gateway.lab.gateway import LabGateway  # noqa: E402
 from gateway.policy import load_policy_text  # noqa: E402
@@ -473,6 +474,18 @@ class Runner:
         return r
 
 
+class _ProxyRunner(Runner):
+    """wrk against a forward proxy: the connection goes to the proxy, the request line carries the
+    absolute URI (the script's `request`)."""
+
+    def __init__(self, *args: Any, proxy: str, **kw: Any):
+        super().__init__(*args, **kw)
+        self.proxy = proxy
+
+    def url(self, case: Case, lab: Lab) -> str:
+        return self.proxy + "/"
+
+
 def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """One figure per field from several rounds of a case: the median (plus the rounds themselves)."""
     if len(rounds) == 1:
@@ -704,6 +717,7 @@ class Bench:
         self.paths = args.paths if main_ else ["egressgw"]
         self.credentials = args.only in (None, "credentials") and "egressgw" in self.paths
         self.detection = args.only == "detection"  # bench/detection_cost.py; only when asked for
+        self.extras = args.only in (None, "extras") and "egressgw" in self.paths  # bench/extras.py
         self.results: dict[str, Any] = {"paths": {}, "memory": {}, "profiles": {}}
         self.out = Path(args.out)
         self.tag = secrets.token_hex(2)
@@ -769,9 +783,11 @@ class Bench:
                 # alternate the order so neither proxy always runs first (drift, caches, nginx state)
                 order = proxies if r % 2 == 0 else proxies[::-1]
                 for t in order:
+                    if t.name == "squid" and case.scheme == "https":
+                        continue  # a forward proxy: wrk cannot tunnel through CONNECT (bench/extras.py)
                     measured[t.name].setdefault(case.key, []).append(t.runner.measure(case, lab, f"{t.name}#{r + 1}"))
         for name, per_case in measured.items():
-            self.results["paths"][name] = {k: combine(v) for k, v in per_case.items()}
+            self.results["paths"][name] = {k: combine(v) for k, v in per_case.items() if v}
         for t in proxies:
             self.results["memory"][t.name].update(rss_kib(t.pid))
             before_bulk = [r.get("proxy_rss_kib") for k, r in self.results["paths"][t.name].items() if k != "https_bulk"]
@@ -782,6 +798,8 @@ class Bench:
             self.measure_credentials(lab, cred)
         if self.detection:
             self.measure_detection(lab, next(t for t in targets_ if t.name == "egressgw"))
+        if self.extras:
+            self.measure_extras(lab, next(t for t in targets_ if t.name == "egressgw"))
         self._flow_log_check()
         for t in proxies:
             if self.cases and (a.profile == "always"
@@ -837,6 +855,65 @@ class Bench:
         (etc / "hosts").write_text(f"127.0.0.1 localhost\n{lab.hosts[HOST]} {HOST}\n")
         runner = Runner(sb["netns"], self.args.warmup, self.args.duration, pid=proc.pid)
         return Target("mitmdump", runner, confdir / "mitmproxy-ca-cert.pem", proc.pid)
+
+    def setup_squid(self, lab: Lab) -> Target:
+        log(f"path squid: wrk in the gateway namespace -> squid forward proxy 127.0.0.1:{extras.SQUID_PORT} -> nginx "
+            "(HTTP only)")
+        proc = extras.start_squid(lab, lab.work, HOST, _stop_group)
+        self.stack.callback(_stop_group, proc)
+        target = f"http://{HOST}:{lab.nginx_http_port}"
+        runner = _ProxyRunner(lab.gw_ns, self.args.warmup, self.args.duration, pid=extras.squid_pid(proc),
+                              script=extras.squid_script(LUA, lab.work, target + "/"),
+                              proxy=f"http://127.0.0.1:{extras.SQUID_PORT}")
+        return Target("squid", runner, Path(lab.ca_cert), runner.pid)
+
+    def measure_extras(self, lab: Lab, egw: Target) -> None:
+        """DNS queries/s (direct vs through egressgw) and 1 GiB transfers through egressgw."""
+        gw = self.gateway(lab)
+        policy = lab.work / "bench-extras.yaml"
+        policy.write_text(extras.POLICY)
+        load_policy_text(extras.POLICY, str(policy))
+        name = f"bx{self.tag}"
+        self.stack.callback(self._sandbox_down, gw, name)
+        info = gw.sandbox_up(name, policy)
+        out: dict[str, Any] = {"policy": "bench-extras (1 rule; DNS rate limit raised; bench host exempt from the "
+                                         "DNS tunnel volume signal)"}
+        log("extras: DNS queries/s with dnsperf (direct to the lab resolver, then through egressgw)")
+        out["dns"] = {
+            "direct": extras.dnsperf(lab.gw_ns, lab.dns_addr, HOST, work=lab.work),
+            "egressgw": extras.dnsperf(info["netns"], extras.nameserver(info["netns"]), HOST, work=lab.work),
+        }
+        for k, v in out["dns"].items():
+            log(f"  dns {k:9s} {v['qps']:9.0f} q/s  avg {v['avg_ms']} ms  lost {v['lost']}")
+        assert gw.proc is not None
+        cacert = gw.dir / "ca" / "sandbox-ca-bundle.pem"
+        log("extras: 1 GiB download (nginx) and 1 GiB upload (Python origin) through egressgw over HTTPS")
+        out["download_1g"] = extras.transfer(info["netns"], gw.proc.pid, cacert,
+                                             f"https://{HOST}:{lab.nginx_https_port}/bytes/1g")
+        blob = extras.sparse_file(lab.work / "upload-1g")
+        self.stack.callback(blob.unlink, True)
+        out["upload_1g"] = extras.transfer(info["netns"], gw.proc.pid, cacert, f"https://{HOST}/upload-1g", upload=blob)
+        log("extras: `inspect: false` (TLS passed through) vs intercepted, same host, same gateway")
+        ppolicy = lab.work / "bench-passthrough.yaml"
+        ppolicy.write_text(extras.PASSTHROUGH_POLICY)
+        load_policy_text(extras.PASSTHROUGH_POLICY, str(ppolicy))
+        pname = f"bp{self.tag}"
+        self.stack.callback(self._sandbox_down, gw, pname)
+        pinfo = gw.sandbox_up(pname, ppolicy)
+        out["passthrough_download_1g"] = extras.transfer(pinfo["netns"], gw.proc.pid, cacert,
+                                                         f"https://{HOST}:{lab.nginx_https_port}/bytes/1g")
+        ka = next(c for c in cases(self.args.bulk_conns) if c.key == "https_ka_c10")
+        out["https_ka_c10"] = {
+            "intercepted": Runner(info["netns"], self.args.warmup, self.args.duration, pid=gw.proc.pid).measure(
+                ka, lab, "intercepted"),
+            "passthrough": Runner(pinfo["netns"], self.args.warmup, self.args.duration, pid=gw.proc.pid).measure(
+                ka, lab, "passthrough"),
+        }
+        for k in ("download_1g", "upload_1g", "passthrough_download_1g"):
+            v = out[k]
+            log(f"  {k:24s} {v['mbps']:7.1f} MB/s  gateway RSS {v['rss_start_mib']} -> peak {v['rss_peak_mib']} MiB "
+                f"(+{v['rss_growth_mib']})")
+        self.results["extras"] = out
 
     def setup_egressgw(self, lab: Lab) -> Target:
         log("path egressgw: `egressgw sandbox up` sandbox -> egressgw run (LabGateway) -> nginx")
@@ -1210,6 +1287,8 @@ def render(results: dict[str, Any]) -> str:
         lines += render_main(results)
     if results.get("credentials"):
         lines += render_credentials(results["credentials"])
+    if results.get("extras"):
+        lines += render_extras(results["extras"])
     if results.get("detection"):
         import detection_cost
 
@@ -1228,17 +1307,19 @@ def render_main(results: dict[str, Any]) -> list[str]:
     c = results["config"]
     lines = [
         "",
-        "| metric | direct | mitmdump | egressgw | egressgw/mitmdump | egressgw/direct | target |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| metric | direct | squid | mitmdump | egressgw | egressgw/mitmdump | egressgw/squid | egressgw/direct "
+        "| target |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     tmap = {(t["case"], t["field"]): t for t in targets(results)}
     for label, case, field, unit, _kind in ROWS:
-        d, mi, e = (_get(results, p, case, field) for p in ("direct", "mitmdump", "egressgw"))
-        rm, rd = _ratio(e, mi), _ratio(e, d)
+        d, sq, mi, e = (_get(results, p, case, field) for p in ("direct", "squid", "mitmdump", "egressgw"))
+        rm, rs, rd = _ratio(e, mi), _ratio(e, sq), _ratio(e, d)
         t = tmap.get((case, field))
         tcell = f"{t['result']} ({t['target']})" if t else ""
-        lines.append(f"| {label.format(bulk=c['bulk_conns'])} ({unit}) | {_fmt(d, unit)} | {_fmt(mi, unit)} | "
-                     f"{_fmt(e, unit)} | {f'{rm:.2f}x' if rm else '-'} | {f'{rd:.2f}x' if rd else '-'} | {tcell} |")
+        lines.append(f"| {label.format(bulk=c['bulk_conns'])} ({unit}) | {_fmt(d, unit)} | {_fmt(sq, unit)} | "
+                     f"{_fmt(mi, unit)} | {_fmt(e, unit)} | {f'{rm:.2f}x' if rm else '-'} | "
+                     f"{f'{rs:.2f}x' if rs else '-'} | {f'{rd:.2f}x' if rd else '-'} | {tcell} |")
     mem = results.get("memory", {})
     mrow = []
     labels = {"start_rss_kib": "proxy RSS before load (MiB)",
@@ -1249,9 +1330,12 @@ def render_main(results: dict[str, Any]) -> list[str]:
         mi = mem.get("mitmdump", {}).get(key)
         e = mem.get("egressgw", {}).get(key)
         r = _ratio(e, mi)
-        mrow.append(f"| {label} | - | {mi / 1024:.1f} | {e / 1024:.1f} | {f'{r:.2f}x' if r else '-'} | - | |"
+        sq = mem.get("squid", {}).get(key)
+        sqc = f"{sq / 1024:.1f}" if sq is not None else "-"
+        mrow.append(f"| {label} | - | {sqc} | {mi / 1024:.1f} | {e / 1024:.1f} | {f'{r:.2f}x' if r else '-'} | - | - | |"
                     if mi is not None and e is not None else
-                    f"| {label} | - | {_fmt(mi and mi / 1024, 'MB/s')} | {_fmt(e and e / 1024, 'MB/s')} | - | - | |")
+                    f"| {label} | - | {sqc} | {_fmt(mi and mi / 1024, 'MB/s')} | {_fmt(e and e / 1024, 'MB/s')} "
+                    f"| - | - | - | |")
     lines += mrow
     errs = []
     for path, rs in results["paths"].items():
@@ -1278,6 +1362,43 @@ def render_main(results: dict[str, Any]) -> list[str]:
         lines += [f"- self {v}%  {k}" for k, v in p["top_self"][:8]]
         if p["top_inclusive_gateway"]:
             lines += [f"- incl {v}%  {k}" for k, v in p["top_inclusive_gateway"][:8]]
+    return lines
+
+
+def render_extras(x: dict[str, Any]) -> list[str]:
+    lines = ["", f"## DNS and 1 GiB transfers (egressgw sandbox with the {x['policy']})", ""]
+    dns = x.get("dns")
+    if dns:
+        d, e = dns["direct"], dns["egressgw"]
+        r = _ratio(e["qps"], d["qps"])
+        lines += ["| metric | direct (lab resolver) | egressgw | egressgw/direct |", "|---|---:|---:|---:|",
+                  f"| DNS queries/s, dnsperf -c 4 -q 64, one name (A + AAAA) | {d['qps']:,.0f} | {e['qps']:,.0f} | "
+                  f"{f'{r:.2f}x' if r else '-'} |",
+                  f"| DNS average latency (ms) | {d['avg_ms']} | {e['avg_ms']} | |",
+                  f"| DNS queries lost | {d['lost']} | {e['lost']} | |", ""]
+    rows = [(k, x[k]) for k in ("download_1g", "upload_1g", "passthrough_download_1g") if k in x]
+    names = {"download_1g": "download (nginx), intercepted", "upload_1g": "upload (Python origin, detection on)",
+             "passthrough_download_1g": "download (nginx), `inspect: false`"}
+    if rows:
+        lines += ["| 1 GiB over HTTPS through egressgw (curl) | MB/s | gateway RSS start → peak (MiB) | growth (MiB) "
+                  "| target |", "|---|---:|---:|---:|---|"]
+        for k, v in rows:
+            ok = "PASS" if v["rss_growth_mib"] < 64 else "MISS"
+            lines.append(f"| {names[k]} | {v['mbps']:.1f} | {v['rss_start_mib']} → {v['rss_peak_mib']} | "
+                         f"{v['rss_growth_mib']} | {ok} (< 64 MiB); bulk ≥ 1 GB/s: "
+                         f"{'PASS' if v['mbps'] >= 1000 else 'MISS'} |")
+    ka = x.get("https_ka_c10")
+    if ka:
+        i, p = ka["intercepted"]["rps"], ka["passthrough"]["rps"]
+        dl = _ratio(x.get("passthrough_download_1g", {}).get("mbps"), x.get("download_1g", {}).get("mbps"))
+        lines += ["", "| `inspect: false` vs intercepted | intercepted | passthrough | ratio | target |",
+                  "|---|---:|---:|---:|---|",
+                  f"| HTTPS keep-alive, 10 conn (req/s) | {i:,.0f} | {p:,.0f} | {p / i:.2f}x | "
+                  f"{'PASS' if p / i >= 5 else 'MISS'} (≥ 5x) |"]
+        if dl:
+            lines.append(f"| 1 GiB download (MB/s) | {x['download_1g']['mbps']:.1f} | "
+                         f"{x['passthrough_download_1g']['mbps']:.1f} | {dl:.2f}x | {'PASS' if dl >= 5 else 'MISS'} "
+                         f"(≥ 5x) |")
     return lines
 
 
@@ -1338,17 +1459,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", nargs="+", choices=[c.key for c in cases(1)], help="only these cases")
     ap.add_argument("--bulk-conns", type=int, default=4, help="connections for the 1 MiB download (default 4)")
     ap.add_argument("--nginx-workers", type=int, default=2)
-    ap.add_argument("--paths", nargs="+", default=["direct", "mitmdump", "egressgw"],
-                    choices=["direct", "mitmdump", "egressgw"])
+    ap.add_argument("--paths", nargs="+", default=["direct", "squid", "mitmdump", "egressgw"],
+                    choices=["direct", "squid", "mitmdump", "egressgw"])
     ap.add_argument("--profile", choices=["auto", "always", "never"], default="auto",
                     help="py-spy the proxies: auto = egressgw only, if it misses a target (default)")
     ap.add_argument("--profile-case", nargs="+", default=["https_ka_c10", "https_new_c10"],
                     choices=[c.key for c in cases(1)], help="load(s) to profile under (default: %(default)s)")
     ap.add_argument("--profile-seconds", type=float, default=10.0)
-    ap.add_argument("--only", choices=["main", "credentials", "detection"],
-                    help="run one section: main (direct / mitmdump / egressgw), credentials "
-                         "(egressgw without secrets vs with 10 secrets), or detection (a small POST with "
-                         "detection on vs off; only when asked for); default main and credentials")
+    ap.add_argument("--only", choices=["main", "credentials", "detection", "extras"],
+                    help="run one section: main (direct / squid / mitmdump / egressgw), credentials "
+                         "(egressgw without secrets vs with 10 secrets), extras (DNS queries/s, 1 GiB "
+                         "download and upload), or detection (a small POST with detection on vs off; only "
+                         "when asked for); default main, credentials and extras")
     ap.add_argument("--cred-rounds", type=int, default=6,
                     help="credentials section: measured runs per case and sandbox, interleaved A/B (default 6)")
     ap.add_argument("--cred-duration", type=float, default=3.0,

@@ -14,9 +14,21 @@ from gateway.log import events
 from gateway.log.writer import LogWriteError
 
 
+def _announced(resp) -> int | None:
+    """A streamed response's Content-Length, if it has one."""
+    length = resp.headers.get("content-length") if resp is not None else None
+    return int(length) if length is not None and length.strip().isdigit() else None
+
+
 class HttpAudit:
     def __init__(self, audit):
         self.audit = audit
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """A body that streams (gateway/addons/credentials.py) is logged before its first byte leaves:
+        no record, no answer, for streamed responses too (`bytes_in` is then the announced length)."""
+        if flow.response is not None and flow.response.stream:
+            self.response(flow)
 
     def response(self, flow: http.HTTPFlow) -> None:
         """After the body is read, before the sandbox sees the answer (unless the body streams)."""
@@ -62,7 +74,7 @@ class HttpAudit:
             url=events.strip_query_values(f"{scheme}://{authority}{info.get('path', req.path)}") if host else None,
             status=resp.status_code if resp else None,
             bytes_out=info.get("bytes_out", len(req.raw_content or b"")),
-            bytes_in=len(resp.raw_content or b"") if resp and resp.raw_content is not None else None,
+            bytes_in=len(resp.raw_content or b"") if resp and resp.raw_content is not None else _announced(resp),
             decision=info.get("decision", "deny"), rule=info.get("rule"), reason=info.get("reason"),
             duration_ms=round((resp.timestamp_start - req.timestamp_start) * 1000, 3)
             if resp and resp.timestamp_start and req.timestamp_start else None,

@@ -18,10 +18,12 @@ import re
 from mitmproxy import ctx, http
 
 from gateway.addons.failclosed import fail_closed, refuse_http
-from gateway.addons.refuse import META, reason_text, refuse
+from gateway.addons.refuse import META, close_flow, reason_text, refuse
 from gateway.log import events
 from gateway.log.writer import LogWriteError
+from gateway.detect.decode import parse_codings
 from gateway.secrets.backends import SecretBackendError, parse_source
+from gateway.secrets.response_watch import ResponseWatch, SecretInResponse
 from gateway.secrets.model import SIGV4_DERIVED
 from gateway.secrets.sigv4 import SigV4Error, parse_authorization, resign
 from gateway.secrets.substitute import Hit, decode_basic, encode_basic, masks, views, written
@@ -285,6 +287,19 @@ class Credentials:
         except LogWriteError:
             pass  # the connection is already killed
 
+    def _emit_cut(self, flow: http.HTTPFlow, info: dict, detail: str) -> None:
+        """A streamed response cut because a real value came back and could not be masked in place."""
+        session = info["session"]
+        logger.warning("session %s: %s", session.id, detail)
+        try:
+            self.audit.emit(events.make_event(
+                events.HTTP, session=session.id, dest_host=info.get("host"), dest_port=info.get("port"),
+                method=flow.request.method, client=events.address(flow.client_conn.peername),
+                status=flow.response.status_code if flow.response else None, decision="deny",
+                rule=info.get("rule"), reason="secret-in-response", alert=True, detail=detail))
+        except LogWriteError:
+            pass  # the connection is cut either way
+
     def _mask_pairs(self, session) -> list[tuple[bytes, bytes]]:
         """(form of a real value, its placeholder) for every secret of the session whose value is cached."""
         pairs = []
@@ -295,15 +310,32 @@ class Credentials:
                 pairs.extend((form, placeholder) for form in masks(value))
         return pairs
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        """Mask real values that come back: the sandbox only ever sees placeholders."""
+    @fail_closed(refuse_http)
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Stream the body unless it is small and known: a large or open-ended response is never held
+        whole (a 1 GiB download grew the gateway by 2.3 GB). With real values to mask, the headers
+        are masked now and the body through `ResponseWatch`; a body with a content coding is then
+        buffered and masked whole in `response`, as are bodies up to STREAM_ABOVE bytes."""
         info = flow.metadata.get(META)
         resp = flow.response
-        if info is None or resp is None or info.get("session") is None:
+        if info is None or resp is None or info.get("session") is None or resp.stream:
+            return
+        length = resp.headers.get("content-length")
+        if length is not None and length.strip().isdigit() and int(length) <= STREAM_ABOVE:
+            return
+        if resp.status_code == 101 or flow.request.method == "HEAD":
             return
         pairs = info.get("masks", []) + self._mask_pairs(info["session"])
         if not pairs:
+            resp.stream = True
             return
+        if parse_codings(resp.headers.get("content-encoding")) != []:
+            return  # compressed (or an unknown coding): buffered and masked whole
+        self._mask_headers(resp, pairs)
+        resp.stream = _MaskedStream(self, flow, info, ResponseWatch(pairs, fixed_length=length is not None))
+
+    @staticmethod
+    def _mask_headers(resp: http.Response, pairs: list[tuple[bytes, bytes]]) -> None:
         fields, changed = [], False
         for name, value in resp.headers.fields:
             for form, placeholder in pairs:
@@ -312,6 +344,17 @@ class Credentials:
             fields.append((name, value))
         if changed:
             resp.headers.fields = tuple(fields)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        """Mask real values that come back: the sandbox only ever sees placeholders."""
+        info = flow.metadata.get(META)
+        resp = flow.response
+        if info is None or resp is None or info.get("session") is None or resp.stream:
+            return  # a streamed body was masked piece by piece (responseheaders)
+        pairs = info.get("masks", []) + self._mask_pairs(info["session"])
+        if not pairs:
+            return
+        self._mask_headers(resp, pairs)
         body = resp.get_content(strict=False) if resp.raw_content else None
         if body and any(form in body for form, _ in pairs):
             for form, placeholder in pairs:
@@ -319,3 +362,33 @@ class Credentials:
             resp.set_content(body)
             info["detail"] = "response masked"
 
+
+
+STREAM_ABOVE = 1 << 20  # response bodies longer than this (or of unknown length) stream to the sandbox
+
+
+class _MaskedStream:
+    """mitmproxy's response stream callable: each piece through `ResponseWatch` before it leaves."""
+
+    def __init__(self, addon: Credentials, flow: http.HTTPFlow, info: dict, watch: ResponseWatch):
+        self.addon, self.flow, self.info, self.watch = addon, flow, info, watch
+        self.dead = False
+
+    def __call__(self, chunk: bytes):
+        if self.dead:
+            return []
+        try:
+            out = self.watch.feed(chunk)
+        except SecretInResponse as e:
+            self.dead = True
+            self.addon._emit_cut(self.flow, self.info, str(e))
+            close_flow(self.flow)
+            return []
+        except Exception:  # noqa: BLE001 - fail closed: a watch that breaks forwards nothing more
+            logger.exception("streamed response masking failed; cutting the flow")
+            self.dead = True
+            close_flow(self.flow)
+            return []
+        if self.watch.masked:
+            self.info["detail"] = "response masked"
+        return [out] if out else []

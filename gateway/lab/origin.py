@@ -21,6 +21,7 @@ HTTP (plain and TLS, HTTP/1.1 with keep-alive, chunked request bodies,
 ``Expect: 100-continue``; ALPN offers only ``http/1.1``):
 
 * ``/echo``              any method: JSON with method, path, headers, body
+                         (``?pad=N``: after N bytes of padding, for large responses)
 * ``/status/<code>``     any method: that status
 * ``/redirect?to=<url>`` any method: 302 to ``url``
 * ``GET /bytes/<n>``     ``n`` bytes (``n`` may end in k, m or g: binary units)
@@ -551,6 +552,9 @@ class OriginServer:
                 "local_port": rec["local_port"],
                 "peer": rec["peer"],
             }
+            pad = urllib.parse.parse_qs(query).get("pad", ["0"])[0]
+            if pad.isdigit():  # ?pad=N: N bytes of padding before the echo (a large response)
+                out = {"pad": "." * min(int(pad), 64 << 20), **out}
             return 200, js, (json.dumps(out) + "\n").encode()
         if path.startswith("/status/"):
             code_text = path[len("/status/"):]

@@ -595,6 +595,10 @@ class Lab:
         blob = root / "www" / "bytes" / "1m"
         if not blob.exists() or blob.stat().st_size != NGINX_1M:
             blob.write_bytes(os.urandom(NGINX_1M))
+        big = root / "www" / "bytes" / "1g"  # 1 GiB of zeros, sparse: no disk space (bench/extras.py)
+        if not big.exists() or big.stat().st_size != 1 << 30:
+            with open(big, "wb") as f:
+                f.truncate(1 << 30)
         assert self.default_cert is not None
         # one server block per certificate, named by every SNI name using it
         by_cert: dict[tuple[Path, Path], list[str]] = {}
@@ -603,6 +607,7 @@ class Lab:
         locations = f"""
         location / {{ return 200 "ok\\n"; }}
         location = /bytes/1m {{ root {root / 'www'}; default_type application/octet-stream; }}
+        location = /bytes/1g {{ root {root / 'www'}; default_type application/octet-stream; }}
 """
 
         def server(names: Iterable[str], pair: tuple[Path, Path], default: bool) -> str:

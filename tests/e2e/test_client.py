@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from conftest import policy_text
+from gateway.lab.harness import policy_text
 from gateway.client import CA_VARIABLES, create_sandbox_access, delete_sandbox_access
 from gateway.lab.gateway import LabGateway
 

@@ -19,7 +19,7 @@ import pytest
 from gateway.lab.harness import WS_CLIENT
 import yaml
 
-from conftest import Box
+from gateway.lab.harness import Box
 
 REAL = "sk-proj-" + secrets.token_hex(20)
 CANARY = "canary-" + secrets.token_hex(12)

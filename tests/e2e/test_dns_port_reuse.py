@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import Sandboxes
+from gateway.lab.harness import Sandboxes
 
 RULES = """
 - name: allowed

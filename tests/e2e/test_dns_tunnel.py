@@ -29,7 +29,7 @@ import pytest
 from gateway.lab import Lab
 from gateway.lab.gateway import LabGateway
 
-from conftest import Box, Sandboxes
+from gateway.lab.harness import Box, Sandboxes
 
 ZONE = "t.allowed.test"
 IODINED_PORT = 5300

@@ -20,7 +20,7 @@ from gateway.lab.gateway import LabGateway
 from gateway.log import reader, verify
 from gateway.log.chain import load_key
 
-from conftest import Sandboxes
+from gateway.lab.harness import Sandboxes
 
 RULES = """
 - name: other-plain-http

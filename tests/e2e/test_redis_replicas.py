@@ -19,7 +19,7 @@ import pytest
 from gateway.lab.gateway import LabGateway
 from gateway.lab.redis import RedisServer
 
-from conftest import policy_text
+from gateway.lab.harness import policy_text
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (scripts/bootstrap)")
 
