@@ -7,6 +7,7 @@ HTTP decision is logged in one place, with bytes, status and timing.
 from __future__ import annotations
 
 from mitmproxy import http
+from mitmproxy.proxy.mode_specs import RegularMode
 
 from gateway import metrics
 from gateway.addons.refuse import META
@@ -47,11 +48,13 @@ class HttpAudit:
 
     def error(self, flow: http.HTTPFlow) -> None:
         info = flow.metadata.get(META)
-        if info is None or info.get("logged") or flow.request.method == "CONNECT":
+        if info is None or info.get("logged"):
             return
+        if flow.request.method == "CONNECT" and isinstance(flow.client_conn.proxy_mode, RegularMode):
+            return  # an explicit proxy's CONNECT is logged by the policy (httppolicy.http_connect)
         info.setdefault("reason", "upstream-error")
         try:
-            self.audit.emit(self._event(flow, info, error=flow.error.msg if flow.error else None))
+            self.audit.emit(self._event(flow, info, error=info.get("detail") or (flow.error.msg if flow.error else None)))
         except LogWriteError:
             pass
         info["logged"] = True

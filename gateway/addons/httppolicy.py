@@ -31,6 +31,13 @@ def _host_of(authority: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=4096)
+def mitmproxy_refusal(msg: str) -> str:
+    """mitmproxy's reason for refusing a request, without its advice to switch the check off."""
+    for advice in (" Disable the validate_inbound_headers option", " This usually indicates a misconfiguration"):
+        msg = msg.split(advice, 1)[0]
+    return msg
+
+
 def _canonical(host: str | None) -> str | None:
     if not host:
         return None
@@ -96,6 +103,12 @@ class HttpPolicy:
         if session is None:
             return refuse(flow, "no-session", None)
         req = flow.request
+        if flow.error is not None:
+            # mitmproxy found the request invalid (smuggling framing: Content-Length with
+            # Transfer-Encoding, a bad Transfer-Encoding; CONNECT in transparent mode) and refuses it
+            # itself after this hook: record it as what it is, not as whatever the policy says of it.
+            info.update(port=req.port or None, path=req.path, detail=mitmproxy_refusal(flow.error.msg))
+            return refuse(flow, "bad-request", _canonical(_host_of(req.host_header)) if req.host_header else None)
         hosts = req.headers.get_all("host")
         if len(hosts) > 1:
             return refuse(flow, "bad-request", None)

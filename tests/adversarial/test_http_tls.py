@@ -18,11 +18,9 @@ RULES = """
 
 DENY = refused("host-not-allowed", "sni-host-mismatch", "bad-request", "ip-literal-not-allowed",
                "method-not-allowed")
-# mitmproxy refuses these framings itself (400, "refusing to prevent request smuggling attacks"); the
-# flow log records a deny (today with reason port-not-allowed and port 0: the request had no target).
-SMUGGLE = refused()
-NOLOG = ("mitmproxy answers 400 before any addon hook (CONNECT in transparent mode): nothing reaches the origin, "
-         "but the flow log has no event for the attempt")
+# mitmproxy refuses these framings itself (400, "refusing to prevent request smuggling attacks") after
+# the requestheaders hook; the policy addon records them as bad-request with mitmproxy's reason.
+SMUGGLE = refused("bad-request")
 
 H2 = r"""
 import os, socket, ssl, sys
@@ -153,16 +151,13 @@ CASES = [
     # CONNECT inside the tunnel (sandbox-runtime's relayed CONNECT)
     Case("connect-in-tls-tunnel", raw("CONNECT denied.test:443 HTTP/1.1\\r\\nHost: denied.test:443\\r\\n\\r\\n"
                                       "<PAUSE>GET /MARK HTTP/1.1\\r\\nHost: denied.test\\r\\n\\r\\n",
-                                      port=443, sni="allowed.test"), {"host": "denied.test"}, DENY,
-         xfail=NOLOG),
+                                      port=443, sni="allowed.test"), {"host": "denied.test"}, DENY),
     Case("connect-in-plain-http", raw("CONNECT denied.test:443 HTTP/1.1\\r\\nHost: allowed.test\\r\\n\\r\\n"
                                       "<PAUSE>GET /MARK HTTP/1.1\\r\\nHost: denied.test\\r\\n\\r\\n"),
-         {"host": "denied.test"}, DENY,
-         xfail=NOLOG),
+         {"host": "denied.test"}, DENY),
     Case("connect-to-allowed-then-denied", raw("CONNECT allowed.test:443 HTTP/1.1\\r\\nHost: allowed.test:443\\r\\n\\r\\n"
                                                "<PAUSE>GET /MARK HTTP/1.1\\r\\nHost: denied.test\\r\\n\\r\\n"),
-         {"host": "denied.test"}, DENY,
-         xfail=NOLOG),
+         {"host": "denied.test"}, DENY),
     # ECH, missing SNI, missing Host
     Case("ech-outer-sni-cover-name", py(ECH, "cover.denied.test", user="root"), {}, refused("host-not-allowed")),
     Case("no-sni-host-denied", raw(req("denied.test"), port=443, sni="none"), {}, DENY),
