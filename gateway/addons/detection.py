@@ -132,6 +132,36 @@ def _compiled(packs: tuple | None) -> Detector:
     return Detector(pack)
 
 
+def _across_hits(joined: Detector, fragments: list[tuple[str, bytes]]) -> list:
+    """A known value cut into pieces sent in several fields of ONE request (`X-A: <first half>`,
+    `X-B: <second half>`): the fields the sandbox chose (query values, custom headers, cookies,
+    path segments) joined in the order sent, and in reverse order, scanned for known values only.
+    Only a hit that spans two fields counts (one inside a field was found by the head scan); it has
+    no place to redact, so it can only be refused. Pieces shuffled into any other order are not
+    found (docs/detection.md)."""
+    if not joined.values or len(fragments) < 2:
+        return []
+    values = [data for _, data in fragments]
+    for order in (values, values[::-1]):
+        data = b"".join(order)
+        bounds, pos = [], 0
+        for v in order[:-1]:
+            pos += len(v)
+            bounds.append(pos)
+        try:
+            hits = joined.scan(data, "split:request")
+        except DecodeLimit as e:
+            hits = e.hits
+        crossing = []
+        for h in hits:
+            start, end = h.raw_span or (h.offset, h.offset + h.length)
+            if any(start < b < end for b in bounds):
+                crossing.append(dataclasses.replace(h, raw_span=None))
+        if crossing:
+            return crossing
+    return []
+
+
 class Detection:
     def __init__(self, registry, store, audit, *, splits: SplitTracker | None = None,
                  budgets: UploadBudgets | None = None):
@@ -344,6 +374,7 @@ class Detection:
         hits = _head_hits(full, _masked(slots, session))
         fragments = self._fragments(path, query, slots)
         hits.extend(self._joined_hits(joined, session, host, fragments, detection.split_window_seconds))
+        hits.extend(_across_hits(joined, fragments))
         by_part: dict[str, bytes] = {}
         for part, data in (slots if hits else ()):
             by_part.setdefault(part, data)
