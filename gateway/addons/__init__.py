@@ -10,6 +10,7 @@ from gateway.addons.dnsgate import DnsGate
 from gateway.addons.httppolicy import HttpPolicy
 from gateway.addons.identity import Identity
 from gateway.addons.limits import Limits, LimitsBody
+from gateway.addons.protocolerrors import ProtocolErrors
 from gateway.addons.tcppolicy import TcpPolicy
 from gateway.addons.timeouts import Timeouts
 from gateway.addons.tlsgate import TlsGate
@@ -30,4 +31,5 @@ def default_addons(*, registry, conns, resolver, guard, audit, store, dns_tunnel
         Credentials(registry, store, audit),  # placeholders -> real values, approved hosts only; mask responses
         DialGate(conns),  # only vetted addresses are dialled
         HttpAudit(audit),  # one flow-log event per HTTP decision
+        ProtocolErrors(registry, audit),  # HTTP/2 requests mitmproxy refuses before any hook, from its own log
     ]

@@ -108,9 +108,7 @@ CASES = [
          {"sni": "denied.test"}, refused("host-not-allowed")),
     Case("h2-authority-denied", h2("allowed.test", "denied.test|/MARK"), {}, DENY),
     Case("h2-second-stream-switches-authority", h2("allowed.test", "allowed.test|/", "denied.test|/MARK"), {}, DENY),
-    Case("h2-authority-with-userinfo", h2("allowed.test", "allowed.test@denied.test|/MARK"), {}, DENY,
-         xfail="mitmproxy resets the HTTP/2 stream (userinfo in :authority) before any addon hook: nothing reaches "
-               "the origin, but the flow log has no event for the attempt"),
+    Case("h2-authority-with-userinfo", h2("allowed.test", "allowed.test@denied.test|/MARK"), {}, refused("bad-request")),
     # absolute-form targets (httpjail)
     Case("absolute-form-tls", raw(req("allowed.test", path="http://denied.test/MARK"), port=443, sni="allowed.test"),
          {}, DENY),
