@@ -867,15 +867,18 @@ class Bench:
                               proxy=f"http://127.0.0.1:{extras.SQUID_PORT}")
         return Target("squid", runner, Path(lab.ca_cert), runner.pid)
 
+    def _extra_sandbox(self, lab: Lab, gw: LabGateway, what: str, policy_text: str, name: str) -> dict[str, Any]:
+        """A sandbox with its own policy on the egressgw path's gateway (taken down at the end)."""
+        policy = lab.work / f"{what}.yaml"
+        policy.write_text(policy_text)
+        load_policy_text(policy_text, str(policy))
+        self.stack.callback(self._sandbox_down, gw, name)
+        return gw.sandbox_up(name, policy)
+
     def measure_extras(self, lab: Lab, egw: Target) -> None:
         """DNS queries/s (direct vs through egressgw) and 1 GiB transfers through egressgw."""
         gw = self.gateway(lab)
-        policy = lab.work / "bench-extras.yaml"
-        policy.write_text(extras.POLICY)
-        load_policy_text(extras.POLICY, str(policy))
-        name = f"bx{self.tag}"
-        self.stack.callback(self._sandbox_down, gw, name)
-        info = gw.sandbox_up(name, policy)
+        info = self._extra_sandbox(lab, gw, "bench-extras", extras.POLICY, f"bx{self.tag}")
         out: dict[str, Any] = {"policy": "bench-extras (1 rule; DNS rate limit raised; bench host exempt from the "
                                          "DNS tunnel volume signal)"}
         log("extras: DNS queries/s with dnsperf (direct to the lab resolver, then through egressgw)")
@@ -894,12 +897,7 @@ class Bench:
         self.stack.callback(blob.unlink, True)
         out["upload_1g"] = extras.transfer(info["netns"], gw.proc.pid, cacert, f"https://{HOST}/upload-1g", upload=blob)
         log("extras: `inspect: false` (TLS passed through) vs intercepted, same host, same gateway")
-        ppolicy = lab.work / "bench-passthrough.yaml"
-        ppolicy.write_text(extras.PASSTHROUGH_POLICY)
-        load_policy_text(extras.PASSTHROUGH_POLICY, str(ppolicy))
-        pname = f"bp{self.tag}"
-        self.stack.callback(self._sandbox_down, gw, pname)
-        pinfo = gw.sandbox_up(pname, ppolicy)
+        pinfo = self._extra_sandbox(lab, gw, "bench-passthrough", extras.PASSTHROUGH_POLICY, f"bp{self.tag}")
         out["passthrough_download_1g"] = extras.transfer(pinfo["netns"], gw.proc.pid, cacert,
                                                          f"https://{HOST}:{lab.nginx_https_port}/bytes/1g")
         ka = next(c for c in cases(self.args.bulk_conns) if c.key == "https_ka_c10")
