@@ -35,15 +35,45 @@ def system_resolvers() -> tuple[Listen, ...]:
         return ()
 
 
+ANSWER_TTL_CAP = 30.0  # forwarded answers are reused at most this long (and never past their own TTL)
+ANSWER_LIMIT = 20_000
+
+
 class UpstreamResolver:
     def __init__(self, servers: tuple[Listen, ...], timeout: float = 3.0):
         self.servers = servers or system_resolvers()
         self.timeout = timeout
         self._cache: dict[str, tuple[float, tuple[str, ...]]] = {}
+        # forwarded answers by the query's wire form without its ID (same name, same case, type,
+        # class, flags, EDNS): upstream is the same for every session, the policy is checked before
+        self._answers: dict[bytes, tuple[float, float, bytes]] = {}  # key -> (expires, stored, wire)
+        self.answer_hits = 0
 
     async def query(self, request: dns.message.Message) -> dns.message.Message:
         if not self.servers:
             raise DnsFailure("no upstream resolver configured (set upstream.dns in the gateway config)")
+        wire = request.to_wire()
+        key = wire[2:]
+        now = time.monotonic()
+        hit = self._answers.get(key)
+        if hit is not None and hit[0] > now:
+            self.answer_hits += 1
+            answer = dns.message.from_wire(wire[:2] + hit[2][2:])
+            age = int(now - hit[1])
+            for rrset in answer.answer + answer.authority + answer.additional:
+                rrset.ttl = max(1, rrset.ttl - age)  # the records have aged since upstream answered
+            return answer
+        response = await self._ask(request)
+        ttl = _reusable_for(response)
+        if ttl > 0:
+            if len(self._answers) >= ANSWER_LIMIT:
+                self._answers = {k: v for k, v in self._answers.items() if v[0] > now}
+                if len(self._answers) >= ANSWER_LIMIT:
+                    self._answers.clear()
+            self._answers[key] = (now + ttl, now, response.to_wire())
+        return response
+
+    async def _ask(self, request: dns.message.Message) -> dns.message.Message:
         last: Exception | None = None
         for server in self.servers:
             try:
@@ -80,3 +110,11 @@ class UpstreamResolver:
             self._cache.clear()
         self._cache[name] = (now + max(ttl, 1.0), found)
         return found
+
+
+def _reusable_for(response: dns.message.Message) -> float:
+    """Seconds a forwarded answer may be reused: a NOERROR answer with records, for its smallest TTL
+    (capped); anything else (no records, errors, truncated) is asked again every time."""
+    if response.rcode() != dns.rcode.NOERROR or not response.answer or response.flags & dns.flags.TC:
+        return 0.0
+    return min(ANSWER_TTL_CAP, *(float(rrset.ttl) for rrset in response.answer))

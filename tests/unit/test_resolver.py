@@ -181,3 +181,49 @@ def test_no_servers_configured_is_a_dns_failure(monkeypatch):
 
 def test_configured_servers_win_over_the_system_ones(server):
     assert upstream(server).servers == (Listen("127.0.0.1", server.port),)
+
+
+# ---- forwarded answers reused for their TTL ---------------------------------------------------------
+
+def test_the_same_query_is_answered_from_the_cache_with_aged_ttls(server, monkeypatch):
+    r = upstream(server)
+    clock = [1000.0]
+    monkeypatch.setattr(resolver_mod.time, "monotonic", lambda: clock[0])
+    before = len(queries(server, "both.test."))
+    first = run(r.query(dns.message.make_query("both.test", "A")))
+    clock[0] += 12
+    q = dns.message.make_query("both.test", "A")
+    second = run(r.query(q))
+    assert len(queries(server, "both.test.")) == before + 1 and r.answer_hits == 1  # upstream asked once
+    assert second.id == q.id and second.answer[0].ttl == first.answer[0].ttl - 12
+    assert [x.to_text() for x in second.answer[0]] == [x.to_text() for x in first.answer[0]]
+
+
+@pytest.mark.parametrize("name, qtype, asked_again_after", [
+    ("short.test", "A", 5.5),  # its own TTL (5 s) ends first
+    ("long.test", "A", resolver_mod.ANSWER_TTL_CAP + 0.5),  # the cap ends first
+    ("nope.test", "A", 0.0),  # NXDOMAIN: never reused
+    ("txtonly.test", "A", 0.0),  # no records: never reused
+])
+def test_reuse_ends_with_the_ttl_or_the_cap(server, monkeypatch, name, qtype, asked_again_after):
+    r = upstream(server)
+    clock = [5000.0]
+    monkeypatch.setattr(resolver_mod.time, "monotonic", lambda: clock[0])
+    before = len(queries(server, name + "."))
+    run(r.query(dns.message.make_query(name, qtype)))
+    if asked_again_after:
+        clock[0] += asked_again_after - 1
+        run(r.query(dns.message.make_query(name, qtype)))
+        assert len(queries(server, name + ".")) == before + 1  # still reused
+    clock[0] += 1
+    run(r.query(dns.message.make_query(name, qtype)))
+    assert len(queries(server, name + ".")) == before + 2
+
+
+def test_a_different_case_or_type_is_a_different_question(server):
+    r = upstream(server)
+    before = len(queries(server, "a.test.")) + len(queries(server, "A.test."))
+    for name, qtype in (("a.test", "A"), ("A.test", "A"), ("a.test", "AAAA")):
+        run(r.query(dns.message.make_query(name, qtype)))
+    after = len(queries(server, "a.test.")) + len(queries(server, "A.test."))
+    assert after - before == 3 and r.answer_hits == 0
