@@ -1,6 +1,6 @@
 """Remove sandbox objects from the kernel and /etc/netns, tolerating "already gone".
 
-Order matters for safety: first the host-side veth is set down, which cuts
+Order matters for safety: first the host-side veth is set down (over netlink), which cuts
 the sandbox off at once (a down veth end passes nothing, and only the gateway
 namespace can bring it up again), even if a process still holds the sandbox
 namespace open. Then the veth, the namespace name and the nft table are
@@ -11,10 +11,13 @@ Shared by down, up's rollback and sweep.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 
-from . import links, naming, nft
+from gateway.errors import SandboxError
+
+from . import links, naming, nft, rtnl
 from .run import failure, run, run_parallel
 
 
@@ -30,10 +33,12 @@ def teardown(*, host_ifs: list[str] = (), netnses: list[str] = (), tables: list[
 
     cut = True
     if ifs:
-        text = "".join(f"link set dev {i} down\n" for i in ifs)
-        r = run([links.IP, "-force", "-batch", "-"], step=f"{step}: set veth down",
-                input=text, check=False)
-        cut = r.returncode == 0 or not any(links.exists(i) for i in ifs)
+        try:
+            with rtnl.Socket() as sock:
+                for i in ifs:
+                    rtnl.set_up(sock, i, False, ok=(errno.ENODEV,))  # gone already: cut as well
+        except (SandboxError, OSError):
+            cut = not any(links.exists(i) for i in ifs)
 
     def still_there() -> bool:
         return any(links.exists(i) for i in ifs) or any(
