@@ -129,9 +129,6 @@ def delete_script(tables: list[str]) -> str:
     return "".join(f"add table inet {t}\ndelete table inet {t}\n" for t in tables)
 
 
-DELETE = [NFT, "-f", "-"]   # fed delete_script(); run by teardown, in parallel with ip
-
-
 def list_tables() -> list[str]:
     """Our tables (inet egressgw_*) in this namespace, read over netlink (see nftnl)."""
     return [t for t in nftnl.table_names() if t.startswith(naming.TABLE_PREFIX)]

@@ -1,4 +1,4 @@
-"""Create a named network namespace in-process (what `ip netns add NAME` does).
+"""Create and delete named network namespaces in-process (`ip netns add/del NAME`).
 
 A fresh thread unshares its network namespace and bind-mounts it onto
 /run/netns/NAME, which keeps it alive after the thread ends. `ip netns add`
@@ -10,6 +10,7 @@ namespace); when that is not in place yet (the first namespace on this host),
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import threading
 
@@ -19,6 +20,7 @@ from . import naming
 from .run import run
 
 MS_BIND = 4096
+MNT_DETACH = 2
 _shared_ok = False   # /run/netns seen as a shared mount point: stays so for the life of the host
 
 
@@ -71,3 +73,19 @@ def add(netns: str) -> None:
             pass
         e = box["error"]
         raise e if isinstance(e, SandboxError) else SandboxError(f"create namespace {netns} failed: {e}")
+
+
+def delete(netns: str) -> None:
+    """Unpin /run/netns/NETNS (`ip netns del`): the namespace goes once no process holds it. Gone already: fine."""
+    path = naming.netns_path(netns)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(path.encode(), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOENT):    # EINVAL: not a mount (left by a crash): just unlink
+            raise SandboxError(f"delete namespace {netns} failed: umount {path}: {os.strerror(err)}")
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise SandboxError(f"delete namespace {netns} failed: {path}: {e.strerror}") from None

@@ -20,7 +20,7 @@ import struct
 from gateway.errors import SandboxError
 
 NETLINK_ROUTE = 0
-RTM_NEWLINK, RTM_GETLINK = 16, 18
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE = 24
 RTM_NEWNSID, RTM_GETNSID = 88, 90
@@ -194,6 +194,10 @@ def _ifinfo(index: int = 0, flags: int = 0, change: int = 0) -> bytes:
 def set_up(s: Socket, ifname: str, up: bool = True, *, ok: tuple[int, ...] = ()) -> None:
     s.request(RTM_NEWLINK, _ifinfo(0, IFF_UP if up else 0, IFF_UP) + attr(IFLA_IFNAME, _name(ifname)),
               step=f"set {ifname} {'up' if up else 'down'}", ok=ok)
+
+
+def del_link(s: Socket, ifname: str, *, ok: tuple[int, ...] = ()) -> None:
+    s.request(RTM_DELLINK, _ifinfo() + attr(IFLA_IFNAME, _name(ifname)), step=f"delete {ifname}", ok=ok)
 
 
 def add_veth(s: Socket, host_if: str, peer_if: str, peer_netns_fd: int) -> None:
