@@ -45,7 +45,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from bench import HOST, LUA, POLICY, rss_kib  # noqa: E402
+from bench import HOST, LUA, POLICY, cpu_seconds, rss_kib  # noqa: E402
 from gateway.lab import Lab  # noqa: E402
 from gateway.lab.gateway import LabGateway  # noqa: E402
 from gateway.lab.topology import in_netns  # noqa: E402
@@ -116,7 +116,7 @@ def drop_client_ns(ns: str) -> None:
     shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
 
 
-def wrk(ns: str, url: str, conns: int, seconds: int) -> float:
+def wrk(ns: str, url: str, conns: int, seconds: int) -> tuple[float, int]:
     argv = ["ip", "netns", "exec", ns, "wrk", "-t", str(min(2, conns)), "-c", str(conns), "-d", f"{seconds}s",
             "--timeout", "5s", "-s", str(LUA), url]
     out = sh(argv, timeout=seconds + 30).stdout
@@ -124,7 +124,7 @@ def wrk(ns: str, url: str, conns: int, seconds: int) -> float:
     errors = {k: v for k, v in raw["errors"].items() if v}
     if errors:
         raise RuntimeError(f"wrk errors {errors} on {url}")
-    return raw["requests"] / (raw["duration_us"] / 1e6)
+    return raw["requests"] / (raw["duration_us"] / 1e6), raw["requests"]
 
 
 def one_request(src: str, origin: str, port: int) -> int:
@@ -189,6 +189,7 @@ def main() -> int:
         wrk(client_ns, http, 1, 1)
         pid = gateway_pid(gw)
         rps: dict[str, dict[str, list[float]]] = {"https_ka_c10": {"1": [], "n": []}, "http_ka_c1": {"1": [], "n": []}}
+        cpu_us: dict[str, dict[str, list[float]]] = {k: {"1": [], "n": []} for k in rps}
 
         def measure(which: str) -> None:
             for key, url, conns in (("https_ka_c10", https, 10), ("http_ka_c1", http, 1)):
@@ -199,11 +200,15 @@ def main() -> int:
                     spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid),
                                             "-d", str(args.duration), "-f", "raw", "-o", str(out), "-r", "200"],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                r = wrk(client_ns, url, conns, args.duration)
+                cpu0 = cpu_seconds(pid)
+                r, count = wrk(client_ns, url, conns, args.duration)
+                cpu = (cpu_seconds(pid) - cpu0) * 1e6 / max(1, count)
                 if spy is not None:
                     spy.wait(args.duration + 30)
                 rps[key][which].append(r)
-                log(f"  {key} with {1 if which == '1' else n} session(s): {r:8.0f} req/s")
+                cpu_us[key][which].append(cpu)
+                log(f"  {key} with {1 if which == '1' else n} session(s): {r:8.0f} req/s, "
+                    f"gateway CPU {cpu:6.0f} us/request")
 
         measure("1")
         time.sleep(1)
@@ -246,8 +251,6 @@ def main() -> int:
 
         for r in range(args.rounds):
             measure("n")
-            if r + 1 < args.rounds:   # interleave: delete down to 1 session? no: keep N, re-measure 1 below
-                pass
         # back to 1 session for the interleaved second measurement of the 1-session case
         for src in addrs[1:]:
             client.delete_session(ids[src])
@@ -256,6 +259,7 @@ def main() -> int:
             measure("1")
 
         med = {k: {w: statistics.median(v[w]) for w in v} for k, v in rps.items()}
+        cmed = {k: {w: statistics.median(v[w]) for w in v} for k, v in cpu_us.items()}
         result.update({
             "rss_kib_1_session": rss_before, "rss_kib_n_sessions": rss_after,
             "rss_kib_n_sessions_after_traffic": rss_traffic,
@@ -263,7 +267,10 @@ def main() -> int:
             "create_latency_ms": {"p50": round(pct(lat, 50), 2), "p99": round(pct(lat, 99), 2),
                                   "mean": round(statistics.mean(lat), 2), "max": round(max(lat), 2)},
             "rps": {k: {"1_session": round(v["1"]), f"{n}_sessions": round(v["n"]),
-                        "ratio": round(v["n"] / v["1"], 3), "runs": rps[k]} for k, v in med.items()},
+                        "ratio": round(v["n"] / v["1"], 3), "runs": rps[k],
+                        "cpu_us_per_request": {"1_session": round(cmed[k]["1"]), f"{n}_sessions": round(cmed[k]["n"]),
+                                               "ratio": round(cmed[k]["n"] / cmed[k]["1"], 3),
+                                               "runs": cpu_us[k]}} for k, v in med.items()},
             "traffic_every_source": {"requests": n, "ok": n - len(bad), "attributed": n - len(wrong),
                                      "seconds": round(spread_s, 2)},
         })
@@ -286,6 +293,10 @@ def main() -> int:
         ok = v["ratio"] >= RPS_TARGET
         print(f"| {k} req/s, 1 / {n} sessions | {v['1_session']} / {v[f'{n}_sessions']} ({v['ratio']}x) | "
               f">= {RPS_TARGET}x {'PASS' if ok else 'MISS'} |")
+    for k, v in r["rps"].items():
+        c = v["cpu_us_per_request"]
+        print(f"| {k} gateway CPU per request, 1 / {n} sessions | {c['1_session']} / {c[f'{n}_sessions']} us "
+              f"({c['ratio']}x) | <= {1 / RPS_TARGET:.2f}x {'PASS' if c['ratio'] <= 1 / RPS_TARGET else 'MISS'} |")
     t = r["traffic_every_source"]
     print(f"| one request from every session's address | {t['ok']}/{t['requests']} answered 200, "
           f"{t['attributed']}/{t['requests']} logged under their own session ({t['seconds']} s) | all |")

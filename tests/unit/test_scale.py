@@ -146,3 +146,40 @@ def test_a_thousand_sessions_each_found_by_its_own_source():
     reg.delete(gone.id)
     assert reg.by_source(srcs[123]) is None and reg.by_source(srcs[124]) is owners[124]
     assert len(reg.placeholders) == 999 * 3
+
+
+def test_known_values_of_a_deleted_session_are_forgotten_at_flat_cost(monkeypatch):
+    import asyncio
+
+    from gateway.exfil.known import KnownValues
+    from gateway.secrets.backends import SecretStore
+
+    for k in "ABC":
+        monkeypatch.setenv(f"T_{k}", f"value-of-{k}-" + "x" * 20)
+    policy = load_policy_text(policy_text(5))
+
+    async def fill(n: int) -> tuple[KnownValues, list]:
+        known = KnownValues(SecretStore())
+        reg, _ = registry_with(n, policy)
+        sessions = reg.list()
+        for s in sessions:
+            values = await known.of(s)
+            assert {v.label for v in values} == {f"{kind}:TOKEN_{k}" for kind in ("secret", "placeholder")
+                                                 for k in "ABC"}
+        return known, sessions
+
+    def forget_all(known, sessions) -> float:
+        t0 = time.perf_counter()
+        for s in sessions[:10]:
+            known.forget(s.id)
+        return time.perf_counter() - t0
+
+    small = asyncio.run(fill(10))
+    large = asyncio.run(fill(1000))
+    t_small, t_large = forget_all(*small), forget_all(*large)
+    assert t_large < FLAT * t_small + 0.001, (t_small, t_large)
+    # forgotten: asking again rebuilds from the store, and the other sessions keep theirs
+    known, sessions = large
+    assert sessions[10].id in known._memo and sessions[3].id not in known._memo
+    again = asyncio.run(known.of(sessions[3]))
+    assert len(again) == 6
