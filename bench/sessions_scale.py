@@ -34,6 +34,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -230,8 +231,16 @@ def main() -> int:
 
         # real traffic from every session, then the flow log must attribute each to its owner
         t0 = time.perf_counter()
+        spy = None
+        if args.profile:
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-d", "60",
+                                    "-f", "raw", "-o", str(Path(args.profile) / "first-requests.txt"), "-r", "100",
+                                    "--threads"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         codes = traffic_from_every_source(client_ns, addrs, lab.origin_addr, lab.nginx_http_port)
         spread_s = time.perf_counter() - t0
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)   # py-spy writes its file on SIGINT
+            spy.wait(30)
         bad = [a for a, c in zip(addrs, codes) if c != 200]
         deadline = time.monotonic() + 10
         seen: dict[str, str] = {}
