@@ -7,9 +7,12 @@ the address, a default route via the host side and IPv6 switched off;
 /etc/netns/egw-NAME/resolv.conf points at the host side (where DNS is
 redirected to the gateway). See docs/architecture.md.
 
-Launches per `up`: `ip -j addr` (for the sweep and the allocator), `nft -f -`,
-`ip -batch -`, `ip -n egw-NAME -batch -`; tables are listed over netlink. Per `down`:
-`ip -batch -` (veth down), then `ip -batch -` and `nft -f -` in parallel.
+`up` launches no process: links, addresses, namespace ids, tables, the veth and
+both sides' configuration go over netlink (rtnl.py, nftnl.py, nsfs.py), the nft
+table through libnftables (nft.py); a fresh host whose /run/netns is not yet a
+shared mount gets one `ip netns add`. Per `down`: the veth is set down over
+netlink, then `ip -batch -` and `nft -f -` run in parallel (both wait for an RCU
+grace period in the kernel).
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ import time
 
 from gateway.errors import SandboxError
 
-from . import addresses, attach, links, naming, nft
+from . import addresses, attach, links, naming, nft, nsfs, rtnl
 from . import state as st
 from .addresses import DEFAULT_POOL
 from .nft import render_rules
-from .run import in_netns, run, write_sysctl
+from .run import in_netns, write_sysctl
 from .state import DEFAULT_STATE_DIR, Sandbox
 from .sweep import sweep_locked
 from .teardown import teardown
@@ -135,48 +138,44 @@ def _create(sb: Sandbox, progress: list[str], target: attach.Target | None = Non
         return
 
     # 2. Namespace (new, or the existing one pinned under our name), veth (peer
-    #    created directly inside the sandbox), host side.
-    host = []
+    #    created directly inside the sandbox), host side: over rtnetlink, no process.
     if target is None:
-        host.append(f"netns add {sb.netns}")
+        nsfs.add(sb.netns)
     else:
         attach.pin(target, sb.netns)
         attach.check_only_loopback(sb.netns)
-    host.append(f"link add {sb.host_if} type veth peer name {sb.sandbox_if} netns {sb.netns}")
-    if _ipv6_available():
-        host.append(f"link set dev {sb.host_if} addrgenmode none")  # no fe80:: on the host side
-    host += [f"addr add {sb.host_addr}/{sb.prefix} dev {sb.host_if}",
-             f"link set dev {sb.host_if} up"]
-    text = "\n".join(host) + "\n"
-    run([IP, "-batch", "-"], step="create namespace and veth (ip -batch -)", input=text)
+    try:
+        fd = os.open(naming.netns_path(sb.netns), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise SandboxError(f"open namespace {sb.netns} failed: {e.strerror}") from None
+    try:
+        with rtnl.Socket() as s:
+            rtnl.add_veth(s, sb.host_if, sb.sandbox_if, fd)
+            if _ipv6_available():
+                rtnl.addrgenmode_none(s, sb.host_if)  # no fe80:: on the host side
+            rtnl.add_addr(s, sb.host_if, sb.host_addr, sb.prefix)
+            # 3. Host-side sysctls (in this namespace), before the link comes up.
+            write_sysctl(f"net.ipv6.conf.{sb.host_if}.disable_ipv6", "1", missing_ok=True)
+            write_sysctl(f"net.ipv4.conf.{sb.host_if}.rp_filter", "1")
+            # Answer ARP only for the host-side address, so the sandbox cannot map out
+            # the gateway namespace's other addresses.
+            write_sysctl(f"net.ipv4.conf.{sb.host_if}.arp_ignore", "1")
+            rtnl.set_up(s, sb.host_if)
+    finally:
+        os.close(fd)
     _check_pin_visible(sb.netns)
 
-    # 3. Host-side sysctls (in this namespace).
-    write_sysctl(f"net.ipv6.conf.{sb.host_if}.disable_ipv6", "1", missing_ok=True)
-    write_sysctl(f"net.ipv4.conf.{sb.host_if}.rp_filter", "1")
-    # Answer ARP only for the host-side address, so the sandbox cannot map out
-    # the gateway namespace's other addresses.
-    write_sysctl(f"net.ipv4.conf.{sb.host_if}.arp_ignore", "1")
-
-    # 4. Inside the sandbox: IPv6 off before its interfaces come up. (A root
-    #    process inside may turn it back on; the raw chain drops IPv6 anyway.)
-    def sandbox_sysctls() -> None:
-        write_sysctl("net.ipv6.conf.all.disable_ipv6", "1", missing_ok=True)
-        write_sysctl("net.ipv6.conf.default.disable_ipv6", "1", missing_ok=True)
+    # 4. Inside the sandbox: IPv6 off before its interfaces come up (a root process
+    #    inside may turn it back on; the raw chain drops IPv6 anyway), then lo, the
+    #    address and the default route via the host side.
     try:
-        in_netns(naming.netns_path(sb.netns), sandbox_sysctls)
-    except (SandboxError, OSError) as e:
-        raise SandboxError(f"disable IPv6 inside {sb.netns} failed: {e}") from e
+        in_netns(naming.netns_path(sb.netns), _sandbox_side, sb)
+    except SandboxError as e:
+        raise SandboxError(f"configure sandbox side (inside {sb.netns}): {e}") from e
+    except OSError as e:
+        raise SandboxError(f"configure sandbox side (inside {sb.netns}) failed: {e}") from e
 
-    # 5. Sandbox side: lo, address, default route via the host side.
-    text = (f"link set dev lo up\n"
-            f"addr add {sb.sandbox_addr}/{sb.prefix} dev {sb.sandbox_if}\n"
-            f"link set dev {sb.sandbox_if} up\n"
-            f"route add default via {sb.host_addr} dev {sb.sandbox_if}\n")
-    run([IP, "-n", sb.netns, "-batch", "-"],
-        step=f"configure sandbox side (ip -n {sb.netns} -batch -)", input=text)
-
-    # 6. resolv.conf, bind-mounted over /etc/resolv.conf by `ip netns exec`.
+    # 5. resolv.conf, bind-mounted over /etc/resolv.conf by `ip netns exec`.
     d = naming.etc_dir(sb.netns)
     try:
         os.makedirs(d, mode=0o755, exist_ok=True)
@@ -184,6 +183,17 @@ def _create(sb: Sandbox, progress: list[str], target: attach.Target | None = Non
             f.write(f"# written by egressgw for sandbox {sb.name}\nnameserver {sb.host_addr}\n")
     except OSError as e:
         raise SandboxError(f"write {d}/resolv.conf failed: {e}") from e
+
+
+def _sandbox_side(sb: Sandbox) -> None:
+    """Runs in a thread inside the sandbox's namespace."""
+    write_sysctl("net.ipv6.conf.all.disable_ipv6", "1", missing_ok=True)
+    write_sysctl("net.ipv6.conf.default.disable_ipv6", "1", missing_ok=True)
+    with rtnl.Socket() as s:
+        rtnl.set_up(s, "lo")
+        rtnl.add_addr(s, sb.sandbox_if, sb.sandbox_addr, sb.prefix)
+        rtnl.set_up(s, sb.sandbox_if)
+        rtnl.add_default_route(s, sb.sandbox_if, sb.host_addr)
 
 
 def _check_pin_visible(netns: str) -> None:
@@ -238,7 +248,7 @@ def down(name: str, *, state_dir: str = DEFAULT_STATE_DIR) -> bool:
             # No state file: find what is left by name / by the veth leading into egw-NAME.
             host_ifs = []
             if os.path.lexists(naming.netns_path(ns)):
-                nsid = links.netns_ids().get(ns)
+                nsid = links.netns_ids([ns]).get(ns)
                 if nsid is not None:
                     host_ifs = [link.name for link in links.snapshot().values()
                                 if link.peer_netnsid == nsid

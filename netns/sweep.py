@@ -83,7 +83,7 @@ def sweep_locked(state_dir: str) -> tuple[list[str], list[state.Record], dict[st
     orphan_ns = []
     candidates = sorted(present - claimed_ns)
     if candidates:
-        ids = links.netns_ids()
+        ids = links.netns_ids(candidates)
         ours = {g_links[n].peer_netnsid for n in g_links if _is_host_if(n)}
         orphan_ns = [n for n in candidates if ids.get(n) is not None and ids[n] in ours]
     if orphan_ifs or orphan_tables or orphan_ns:

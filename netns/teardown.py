@@ -1,21 +1,25 @@
 """Remove sandbox objects from the kernel and /etc/netns, tolerating "already gone".
 
-Order matters for safety: first the host-side veth is set down, which cuts
+Order matters for safety: first the host-side veth is set down (over netlink), which cuts
 the sandbox off at once (a down veth end passes nothing, and only the gateway
 namespace can bring it up again), even if a process still holds the sandbox
 namespace open. Then the veth, the namespace name and the nft table are
-deleted. Deleting a link and deleting a table each wait for an RCU grace
-period (10-30 ms here), so those two run in parallel.
+deleted, in-process (rtnetlink, umount, libnftables). Deleting a link and
+deleting a table each wait for an RCU grace period (10-30 ms here), so those
+two run in parallel threads.
 Shared by down, up's rollback and sweep.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import threading
 
-from . import links, naming, nft
-from .run import failure, run, run_parallel
+from gateway.errors import SandboxError
+
+from . import links, naming, nft, nsfs, rtnl
 
 
 def teardown(*, host_ifs: list[str] = (), netnses: list[str] = (), tables: list[str] = (),
@@ -30,44 +34,63 @@ def teardown(*, host_ifs: list[str] = (), netnses: list[str] = (), tables: list[
 
     cut = True
     if ifs:
-        text = "".join(f"link set dev {i} down\n" for i in ifs)
-        r = run([links.IP, "-force", "-batch", "-"], step=f"{step}: set veth down",
-                input=text, check=False)
-        cut = r.returncode == 0 or not any(links.exists(i) for i in ifs)
+        try:
+            with rtnl.Socket() as sock:
+                for i in ifs:
+                    rtnl.set_up(sock, i, False, ok=(errno.ENODEV,))  # gone already: cut as well
+        except (SandboxError, OSError):
+            cut = not any(links.exists(i) for i in ifs)
 
     def still_there() -> bool:
         return any(links.exists(i) for i in ifs) or any(
             os.path.lexists(naming.netns_path(n)) for n in nss)
 
-    ip_job = nft_job = None
-    batch = [f"link del dev {i}" for i in ifs] + [f"netns del {n}" for n in nss]
-    if batch:
-        ip_job = ([links.IP, "-force", "-batch", "-"], f"{step}: delete veth/namespace",
-                  "\n".join(batch) + "\n")
-    if tables:
-        nft_job = (nft.DELETE, f"{step}: delete nftables table", nft.delete_script(tables))
+    def drop_links_and_names() -> list[str]:
+        errs = []
+        try:
+            with rtnl.Socket() as sock:
+                for i in ifs:
+                    rtnl.del_link(sock, i, ok=(errno.ENODEV,))   # vanished on its own: fine
+        except (SandboxError, OSError) as e:
+            errs.append(f"{step}: delete veth: {e}")
+        for n in nss:
+            try:
+                nsfs.delete(n)
+            except SandboxError as e:
+                errs.append(f"{step}: {e}")
+        return errs
 
-    ip_res = nft_res = None
-    if cut:   # nothing crosses a down veth: delete links and rules at the same time
-        results = iter(run_parallel([j for j in (ip_job, nft_job) if j], check=False))
-        ip_res = next(results) if ip_job else None
-        nft_res = next(results) if nft_job else None
+    def drop_tables() -> list[str]:
+        try:
+            nft.run_script(nft.delete_script(tables), step=f"{step}: delete nftables table")
+            return []
+        except SandboxError as e:
+            return [str(e)]
+
+    link_errs: list[str] = []
+    nft_errs: list[str] = []
+    if cut and tables:   # nothing crosses a down veth: delete links and rules at the same time
+        box: list[list[str]] = []
+        t = threading.Thread(target=lambda: box.append(drop_tables()), daemon=True)
+        t.start()          # a new thread shares this thread's network namespace
+        link_errs = drop_links_and_names() if ifs or nss else []
+        t.join()
+        nft_errs = box[0] if box else [f"{step}: delete nftables table: thread died"]
     else:     # could not cut the link: the rules go only once the veth is gone
-        if ip_job:
-            ip_res = run(ip_job[0], step=ip_job[1], input=ip_job[2], check=False)
-        if nft_job and any(links.exists(i) for i in ifs):
+        link_errs = drop_links_and_names() if ifs or nss else []
+        if tables and any(links.exists(i) for i in ifs):
             errors.append(f"{step}: kept nft tables {', '.join(tables)} because veth "
                           f"{', '.join(ifs)} could not be removed")
             tables = []
-        elif nft_job:
-            nft_res = run(nft_job[0], step=nft_job[1], input=nft_job[2], check=False)
+        elif tables:
+            nft_errs = drop_tables()
 
     # A veth can vanish on its own between our check and the delete (async
-    # namespace cleanup): a failed batch is only an error if something is left.
-    if ip_res is not None and ip_res.returncode != 0 and still_there():
-        errors.append(failure(ip_job[1], ip_res, ip_job[2]))
-    if nft_res is not None and nft_res.returncode != 0:
-        errors.append(failure(nft_job[1], nft_res, nft_job[2]))
+    # namespace cleanup): a failure is only an error if something is left.
+    if link_errs and still_there():
+        errors += link_errs
+    if nft_errs:
+        errors += nft_errs
         tables = []
     removed += [f"veth {i}" for i in ifs if not links.exists(i)]
     removed += [f"netns {n}" for n in nss if not os.path.lexists(naming.netns_path(n))]

@@ -28,7 +28,8 @@ MIN_LEN = 8  # the engine's shortest known value; shorter values cannot be told 
 class KnownValues:
     def __init__(self, store):
         self.store = store
-        self._last: dict[tuple[str, str], dict[str, bytes]] = {}  # (session, secret) -> {value: value}, newest last
+        # session -> secret -> {value: value}, newest last (by session: forgetting one is O(1) in the sessions)
+        self._last: dict[str, dict[str, dict[bytes, bytes]]] = {}
         # session id -> (its secrets dict, its canaries dict, the cached values, the tuple of() returned)
         self._memo: dict[str, tuple[object, object, list, tuple[KnownValue, ...]]] = {}
 
@@ -42,7 +43,7 @@ class KnownValues:
         out: list[KnownValue] = []
         values: list = []
         for name, bound in session.secrets.items():
-            seen = self._last.setdefault((session.id, name), {})
+            seen = self._last.setdefault(session.id, {}).setdefault(name, {})
             source = parse_source(bound.spec.source)
             value = self.store.peek(source)
             if value is None:
@@ -67,5 +68,4 @@ class KnownValues:
 
     def forget(self, session_id: str) -> None:
         self._memo.pop(session_id, None)
-        for key in [k for k in self._last if k[0] == session_id]:
-            del self._last[key]
+        self._last.pop(session_id, None)

@@ -396,20 +396,19 @@ def test_down_cuts_off_a_sandbox_whose_namespace_is_still_held(gw, listeners):
 
 
 def test_rollback_when_a_step_fails(gw, monkeypatch):
-    import netns.sandbox as sbmod
-    real_run = sbmod.run
+    import netns.rtnl as rtnl
+    real_route = rtnl.add_default_route
 
-    def broken_sandbox_side(argv, **kw):
-        if "-n" in argv:   # the sandbox-side batch: make it fail with a real ip error
-            kw["input"] = kw["input"].replace("route add default", "route add bogus-route")
-        return real_run(argv, **kw)
+    def broken_route(s, ifname, gateway):
+        # the sandbox-side route: a real kernel refusal (a gateway off every local network)
+        return real_route(s, ifname, "192.0.2.77")
 
-    monkeypatch.setattr(sbmod, "run", broken_sandbox_side)
+    monkeypatch.setattr(rtnl, "add_default_route", broken_route)
     with pytest.raises(SandboxError) as e:
         gw.up("rb")
     msg = str(e.value)
-    assert "configure sandbox side" in msg and "ip -n" in msg
-    assert "bogus-route" in msg            # the batch / ip's stderr is in the message
+    assert "configure sandbox side" in msg and "default route via 192.0.2.77" in msg
+    assert "unreachable" in msg            # the kernel's errno text is in the message
     assert "everything it had created was removed" in msg
     name = gw.sbname("rb")
     assert not os.path.exists(f"/run/netns/egw-{name}")
@@ -435,12 +434,9 @@ def test_rollback_when_nft_rejects_the_rules(gw, monkeypatch):
 
 CRASH = """
 import os, sys, netns.sandbox as s
-real = s.run
-def run(argv, **kw):
-    if "-n" in argv:
-        os._exit(9)          # killed after the table, namespace and veth exist
-    return real(argv, **kw)
-s.run = run
+def sandbox_side(sb):
+    os._exit(9)              # killed after the table, namespace and veth exist
+s._sandbox_side = sandbox_side
 s.up({name!r}, transparent_port=18080, dns_port=15353, state_dir={state_dir!r})
 """
 
