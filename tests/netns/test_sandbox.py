@@ -230,7 +230,7 @@ def test_without_listener_tcp_fails_fast(gw, origin):
         t0 = time.monotonic()
         with pytest.raises(ConnectionRefusedError):
             tcp_from(sb, dst, port, timeout=5)
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 2.0  # refused at once, not the 5 s timeout (slack for a loaded machine)
 
 
 def test_root_in_sandbox_cannot_touch_the_rules(gw, listeners):
