@@ -242,7 +242,11 @@ class Supervisor(Gateway):
             if path.exists():
                 os.chmod(path, 0o600)
         bundle = write_sandbox_bundle(self.config)
-        loaded = self.registry.load()
+        try:
+            loaded = self.registry.load()
+        except SessionStoreUnavailable as e:  # a shared store: its watcher keeps trying; until then, refuse
+            logger.error("%s", e)
+            loaded = 0
         control = ControlAPI(self.registry, self.config.control_token(), self.ready, None, self.store, bundle,
                              workers=self.pool)
         self._serve_http(control.application(), self.config.control.tcp, self.config.control.unix)
