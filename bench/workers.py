@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/bench.py (bench/ is not a package)
 
-from bench import POLICY, Case, Runner, log, preflight, sanity  # noqa: E402
+from bench import POLICY, Case, Runner, cpu_seconds, log, preflight, sanity  # noqa: E402
 from gateway.lab import Lab  # noqa: E402
 from gateway.lab.gateway import LabGateway  # noqa: E402
 
@@ -47,16 +47,21 @@ def measure_shape(lab: Lab, workers: int, args, tag: str) -> dict:
             results[i] = runners[i].wrk(case, lab, args.duration)
 
         threads = [threading.Thread(target=drive, args=(i,)) for i in range(2)]
+        cpu0, wall0 = cpu_seconds(gw.proc.pid), time.monotonic()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        cpu, wall = cpu_seconds(gw.proc.pid) - cpu0, time.monotonic() - wall0
         per = [round(r["rps"]) for r in results]
+        requests = sum(r["requests"] for r in results)
+        # what the gateway's processes (supervisor + workers) spent: cores busy, CPU per request
+        cores, us_per_req = round(cpu / wall, 2), round(1e6 * cpu / requests) if requests else None
         errors = [r["errors"] for r in results]
         log(f"workers={workers}: sandbox req/s {per} (workers {[i.get('worker') for i in infos]}), "
-            f"total {sum(per)}, p50 {[round(r['p50_ms'], 2) for r in results]} ms, errors {errors}")
+            f"total {sum(per)}, gateway CPU {cores} cores, {us_per_req} us/req, p50 {[round(r['p50_ms'], 2) for r in results]} ms, errors {errors}")
         return {"workers": workers, "per_sandbox_rps": per, "total_rps": sum(per), "errors": errors,
-                "pinned": [i.get("worker") for i in infos], "p50_ms": [r["p50_ms"] for r in results],
+                "pinned": [i.get("worker") for i in infos], "gateway_cores": cores, "gateway_cpu_us_per_req": us_per_req, "p50_ms": [r["p50_ms"] for r in results],
                 "p99_ms": [r["p99_ms"] for r in results]}
     finally:
         for n in names:

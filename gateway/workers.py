@@ -26,24 +26,20 @@ import sys
 import time
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import metrics
 from gateway.config import Config, Listen
+from gateway.metrics import WORKER_RESTARTS, WORKERS, WORKERS_UP
 
 logger = logging.getLogger("egressgw")
 
 RESTART_MIN, RESTART_MAX = 0.2, 5.0  # seconds before restarting a dead worker (doubling while it dies young)
 YOUNG = 10.0  # a worker that dies sooner than this after its start counts as crash-looping
 STATUS_TIMEOUT = 1.0
-
-# The supervisor's own metrics: registered on metrics.REGISTRY by Pool (a one-process gateway has none of them).
-WORKERS = Gauge("egressgw_workers", "Worker processes configured (workers: N).", registry=None)
-WORKERS_UP = Gauge("egressgw_workers_up", "Worker processes running with their listeners up.", registry=None)
-WORKER_RESTARTS = Counter("egressgw_worker_restarts_total", "Worker processes restarted after they died.",
-                          registry=None)
+READY_POLL = 0.25  # seconds between asking each worker whether its listeners are up
 
 
 def _shift(listen: Listen | None, k: int) -> Listen | None:
@@ -185,7 +181,7 @@ class Pool:
                     if ready:
                         logger.warning("worker %d ready", w.index)
             self._update_gauge()
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(READY_POLL)
 
     def _update_gauge(self) -> None:
         WORKERS_UP.set(sum(w.ready for w in self.workers))
