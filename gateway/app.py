@@ -30,7 +30,7 @@ from mitmproxy.addons import (
 )
 from mitmproxy.master import Master
 
-from gateway import ca, metrics
+from gateway import ca, metrics, workers
 from gateway.addons import default_addons
 from gateway.audit import Audit
 from gateway.config import Config, Listen
@@ -84,14 +84,20 @@ class _Metrics(tornado.web.RequestHandler):
 
 
 class Gateway:
-    """Everything one gateway process owns."""
+    """Everything one gateway process owns. `worker`: worker k of a supervisor (gateway/workers.py)."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, worker: int | None = None):
+        self.worker = worker
+        if worker is not None:
+            config = workers.worker_config(config, worker)
         self.config = config
-        self.registry = SessionRegistry(open_store(config.session_store))
+        self.registry = SessionRegistry(open_store(config.session_store, follow=worker is not None), worker=worker)
         metrics.SESSION_STORE_UP.set(1 if self.registry.store.healthy() else 0)  # a shared store: 0 until synced
         self.audit = Audit.from_config(config)
-        self.registry.subscribe(lambda what, s: self.audit.session_changed(what, s, len(self.registry)))
+        if worker is None:
+            self.registry.subscribe(lambda what, s: self.audit.session_changed(what, s, len(self.registry)))
+        else:  # the supervisor logs session changes; a worker counts the sessions it serves
+            self.registry.subscribe(lambda what, s: metrics.ACTIVE_SESSIONS.set(len(self.registry)))
         self.resolver = UpstreamResolver(config.upstream_dns, config.upstream_timeout)
         self.guard = DialGuard(self.resolver, config.allow_dest_ranges)
         self.conns = ConnTable()
@@ -165,7 +171,8 @@ class Gateway:
             path = Path(self.config.ca_dir, key)
             if path.exists():
                 os.chmod(path, 0o600)
-        bundle = write_sandbox_bundle(self.config)
+        # a worker's supervisor wrote the bundle (N workers writing it at once would race)
+        bundle = write_sandbox_bundle(self.config) if self.worker is None else sandbox_bundle_path(self.config)
         try:
             loaded = self.registry.load()
         except SessionStoreUnavailable as e:  # a shared store: its watcher keeps trying; until then, refuse
@@ -174,14 +181,18 @@ class Gateway:
         watch = getattr(self.registry.store, "watch", None)
         watcher = asyncio.ensure_future(watch(self.registry.apply, self.registry.ids)) if watch else None
         proxy = str(self.config.proxy) if self.config.proxy else None
-        control = ControlAPI(self.registry, self.config.control_token(), self.ready, proxy, self.store, bundle)
-        self._serve_http(control.application(), self.config.control.tcp, self.config.control.unix)
+        if self.worker is None:
+            control = ControlAPI(self.registry, self.config.control_token(), self.ready, proxy, self.store, bundle)
+            self._serve_http(control.application(), self.config.control.tcp, self.config.control.unix)
+        else:  # the supervisor serves the control API; it asks a worker's socket for readiness and metrics
+            self._serve_http(workers.status_app(self.ready), None, workers.worker_socket(self.config, self.worker))
         if self.config.metrics:
             self._serve_http(tornado.web.Application([(r"/metrics", _Metrics)], log_function=lambda handler: None), self.config.metrics)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.master.shutdown)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        # A worker leaves SIGHUP to the supervisor (it re-reads policy files; the store carries the change here).
+        loop.add_signal_handler(signal.SIGHUP, self.reload if self.worker is None else (lambda: None))
         logger.warning(
             "egressgw up: transparent %s, dns %s, proxy %s, control %s, metrics %s, log %s, sessions %s (%d loaded)",
             self.config.transparent, self.config.dns, proxy or "off", self.config.control.url(),
@@ -195,10 +206,85 @@ class Gateway:
             self.registry.store.close()
             for server in self._http_servers:
                 server.stop()
+            if self.config.control.unix and self.worker is None:
+                Path(self.config.control.unix).unlink(missing_ok=True)
+            self.audit.close()
+
+
+class _MergedMetrics(tornado.web.RequestHandler):
+    def initialize(self, pool: workers.Pool) -> None:
+        self.pool = pool
+
+    async def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(await self.pool.exposition())
+
+
+class Supervisor(Gateway):
+    """`workers: N` > 1: the control API, merged metrics and SIGHUP here; N worker processes do the proxying."""
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.pool = workers.Pool(config)
+
+    def ready(self) -> bool:
+        return self.pool.ready()
+
+    async def run(self) -> None:
+        Path(self.config.ca_dir).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.config.ca_dir, 0o755)
+        # The CA is made once, here, before any worker starts: N workers racing to create it would disagree.
+        if not ca.ensure(self.config.ca_dir, self.config.ca_name_constraints, self.config.source):
+            from mitmproxy import certs
+            certs.CertStore.from_store(self.config.ca_dir, "mitmproxy", 2048)
+        for key in ("mitmproxy-ca.pem", "mitmproxy-ca.p12"):
+            path = Path(self.config.ca_dir, key)
+            if path.exists():
+                os.chmod(path, 0o600)
+        bundle = write_sandbox_bundle(self.config)
+        try:
+            loaded = self.registry.load()
+        except SessionStoreUnavailable as e:  # a shared store: its watcher keeps trying; until then, refuse
+            logger.error("%s", e)
+            loaded = 0
+        control = ControlAPI(self.registry, self.config.control_token(), self.ready, None, self.store, bundle,
+                             workers=self.pool)
+        self._serve_http(control.application(), self.config.control.tcp, self.config.control.unix)
+        if self.config.metrics:
+            self._serve_http(tornado.web.Application([(r"/metrics", _MergedMetrics, {"pool": self.pool})],
+                                                     log_function=lambda handler: None), self.config.metrics)
+        watch = getattr(self.registry.store, "watch", None)  # Redis: sessions other replicas make
+        watcher = asyncio.ensure_future(watch(self.registry.apply, self.registry.ids)) if watch else None
+        loop = asyncio.get_running_loop()
+        supervise = asyncio.ensure_future(self.pool.run())
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        logger.warning("egressgw supervisor up: %d workers (transparent %s+k, dns %s+k, proxy %s), control %s, "
+                       "metrics %s, sessions %s (%d loaded)", len(self.pool), self.config.transparent,
+                       self.config.dns, f"{self.config.proxy}+k" if self.config.proxy else "off",
+                       self.config.control.url(), self.config.metrics or "off", self.registry.store.url, loaded)
+        try:
+            await stop.wait()
+        finally:
+            await self.pool.stop()
+            supervise.cancel()
+            if watcher:
+                watcher.cancel()
+            self.registry.store.close()
+            for server in self._http_servers:
+                server.stop()
             if self.config.control.unix:
                 Path(self.config.control.unix).unlink(missing_ok=True)
             self.audit.close()
 
 
-def run(config: Config) -> None:
-    asyncio.run(Gateway(config).run())
+def run(config: Config, worker: int | None = None) -> None:
+    """One process (workers: 1), a supervisor (workers: N), or worker `worker` of a supervisor."""
+    if worker is not None:
+        asyncio.run(Gateway(config, worker).run())
+    elif config.workers > 1:
+        asyncio.run(Supervisor(config).run())
+    else:
+        asyncio.run(Gateway(config).run())

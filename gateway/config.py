@@ -76,6 +76,8 @@ class Config:
     request_headers_timeout: float = 30.0
     request_body_timeout: float = 600.0
     response_headers_timeout: float = 60.0
+    # gateway processes: 1 = one process (as always); N > 1 = a supervisor and N workers (docs/workers.md)
+    workers: int = 1
     source: str = "<defaults>"
 
     def control_token(self) -> str:
@@ -115,6 +117,9 @@ _KEYS = {
     "detection": {"dns"},
     "timeouts": {"idleSeconds", "requestHeadersSeconds", "requestBodySeconds", "responseHeadersSeconds"},
 }
+
+# keys that are a value, not a section
+_TOP_LEVEL = {"workers"}
 
 # detection.dns.<key> -> (Settings field, kind, minimum): DNS tunnel thresholds (docs/detection.md)
 _DNS_DETECTION = {
@@ -237,8 +242,10 @@ def load_config(path: str | os.PathLike) -> Config:
 
 def config_from_dict(raw: dict, source: str = "<dict>", base_dir: Path | None = None) -> Config:
     for section, body in raw.items():
+        if section in _TOP_LEVEL:
+            continue
         if section not in _KEYS:
-            raise ConfigError(f"{source}: unknown section {section!r} (known: {', '.join(sorted(_KEYS))})")
+            raise ConfigError(f"{source}: unknown section {section!r} (known: {', '.join(sorted([*_KEYS, *_TOP_LEVEL]))})")
         if not isinstance(body, dict):
             raise ConfigError(f"{source}: section {section!r} must be a mapping")
         for key in body:
@@ -335,7 +342,59 @@ def config_from_dict(raw: dict, source: str = "<dict>", base_dir: Path | None = 
         kw["session_store"] = _session_store(store, f"{source}: sessions.store", rel)
     if "dns" in raw.get("detection", {}):
         kw["dns_detection"] = _dns_detection(raw["detection"]["dns"], source)
+    if "workers" in raw:
+        kw["workers"] = _workers(raw["workers"], f"{source}: workers")
+        _check_worker_ports(kw, defaults, source)
     return Config(**kw)
+
+
+MAX_WORKERS = 64
+
+
+def _workers(value: object, what: str) -> int:
+    """`auto` (one per core) or a whole number 1-64."""
+    if value == "auto":
+        return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(f"{what} must be auto or a whole number 1-{MAX_WORKERS}, not {value!r} "
+                          "(fix: workers: auto, or e.g. workers: 2)")
+    return value
+
+
+def _check_worker_ports(kw: dict, defaults: Config, source: str) -> None:
+    """Worker k listens on each listen port + k: those ranges must not overlap each other or metrics/control."""
+    n = kw["workers"]
+    if n == 1:
+        return
+    if kw.get("session_store", defaults.session_store) == "memory":
+        raise ConfigError(f"{source}: workers {n} needs a session store the workers share, not memory "
+                          "(fix: sessions.store: sqlite:///var/lib/egressgw/sessions.db, or workers: 1)")
+    ranges = {}
+    for key in ("transparent", "dns", "proxy"):
+        listen = kw.get(key, getattr(defaults, key))
+        if listen is not None:
+            if listen.port + n - 1 > 65535:
+                raise ConfigError(f"{source}: workers {n}: listen.{key} {listen.port}+{n - 1} is past port 65535 "
+                                  "(fix: a lower listen port or fewer workers)")
+            ranges[key] = range(listen.port, listen.port + n)
+    fixed = {}
+    metrics = kw.get("metrics", defaults.metrics)
+    if metrics is not None:
+        fixed["metrics"] = metrics.port
+    control = kw.get("control", defaults.control)
+    if control.tcp is not None:
+        fixed["control"] = control.tcp.port
+    keys = list(ranges)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            if set(ranges[a]) & set(ranges[b]):
+                raise ConfigError(f"{source}: workers {n}: worker k listens on each listen port + k, and "
+                                  f"listen.{a} {ranges[a].start}-{ranges[a].stop - 1} overlaps listen.{b} "
+                                  f"{ranges[b].start}-{ranges[b].stop - 1} (fix: move one of them {n} ports away)")
+        for name, port in fixed.items():
+            if port in ranges[a]:
+                raise ConfigError(f"{source}: workers {n}: listen.{name} port {port} is inside listen.{a}'s "
+                                  f"worker ports {ranges[a].start}-{ranges[a].stop - 1} (fix: move listen.{name})")
 
 
 def _session_store(value: object, what: str, rel) -> str:

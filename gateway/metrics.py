@@ -58,6 +58,13 @@ WEBHOOK_DROPPED = Counter(
     ["reason"], registry=REGISTRY,
 )
 
+# A supervisor's own (workers: N > 1, gateway/workers.py): registered on REGISTRY by its Pool only, so a
+# one-process gateway does not export them.
+WORKERS = Gauge("egressgw_workers", "Worker processes configured (workers: N).", registry=None)
+WORKERS_UP = Gauge("egressgw_workers_up", "Worker processes running with their listeners up.", registry=None)
+WORKER_RESTARTS = Counter("egressgw_worker_restarts_total", "Worker processes restarted after they died.",
+                          registry=None)
+
 
 def exposition() -> bytes:
     return generate_latest(REGISTRY)

@@ -97,12 +97,17 @@ def _govern(args, target) -> int:
     secrets = secrets_from_args(args)
     client = control_client(config)
     client.health()
-    sb = netns.up(args.name, transparent_port=config.transparent.port, dns_port=config.dns.port,
+    ports, worker = (config.transparent.port, config.dns.port), None
+    if config.workers > 1:  # pinned: the redirect goes to the ports of the worker the gateway picks
+        pool = client.workers()
+        worker = pool["pick"]
+        ports = next((w["transparent"], w["dns"]) for w in pool["workers"] if w["index"] == worker)
+    sb = netns.up(args.name, transparent_port=ports[0], dns_port=ports[1],
                   pool=config.sandbox_pool, state_dir=config.state_dir, target=target)
     try:
         session = client.create_session(args.name, policy_text, [sb.sandbox_addr], secrets=secrets,
                                         policy_dir=str(Path(args.policy).resolve().parent),
-                                        policy_file=str(Path(args.policy).resolve()))
+                                        policy_file=str(Path(args.policy).resolve()), worker=worker)
         netns.set_session(args.name, session["id"], state_dir=config.state_dir)
     except BaseException:
         netns.down(args.name, state_dir=config.state_dir)
@@ -113,6 +118,8 @@ def _govern(args, target) -> int:
         "session": session["id"], "policy": session["policy"], "mode": session["mode"], "env": env,
         "kind": sb.kind, "prefix": sb.prefix,
     }
+    if worker is not None:
+        result["worker"] = worker
     if sb.kind == "tap":
         result.update(tap=sb.host_if, boot_args=netns.boot_args(sb))
     if args.json:

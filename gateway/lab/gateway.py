@@ -34,8 +34,9 @@ class LabGateway:
     METRICS_PORT = 9469
 
     def __init__(self, lab, name: str = "gw", pool: str = "10.211.0.0/16", extra_config: dict | None = None,
-                 port_offset: int = 0):
-        """`port_offset` moves every listener, so several gateways (replicas) share the gateway namespace."""
+                 port_offset: int = 0, workers: int | str | None = None):
+        """`port_offset` moves every listener, so several gateways (replicas) share the gateway namespace.
+        `workers`: the config's `workers` (None: not set, one process); worker k listens on each port + k."""
         self.lab = lab
         for attr in ("TRANSPARENT_PORT", "DNS_PORT", "PROXY_PORT", "METRICS_PORT"):
             setattr(self, attr, getattr(type(self), attr) + port_offset)
@@ -64,6 +65,8 @@ class LabGateway:
             "sandbox": {"pool": pool, "stateDir": str(self.dir / "state")},
             "sessions": {"store": f"sqlite://{self.dir / 'sessions.db'}"},
         }
+        if workers is not None:
+            config["workers"] = workers
         for section, values in (extra_config or {}).items():
             config.setdefault(section, {}).update(values)
         self.config_path.write_text(yaml.safe_dump(config))

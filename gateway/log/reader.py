@@ -134,8 +134,28 @@ def expand(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> list[Path]
             out.extend(x for _, x in rotated_files(p))
             if p.exists() or not out:
                 out.append(p)
+            for worker_log in worker_logs(p):  # `workers: N`: each worker's own chained file beside it
+                out.extend(x for _, x in rotated_files(worker_log))
+                if worker_log.exists():
+                    out.append(worker_log)
     seen: set[Path] = set()
     return [p for p in out if not (p in seen or seen.add(p))]
+
+
+def worker_logs(live: Path) -> list[Path]:
+    """The per-worker logs of a live path (flows.jsonl -> flows-w0.jsonl, flows-w1.jsonl ...; gateway/workers.py),
+    live or only rotated, by worker number."""
+    pattern = re.compile(re.escape(live.stem) + r"-w(\d+)" + re.escape(live.suffix) + r"(?:\.\d+)?$")
+    try:
+        names = os.listdir(live.parent)
+    except OSError:
+        return []
+    found: dict[int, Path] = {}
+    for name in names:
+        m = pattern.match(name)
+        if m:
+            found[int(m.group(1))] = live.with_name(f"{live.stem}-w{m.group(1)}{live.suffix}")
+    return [found[k] for k in sorted(found)]
 
 
 def _record(path: str, line_no: int, offset: int, line: bytes) -> Record | None:

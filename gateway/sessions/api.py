@@ -13,6 +13,8 @@ answered 400 with every problem (line and fix), and the old policy stays.
     GET    /v1/sessions/{id}/policy        the policy as YAML text
     PUT    /v1/sessions/{id}/policy        body: YAML text (or {"policy": YAML, "policyFile"?}); takes effect on the
                                            next request; unlinks the session's policy file unless policyFile is given
+    GET    /v1/workers                     the worker processes (workers > 1): ports, sessions, up; "pick": where
+                                           the next session goes (least sessions among the workers up)
     GET    /v1/ca                          the CA bundle a sandbox must trust (PEM; certificates only, never a key)
     GET    /v1/sessions/{id}/canaries      the labels of the session's canaries (never a value)
     POST   /v1/sessions/{id}/canaries      {"values": [str...], "labels"?: [str...]} -> 201 + labels; values are
@@ -91,7 +93,16 @@ class Health(_Base):
     def get(self) -> None:
         ready = self.ctl.ready()
         self.set_status(200 if ready else 503)
-        self.finish({"status": "ok" if ready else "starting", "sessions": len(self.ctl.registry)})
+        extra = {"workers": self.ctl.workers.describe(self.ctl.registry)} if self.ctl.workers else {}
+        self.finish({"status": "ok" if ready else "starting", "sessions": len(self.ctl.registry), **extra})
+
+
+class Workers(_Base):
+    def get(self) -> None:
+        if not self.ctl.workers:
+            return self.fail(404, "this gateway runs one process (fix: workers: N in the config)")
+        self.finish({"workers": self.ctl.workers.describe(self.ctl.registry),
+                     "pick": self.ctl.workers.pick(self.ctl.registry)})
 
 
 class CABundle(_Base):
@@ -130,6 +141,13 @@ class Sessions(_Base):
         if session_id is not None and (not isinstance(session_id, str) or not session_id.isascii()
                                        or not 0 < len(session_id) <= 64):
             return self.fail(400, "'id' must be a short ASCII string")
+        worker = None
+        if self.ctl.workers:
+            worker = body.get("worker", None)
+            if worker is None:
+                worker = self.ctl.workers.pick(self.ctl.registry)
+            elif isinstance(worker, bool) or not isinstance(worker, int) or not 0 <= worker < len(self.ctl.workers):
+                return self.fail(400, f"'worker' must be a worker index 0-{len(self.ctl.workers) - 1}")
         try:
             specs = parse_secrets(body.get("secrets"))
         except ValueError as e:
@@ -146,13 +164,14 @@ class Sessions(_Base):
         try:
             session = self.ctl.registry.create(name, policy, sources, session_id, policy_text=body["policy"],
                                                secrets=secrets, policy_dir=body.get("policyDir"),
-                                               policy_file=policy_file)
+                                               policy_file=policy_file, worker=worker)
         except SessionStoreUnavailable as e:
             return self.fail(503, str(e))
         except SessionError as e:
             return self.fail(409, str(e))
         self.set_status(201)
-        self.finish({**session.summary(), "token": session.token, "proxy": self.ctl.proxy_address})
+        proxy = self.ctl.workers.proxy_for(worker) if self.ctl.workers else self.ctl.proxy_address
+        self.finish({**session.summary(), "token": session.token, "proxy": proxy})
 
 
 class OneSession(_Base):
@@ -242,8 +261,10 @@ def _quiet(handler) -> None:
 
 class ControlAPI:
     def __init__(self, registry, token: str, ready=lambda: True, proxy_address: str | None = None, store=None,
-                 ca_bundle: str | None = None):
+                 ca_bundle: str | None = None, workers=None):
+        """`workers`: a gateway.workers.Pool when the gateway runs worker processes (sessions are pinned)."""
         self.registry = registry
+        self.workers = workers
         self.ca_bundle = ca_bundle
         self.store = store if store is not None else SecretStore()
         self.token = token
@@ -255,6 +276,7 @@ class ControlAPI:
         return tornado.web.Application([
             (r"/v1/health", Health, kw),
             (r"/v1/ca", CABundle, kw),
+            (r"/v1/workers", Workers, kw),
             (r"/v1/sessions", Sessions, kw),
             (r"/v1/sessions/([^/]+)", OneSession, kw),
             (r"/v1/sessions/([^/]+)/policy", SessionPolicy, kw),

@@ -80,7 +80,7 @@ class ControlClient:
 
     def create_session(self, name: str, policy_text: str, sources=(), session_id: str | None = None,
                        secrets: list[dict] | None = None, policy_dir: str | None = None,
-                       policy_file: str | None = None) -> dict:
+                       policy_file: str | None = None, worker: int | None = None) -> dict:
         body = {"name": name, "policy": policy_text, "sources": list(sources)}
         if policy_dir:
             body["policyDir"] = policy_dir
@@ -90,7 +90,13 @@ class ControlClient:
             body["secrets"] = secrets
         if session_id:
             body["id"] = session_id
+        if worker is not None:
+            body["worker"] = worker  # pinned to that worker process (GET /v1/workers "pick")
         return self.request("POST", "/v1/sessions", body)
+
+    def workers(self) -> dict:
+        """The worker processes and the one the next session should go to (a gateway with workers > 1)."""
+        return self.request("GET", "/v1/workers")
 
     def ca_bundle(self) -> str:
         """The PEM bundle sandboxes must trust (the gateway CA, plus the roots for pass-through hosts)."""

@@ -69,6 +69,7 @@ class Session:
     secrets: dict[str, BoundSecret] = field(default_factory=dict, repr=False)
     canaries: dict[str, bytes] = field(default_factory=dict, repr=False)  # "canary:LABEL" -> value
     created: float = field(default_factory=time.time)
+    worker: int | None = None  # the worker process serving it (gateway.workers); None: a one-process gateway
     _names_by_addr: OrderedDict[str, set[str]] = field(default_factory=OrderedDict, repr=False)
 
     def remember(self, address: str, name: str) -> None:
@@ -101,6 +102,7 @@ class Session:
             "secrets": [s.spec.describe() for s in self.secrets.values()],
             "canaries": sorted(self.canaries),
             "env": self.env(),
+            **({"worker": self.worker} if self.worker is not None else {}),
         }
 
     def record(self) -> dict:
@@ -120,6 +122,7 @@ class Session:
             # still detect them (docs/sessions.md#canaries).
             "canaries": {label: base64.b64encode(v).decode() for label, v in self.canaries.items()},
             "created": self.created,
+            **({"worker": self.worker} if self.worker is not None else {}),
         }
 
     def check_canaries(self, values: list[bytes], labels: list[str] | None = None) -> dict[str, bytes]:
@@ -164,8 +167,10 @@ def _canaries_of(record: dict) -> dict[str, bytes]:
 class SessionRegistry:
     """Sessions in memory, written through to a store. Listeners are told of every change (flow log, metrics)."""
 
-    def __init__(self, store: SessionStore | None = None) -> None:
+    def __init__(self, store: SessionStore | None = None, worker: int | None = None) -> None:
+        """`worker`: this registry is worker `worker`'s (gateway.workers): it holds only the sessions pinned to it."""
         self.store = store if store is not None else MemoryStore()
+        self.worker = worker
         self._by_id: dict[str, Session] = {}
         self._by_source: dict[str, Session] = {}
         self._listeners: list[Callable[[str, Session], None]] = []
@@ -229,6 +234,7 @@ class SessionRegistry:
         secrets: Iterable[tuple[SecretSpec, str]] = (),
         policy_dir: str | None = None,
         policy_file: str = "",
+        worker: int | None = None,
     ) -> Session:
         """Register a session. `secrets` pairs each spec with the placeholder made for it."""
         sources = frozenset(sources)
@@ -248,6 +254,7 @@ class SessionRegistry:
             policy_dir=policy_dir,
             policy_file=policy_file,
             rev=token_hex(8),
+            worker=worker,
         )
         for spec, placeholder in secrets:
             session.secrets[spec.name] = BoundSecret(session.id, spec, placeholder, core_of(placeholder))
@@ -307,6 +314,8 @@ class SessionRegistry:
     def apply(self, session_id: str, record: dict | None) -> None:
         """Take a change made elsewhere (another replica, or an earlier run). None: deleted."""
         session = self._by_id.get(session_id)
+        if record is not None and self.worker is not None and record.get("worker", 0) != self.worker:
+            record = None  # pinned to another worker: not ours to serve
         if record is None:
             if session is not None:
                 self._remove(session)
@@ -352,6 +361,7 @@ class SessionRegistry:
             created=record.get("created", time.time()),
             rev=record.get("rev", ""),
             canaries=_canaries_of(record),
+            worker=record.get("worker"),
         )
         for raw in record.get("secrets", ()):
             spec, placeholder = decode_secret(raw)

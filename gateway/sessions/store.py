@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -152,15 +153,95 @@ class SqliteStore:
         self._db.close()
 
 
-def open_store(url: str) -> SessionStore:
-    """The store a `sessions.store` URL names."""
+class FollowingSqliteStore(SqliteStore):
+    """A worker's view of the SQLite store another process (the supervisor's control API) writes.
+
+    `watch()` polls `PRAGMA data_version` every POLL seconds (it changes when another connection
+    commits) and then re-reads every record, so a change reaches the worker well under a second.
+    Failing closed: sessions count as verified only while a poll succeeded within STALE seconds and
+    the file is the one opened (deleted or replaced: unavailable until reopened)."""
+
+    POLL = 0.1
+    STALE = 3.0
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self._verified_at = 0.0
+        self._lost = False
+        self._inode = self._stat()
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self._verified_at < self.STALE
+
+    def _mark_lost(self, error: object) -> None:
+        from gateway import metrics
+
+        if not self._lost:
+            logger.error("session store %s unavailable (%s): refusing session traffic", self.url, error)
+        self._lost = True
+        self._verified_at = 0.0
+        metrics.SESSION_STORE_UP.set(0)
+
+    def _resync(self, apply: Watcher, known: Callable[[], set[str]]) -> None:
+        records = {r["id"]: r for r in self.load() if isinstance(r.get("id"), str)}
+        for session_id in known() - records.keys():
+            apply(session_id, None)
+        for session_id, record in records.items():
+            apply(session_id, record)  # the registry skips records whose rev it already has
+
+    async def watch(self, apply: Watcher, known: Callable[[], set[str]]) -> None:
+        import asyncio
+
+        from gateway import metrics
+
+        version = None
+        while True:
+            try:
+                if self._stat() != self._inode:
+                    raise sqlite3.OperationalError("the database file was removed or replaced")
+                now = self._db.execute("PRAGMA data_version").fetchone()[0]
+                if now != version:
+                    self._resync(apply, known)
+                    version = now
+                if self._lost:
+                    logger.warning("session store %s available again: sessions verified", self.url)
+                    self._lost = False
+                self._verified_at = time.monotonic()
+                metrics.SESSION_STORE_UP.set(1)
+            except asyncio.CancelledError:
+                raise
+            except sqlite3.Error as e:
+                self._mark_lost(e)
+                version = None
+                try:  # reopen: the file may be back
+                    self._db.close()
+                    self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                    self._inode = self._stat()
+                except sqlite3.Error:
+                    pass
+            except Exception as e:  # noqa: BLE001 - e.g. a listener failing: never stop watching
+                logger.exception("session store %s: applying a change failed", self.url)
+                self._mark_lost(f"{type(e).__name__}: {e}")
+                version = None
+            await asyncio.sleep(self.POLL)
+
+
+def open_store(url: str, follow: bool = False) -> SessionStore:
+    """The store a `sessions.store` URL names. `follow`: a worker following changes others write (SQLite)."""
     if url == "memory":
         return MemoryStore()
     if url.startswith("sqlite://"):
         path = url.removeprefix("sqlite://")
         if not path.startswith("/"):
             raise ConfigError(f"sessions.store {url!r}: needs an absolute path, e.g. sqlite:///var/lib/egressgw/sessions.db")
-        return SqliteStore(path)
+        return FollowingSqliteStore(path) if follow else SqliteStore(path)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from gateway.sessions.redisstore import RedisStore
 
