@@ -140,15 +140,15 @@ def _collect(pid: int, _from: int, to: int, _flags: int, ctx: list) -> None:
     ctx.append((pid, to))
 
 
-def _collect_all(pid: int, _from: int, to: int, _flags: int, ctx: tuple) -> None:
+def _collect_all(pid: int, frm: int, to: int, _flags: int, ctx: tuple) -> None:
     if pid >= VALUE_BASE:
         ctx[0].append((pid - VALUE_BASE, to))
         return
     ends = ctx[1].get(pid)
     if ends is None:
-        ctx[1][pid] = [to]
+        ctx[1][pid] = [(frm, to)]
     else:
-        ends.append(to)
+        ends.append((frm, to))
 
 
 def _pct_lit(pattern: bytes) -> bytes:
@@ -168,12 +168,12 @@ def _first(_pid: int, _from: int, _to: int, _flags: int, _ctx: object) -> bool:
     return True  # stop the scan
 
 
-def _collect_rule(pid: int, _from: int, to: int, _flags: int, ctx: dict) -> None:
+def _collect_rule(pid: int, frm: int, to: int, _flags: int, ctx: dict) -> None:
     ends = ctx.get(pid)
     if ends is None:
-        ctx[pid] = [to]
+        ctx[pid] = [(frm, to)]
     else:
-        ends.append(to)
+        ends.append((frm, to))
 
 
 class RuleMatcher:
@@ -188,6 +188,7 @@ class RuleMatcher:
         flags: list[int] = []
         self.fallback: list[int] = []
         self.prefiltered: list[int] = []
+        self.som: set[int] = set()
         for i, r in enumerate(self.rules):
             expr = r.prefilter.encode()
             f = _try_flags(expr)
@@ -196,6 +197,11 @@ class RuleMatcher:
                 continue
             if f & hs.HS_FLAG_PREFILTER:
                 self.prefiltered.append(i)
+            elif _compiles(expr, hs.HS_FLAG_SOM_LEFTMOST):
+                # start offsets too: `re` then confirms from where the match starts instead of
+                # trying every position of a window before its end (see scanner._confirm)
+                f |= hs.HS_FLAG_SOM_LEFTMOST
+                self.som.add(i)
             exprs.append(expr)
             ids.append(i)
             flags.append(f & ~hs.HS_FLAG_SINGLEMATCH)
@@ -239,8 +245,11 @@ class RuleMatcher:
         self.max_len = max((r.max_len for r in self.rules), default=0)
         # rules whose hyperscan expression is their own regex, compiled exactly: every match end is reported
         self.exact = frozenset(i for i in ids if i < self.shape_base and self.rules[i].hs is None) - set(self.prefiltered)
+        # per rule: (exact, start offsets reported, shortest prefilter match) for scanner._confirm
+        self.confirm = [(i in self.exact, i in self.som, _min_width(r.prefilter) if i in self.som else 0)
+                        for i, r in enumerate(self.rules)]
 
-    def classify(self, hit: dict[int, list[int]]) -> tuple[dict[int, list[int] | None], dict[str, list[int]]]:
+    def classify(self, hit: dict[int, list]) -> tuple[dict[int, list[tuple[int, int]] | None], dict[str, list]]:
         shapes = {self.shape_names[i - self.shape_base]: e for i, e in hit.items() if i >= self.shape_base}
         rules: dict[int, list[int] | None] = {i: e for i, e in hit.items() if i < self.shape_base}
         for i in self.fallback:
@@ -264,6 +273,24 @@ class RuleMatcher:
         if data:
             self.db.scan(data, match_event_handler=_collect_rule, context=hit)
         return self.classify(hit)
+
+
+def _compiles(expr: bytes, flags: int) -> bool:
+    try:
+        hs.Database(mode=hs.HS_MODE_BLOCK).compile(expressions=[expr], ids=[0], elements=1, flags=[flags])
+    except hs.error:  # e.g. "Pattern is too large" for start offsets of long bounded repeats
+        return False
+    return True
+
+
+def _min_width(expr: str) -> int:
+    """The shortest match of a prefilter expression (0 if Python cannot parse it: always safe)."""
+    import re._parser as sre
+
+    try:
+        return max(0, int(sre.parse(expr).getwidth()[0]))
+    except Exception:  # hyperscan syntax Python does not know
+        return 0
 
 
 def _try_flags(expr: bytes) -> int | None:

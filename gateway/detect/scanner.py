@@ -326,7 +326,7 @@ class Detector:
         lowered: bytes | None = None
         global_allow = self.rules.allowlist
         rules = self._engine.rules.rules
-        exact = self._engine.rules.exact
+        confirm = self._engine.rules.confirm
         n = len(data)
         for ri in sorted(rule_hits):
             rule = rules[ri]
@@ -335,7 +335,7 @@ class Detector:
                     lowered = data.lower()
                 if not any(k in lowered for k in rule._kw):  # type: ignore[attr-defined]
                     continue
-            for m in _confirm(rule.compiled, data, rule_hits[ri], rule.max_len, n, ri in exact):
+            for m in _confirm(rule.compiled, data, rule_hits[ri], rule.max_len, n, *confirm[ri]):
                 s, e = rule.secret_span(m)
                 if e <= s or not rule.accepts(data[s:e], m.group(0), global_allow):
                     continue
@@ -477,19 +477,45 @@ class Detector:
         return hits
 
 
-def _confirm(rx: re.Pattern[bytes], data: bytes, ends: list[int] | None, max_len: int, n: int, exact: bool = False):
-    """Matches of `rx` in windows of max_len bytes around hyperscan's end offsets (all data if None).
+def _confirm(rx: re.Pattern[bytes], data: bytes, hits: list[tuple[int, int]] | None, max_len: int, n: int,
+             exact: bool = False, som: bool = False, min_width: int = 0):
+    """Matches of `rx` near hyperscan's (start, end) offsets of the rule's prefilter (all data if None),
+    the matches a `finditer` over the whole data yields there.
 
     `exact`: hyperscan ran the rule's own expression (not a prefilter approximation), so it reported
     the end of every match: a match starts at most max_len before one of those ends, and the window
     need not reach further past it (measured: halves the confirm cost of keyword rules whose `(?i)`
-    alternations Python `re` tries at every position)."""
-    if ends is None:
+    alternations Python `re` tries at every position).
+
+    `som`: the starts are hyperscan's leftmost start offsets. A match of `rx` at p has a prefilter
+    match starting in [p, p + 8] (a stripped token-start group) and ending at some reported end
+    e >= p + min_width, so `re` searches from 8 bytes before that start and stops once a match ends
+    past e - min_width (any later match has its own report): one match attempt per report instead of
+    one per byte of a max_len window (the generic `password=` rule: 70 us -> a few per candidate)."""
+    if hits is None:
         yield from rx.finditer(data)
         return
-    ends.sort()
-    windows: list[list[int]] = []
     after = 8 if exact else max_len + 8
+    if som:
+        hits.sort()
+        last = 0
+        for s, e in hits:
+            if e - min_width < last:  # every match this report can start is inside one already yielded
+                continue
+            lo, hi = max(0, s - 8, last), min(n, e + after)
+            for m in rx.finditer(data, lo, hi):
+                if m.end() == hi and hi < n:  # may continue past the window: re-run unbounded
+                    m2 = rx.match(data, m.start())
+                    if m2 is None:
+                        continue
+                    m = m2
+                last = m.end()
+                yield m
+                if last > e - min_width:
+                    break
+        return
+    ends = sorted(e for _s, e in hits)
+    windows: list[list[int]] = []
     for end in ends:
         lo, hi = max(0, end - max_len - 8), min(n, end + after)  # slack: delimiters around a token
         if windows and lo <= windows[-1][1]:

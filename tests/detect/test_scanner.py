@@ -199,8 +199,9 @@ def test_engine_imports_nothing_from_mitmproxy():
 
 def test_confirm_windows_of_exact_rules_find_what_a_whole_pass_finds():
     """Rules compiled exactly into hyperscan get confirmation windows that end just past each reported
-    end offset: on samples packed densely among noise and each other, the windowed matches equal a
-    Python `re` pass over the whole data."""
+    end offset, and rules with start offsets (SOM) are confirmed from each reported start: on samples
+    packed densely among noise and each other, the confirmed matches equal a Python `re` pass over
+    the whole data."""
     import random
 
     from gateway.detect.matcher import RuleMatcher
@@ -218,13 +219,15 @@ def test_confirm_windows_of_exact_rules_find_what_a_whole_pass_finds():
         data = b"".join(rnd.choice(samples) + b"".join(rnd.choice(noise) for _ in range(rnd.randint(0, 6)))
                         for _ in range(rnd.randint(1, 8)))
         hits, _shapes = rm.scan(data)
-        for ri in rm.exact:
+        for ri in rm.exact | rm.som:
             rule = rm.rules[ri]
             whole = [m.span() for m in rule.compiled.finditer(data)]
-            got = [m.span() for m in _confirm(rule.compiled, data, list(hits.get(ri) or []), rule.max_len, len(data), True)]
+            got = [m.span() for m in _confirm(rule.compiled, data, list(hits.get(ri) or []), rule.max_len, len(data),
+                                              *rm.confirm[ri])]
             assert got == whole, rule.id
             checked += len(whole)
     assert checked > 100
+    assert {rm.rules[i].id for i in rm.som} >= {"generic-secret-assignment", "jwt", "github-pat"}
 
 
 def test_url_view_decoded_only_around_escapes_a_value_form_can_hold():
