@@ -240,6 +240,11 @@ class RuleMatcher:
             kflags = [hs.HS_FLAG_SINGLEMATCH | (hs.HS_FLAG_CASELESS if c else 0) for _k, c in kws]
             self.kw_db = hs.Database(mode=hs.HS_MODE_BLOCK)
             self.kw_db.compile(expressions=kexprs, ids=list(range(len(kexprs))), elements=len(kexprs), flags=kflags)
+            # the rule keywords alone: a URL view that decodes no base64/hex blocks (its escapes cannot
+            # split one) needs only these (hex forms of short keywords, "q~" -> 717e, are in every SHA)
+            self.kw_plain_db = hs.Database(mode=hs.HS_MODE_BLOCK)
+            self.kw_plain_db.compile(expressions=kexprs[: len(kw)], ids=list(range(len(kw))), elements=len(kw),
+                                     flags=kflags[: len(kw)])
         self.db = hs.Database(mode=hs.HS_MODE_BLOCK)
         self.db.compile(expressions=exprs, ids=ids, elements=len(exprs), flags=flags)
         self.max_len = max((r.max_len for r in self.rules), default=0)
@@ -256,13 +261,13 @@ class RuleMatcher:
             rules[i] = None
         return rules, shapes
 
-    def has_keyword(self, data: bytes) -> bool:
-        """Whether `data` holds a rule keyword (any case) or a keyword's base64/hex form, with any
-        of its bytes percent-encoded."""
+    def has_keyword(self, data: bytes, blocks: bool = True) -> bool:
+        """Whether `data` holds a rule keyword (any case) or, with `blocks`, a keyword's base64/hex
+        form, with any of its bytes percent-encoded."""
         if self.kw_db is None:
             return not self.kw_none
         try:
-            self.kw_db.scan(data, match_event_handler=_first)
+            (self.kw_db if blocks else self.kw_plain_db).scan(data, match_event_handler=_first)
         except hs.ScanTerminated:  # the handler stops at the first keyword
             return True
         return False

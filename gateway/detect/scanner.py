@@ -349,7 +349,10 @@ class Detector:
         # Escape views: decoded only where needed (windows around sparse escapes), and they look for
         # base64/hex blocks again only if their escapes can have split a block (%2B %2F %3D, \/).
         if not binary and "pct" in shapes and chain.count("url") < 3:
-            if halves or "hex" in shapes or self._engine.rules.has_keyword(data):
+            # blocks are decoded in the URL view only where its escapes can split one (%2B %2F %3D,
+            # line breaks): without those, halves, hex forms and keywords' block forms do not matter
+            blocks = "pct-b64" in shapes
+            if (blocks and (halves or "hex" in shapes)) or self._engine.rules.has_keyword(data, blocks):
                 dec, m = url_view(data, form=view.form, window=win, odd="pct-odd" in shapes)
             else:
                 # No rule can match in the URL view (no keyword, plain or percent-encoded) and no
@@ -358,7 +361,7 @@ class Detector:
                 dec, m = sig_windows(data, self._url_sig, win, view.form)
             if dec:
                 self._scan_view(_View(part, dec, view.chain + ("url",), _compose(view.to_part, m.span), view.region, depth,
-                                      view.form, fresh_blocks="pct-b64" in shapes, url_made_escapes="pct-bs" in shapes), acc)
+                                      view.form, fresh_blocks=blocks, url_made_escapes="pct-bs" in shapes), acc)
         # a JSON view of a URL view only when the URL decoding made new escapes (%5C): otherwise the
         # URL view of the JSON view (below) is the same bytes
         if not binary and "json" in shapes and chain.count("json-u") < 2 and (

@@ -250,3 +250,19 @@ def test_url_view_decoded_only_around_escapes_a_value_form_can_hold():
     secret = b"p%61ss%77ord%3D%22" + b"Zk9Qx2Lm7Rt4Vb8Nc1Wd" + b"%22"
     hits = det.scan(filler + secret + filler, "body")
     assert "generic-secret-assignment" in {h.rule for h in hits}
+
+
+def test_url_view_gate_needs_only_rule_keywords_when_no_block_can_be_split():
+    """Without escapes that can split a base64 block (%2B %2F %3D, line breaks) the URL view decodes
+    no blocks, so only the rule keywords open it whole (a SHA holding 717e, the hex form of the azure
+    keyword "q~", no longer does); a keyword with percent-encoded bytes still does, and the match maps
+    back to the encoded bytes."""
+    det = Detector(builtin_rules(), [])
+    rm = det._engine.rules
+    sha = b"6f996ea8717e6a065d2a62aa0c5e1f23b4d5e6f7"
+    assert rm.has_keyword(sha, blocks=True) and not rm.has_keyword(sha, blocks=False)
+    secret = b"Zq8Lw3Xv7Np2Rt6Yb"
+    body = b"sha=" + sha + b"&q=is%3Aopen+label%3Abug&p%61ssword%3A%20" + secret + b"&x=1"
+    hits = [h for h in det.scan(body, "body") if h.rule == "generic-secret-assignment"]
+    assert hits and hits[0].raw_span is not None
+    assert body[hits[0].raw_span[0] : hits[0].raw_span[1]] == secret
