@@ -61,6 +61,31 @@ def keyword_forms(keywords: set[str]) -> tuple[list[bytes], list[bytes]]:
     return sorted(b64), sorted(hexes)
 
 
+# bytes any escape view may need beyond the values' own: escape and block alphabets, line breaks
+_ALWAYS_SIG = set(b"%\\=\r\n+/_-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def significant_escapes(values: Sequence[bytes]) -> bytes:
+    """A regex (Python and hyperscan) for the percent escapes whose decoded byte occurs in some literal
+    form of some value (or is an escape/block alphabet byte): only those can be inside a value match
+    in a URL view."""
+    sig = set(_ALWAYS_SIG)
+    for value in values:
+        for f in forms(value):
+            sig.update(f.pattern)
+            if f.caseless:
+                sig.update(f.pattern.lower())
+                sig.update(f.pattern.upper())
+    alts = []
+    for hi in range(16):
+        los = [lo for lo in range(16) if (hi << 4 | lo) in sig]
+        if not los:
+            continue
+        cls = "".join(sorted({c for lo in los for c in {f"{lo:X}", f"{lo:x}"}}))
+        alts.append(f"[{hi:X}{hi:x}][{cls}]" if hi > 9 else f"{hi:X}[{cls}]")
+    return ("%(?:" + "|".join(alts) + ")").encode()
+
+
 VALUE_BASE = 1 << 24  # ids of value patterns in a combined database
 COMBINE_MIN = 64  # value sets at least this large share one database with the rules
 
@@ -96,16 +121,18 @@ class ValueMatcher:
                 self.max_len = max(self.max_len, len(f.pattern))
         self.db: hs.Database | None = None
         self.rules: RuleMatcher | None = None
+        self.sig_shape = False  # the pass reports shape "pct-sig" (escapes of the values' bytes)
         if rules is not None and len(values) >= COMBINE_MIN:
             self.rules = rules
             r_exprs, r_ids, r_flags = rules.expressions
             self.db = hs.Database(mode=hs.HS_MODE_BLOCK)
             self.db.compile(
-                expressions=[_lit(e) for e in exprs] + r_exprs,
-                ids=[VALUE_BASE + i for i in range(len(exprs))] + r_ids,
-                elements=len(exprs) + len(r_exprs),
-                flags=flags + r_flags,
+                expressions=[_lit(e) for e in exprs] + r_exprs + [significant_escapes(values)],
+                ids=[VALUE_BASE + i for i in range(len(exprs))] + r_ids + [rules.sig_id],
+                elements=len(exprs) + len(r_exprs) + 1,
+                flags=flags + r_flags + [hs.HS_FLAG_SINGLEMATCH],
             )
+            self.sig_shape = True
         elif exprs:
             self.db = hs.Database(mode=hs.HS_MODE_BLOCK)
             self.db.compile(expressions=exprs, ids=list(range(len(exprs))), elements=len(exprs), flags=flags, literal=True)
@@ -183,6 +210,9 @@ class RuleMatcher:
         self.rules: tuple[Rule, ...] = pack.rules
         self.shape_names = list(SHAPES) + ["hex"]
         self.shape_base = len(self.rules)
+        # id of the value-dependent "pct-sig" shape, compiled into combined value databases only
+        self.sig_id = self.shape_base + len(self.shape_names)
+        self._names = self.shape_names + ["pct-sig"]
         exprs: list[bytes] = []
         ids: list[int] = []
         flags: list[int] = []
@@ -255,7 +285,7 @@ class RuleMatcher:
                         for i, r in enumerate(self.rules)]
 
     def classify(self, hit: dict[int, list]) -> tuple[dict[int, list[tuple[int, int]] | None], dict[str, list]]:
-        shapes = {self.shape_names[i - self.shape_base]: e for i, e in hit.items() if i >= self.shape_base}
+        shapes = {self._names[i - self.shape_base]: e for i, e in hit.items() if i >= self.shape_base}
         rules: dict[int, list[int] | None] = {i: e for i, e in hit.items() if i < self.shape_base}
         for i in self.fallback:
             rules[i] = None

@@ -41,8 +41,8 @@ from .decode import (
     sniff,
     url_view,
 )
-from .forms import HALF, MIN_VALUE_LEN, forms
-from .matcher import RuleMatcher, ValueMatcher
+from .forms import HALF, MIN_VALUE_LEN
+from .matcher import RuleMatcher, ValueMatcher, significant_escapes
 from .rules import RulePack
 
 KNOWN = "known-value"
@@ -358,7 +358,11 @@ class Detector:
                 # No rule can match in the URL view (no keyword, plain or percent-encoded) and no
                 # base64/hex block is to be decoded: only the known values' literal forms can match,
                 # and only around escapes that decode to a byte of one of them. Decode just there.
-                dec, m = sig_windows(data, self._url_sig, win, view.form)
+                # (the main pass said whether there is any such escape at all: shape "pct-sig")
+                if self._vm.sig_shape and "pct-sig" not in shapes:
+                    dec = b""
+                else:
+                    dec, m = sig_windows(data, self._url_sig, win, view.form)
             if dec:
                 self._scan_view(_View(part, dec, view.chain + ("url",), _compose(view.to_part, m.span), view.region, depth,
                                       view.form, fresh_blocks=blocks, url_made_escapes="pct-bs" in shapes), acc)
@@ -539,28 +543,10 @@ def _confirm(rx: re.Pattern[bytes], data: bytes, hits: list[tuple[int, int]] | N
             yield m
 
 
-# bytes any escape view may need beyond the values' own: escape and block alphabets, line breaks
-_ALWAYS_SIG = set(b"%\\=\r\n+/_-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-
-
 def _significant_escapes(values: tuple[KnownValue, ...]) -> re.Pattern[bytes]:
     """A regex for the percent escapes whose decoded byte occurs in some literal form of some value
     (or is an escape/block alphabet byte): only those can be inside a value match in a URL view."""
-    sig = set(_ALWAYS_SIG)
-    for v in values:
-        for f in forms(v.value):
-            sig.update(f.pattern)
-            if f.caseless:
-                sig.update(f.pattern.lower())
-                sig.update(f.pattern.upper())
-    alts = []
-    for hi in range(16):
-        los = [lo for lo in range(16) if (hi << 4 | lo) in sig]
-        if not los:
-            continue
-        cls = "".join(sorted({c for lo in los for c in {f"{lo:X}", f"{lo:x}"}}))
-        alts.append(f"[{hi:X}{hi:x}][{cls}]" if hi > 9 else f"{hi:X}[{cls}]")
-    return re.compile(("%(?:" + "|".join(alts) + ")").encode())
+    return re.compile(significant_escapes([v.value for v in values]))
 
 
 def _identity(s: int, e: int) -> tuple[int, int]:

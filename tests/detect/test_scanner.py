@@ -266,3 +266,26 @@ def test_url_view_gate_needs_only_rule_keywords_when_no_block_can_be_split():
     hits = [h for h in det.scan(body, "body") if h.rule == "generic-secret-assignment"]
     assert hits and hits[0].raw_span is not None
     assert body[hits[0].raw_span[0] : hits[0].raw_span[1]] == secret
+
+
+def test_url_view_skipped_when_the_main_pass_sees_no_significant_escape():
+    """With a combined value database the main pass reports whether any escape decodes to a byte of
+    some value's forms ("pct-sig"): a body with only %3A/%20 gets no URL view at all, and a value
+    with one such byte percent-encoded is still found with its raw span."""
+    import random
+
+    rnd = random.Random(11)
+    values = [KnownValue(f"v{i}", ("Pw-" + "".join(rnd.choice("abcdefghkmnpqrstuvwxyz23456789") for _ in range(17))).encode())
+              for i in range(100)]
+    det = Detector(builtin_rules(), values)
+    assert det._vm.sig_shape
+    filler = b"".join(b"q=is%3Aopen+label%3Abug%20%20x&" for _ in range(400))
+    assert "pct-sig" not in det._vm.scan_all(filler)[2]
+    assert det.scan(filler, "body") == []
+    value = values[42].value
+    enc = value[:5] + b"%" + value[5:6].hex().upper().encode() + value[6:]
+    body = filler + b"v=" + enc + b"&" + filler
+    assert "pct-sig" in det._vm.scan_all(body)[2]
+    hits = det.scan(body, "body")
+    assert [(h.rule, h.label) for h in hits] == [("known-value", "v42")]
+    assert body[hits[0].raw_span[0] : hits[0].raw_span[1]] == enc
