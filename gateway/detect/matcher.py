@@ -61,6 +61,31 @@ def keyword_forms(keywords: set[str]) -> tuple[list[bytes], list[bytes]]:
     return sorted(b64), sorted(hexes)
 
 
+# bytes any escape view may need beyond the values' own: escape and block alphabets, line breaks
+_ALWAYS_SIG = set(b"%\\=\r\n+/_-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def significant_escapes(values: Sequence[bytes]) -> bytes:
+    """A regex (Python and hyperscan) for the percent escapes whose decoded byte occurs in some literal
+    form of some value (or is an escape/block alphabet byte): only those can be inside a value match
+    in a URL view."""
+    sig = set(_ALWAYS_SIG)
+    for value in values:
+        for f in forms(value):
+            sig.update(f.pattern)
+            if f.caseless:
+                sig.update(f.pattern.lower())
+                sig.update(f.pattern.upper())
+    alts = []
+    for hi in range(16):
+        los = [lo for lo in range(16) if (hi << 4 | lo) in sig]
+        if not los:
+            continue
+        cls = "".join(sorted({c for lo in los for c in {f"{lo:X}", f"{lo:x}"}}))
+        alts.append(f"[{hi:X}{hi:x}][{cls}]" if hi > 9 else f"{hi:X}[{cls}]")
+    return ("%(?:" + "|".join(alts) + ")").encode()
+
+
 VALUE_BASE = 1 << 24  # ids of value patterns in a combined database
 COMBINE_MIN = 64  # value sets at least this large share one database with the rules
 
@@ -96,16 +121,18 @@ class ValueMatcher:
                 self.max_len = max(self.max_len, len(f.pattern))
         self.db: hs.Database | None = None
         self.rules: RuleMatcher | None = None
+        self.sig_shape = False  # the pass reports shape "pct-sig" (escapes of the values' bytes)
         if rules is not None and len(values) >= COMBINE_MIN:
             self.rules = rules
             r_exprs, r_ids, r_flags = rules.expressions
             self.db = hs.Database(mode=hs.HS_MODE_BLOCK)
             self.db.compile(
-                expressions=[_lit(e) for e in exprs] + r_exprs,
-                ids=[VALUE_BASE + i for i in range(len(exprs))] + r_ids,
-                elements=len(exprs) + len(r_exprs),
-                flags=flags + r_flags,
+                expressions=[_lit(e) for e in exprs] + r_exprs + [significant_escapes(values)],
+                ids=[VALUE_BASE + i for i in range(len(exprs))] + r_ids + [rules.sig_id],
+                elements=len(exprs) + len(r_exprs) + 1,
+                flags=flags + r_flags + [hs.HS_FLAG_SINGLEMATCH],
             )
+            self.sig_shape = True
         elif exprs:
             self.db = hs.Database(mode=hs.HS_MODE_BLOCK)
             self.db.compile(expressions=exprs, ids=list(range(len(exprs))), elements=len(exprs), flags=flags, literal=True)
@@ -140,15 +167,15 @@ def _collect(pid: int, _from: int, to: int, _flags: int, ctx: list) -> None:
     ctx.append((pid, to))
 
 
-def _collect_all(pid: int, _from: int, to: int, _flags: int, ctx: tuple) -> None:
+def _collect_all(pid: int, frm: int, to: int, _flags: int, ctx: tuple) -> None:
     if pid >= VALUE_BASE:
         ctx[0].append((pid - VALUE_BASE, to))
         return
     ends = ctx[1].get(pid)
     if ends is None:
-        ctx[1][pid] = [to]
+        ctx[1][pid] = [(frm, to)]
     else:
-        ends.append(to)
+        ends.append((frm, to))
 
 
 def _pct_lit(pattern: bytes) -> bytes:
@@ -168,12 +195,12 @@ def _first(_pid: int, _from: int, _to: int, _flags: int, _ctx: object) -> bool:
     return True  # stop the scan
 
 
-def _collect_rule(pid: int, _from: int, to: int, _flags: int, ctx: dict) -> None:
+def _collect_rule(pid: int, frm: int, to: int, _flags: int, ctx: dict) -> None:
     ends = ctx.get(pid)
     if ends is None:
-        ctx[pid] = [to]
+        ctx[pid] = [(frm, to)]
     else:
-        ends.append(to)
+        ends.append((frm, to))
 
 
 class RuleMatcher:
@@ -183,11 +210,15 @@ class RuleMatcher:
         self.rules: tuple[Rule, ...] = pack.rules
         self.shape_names = list(SHAPES) + ["hex"]
         self.shape_base = len(self.rules)
+        # id of the value-dependent "pct-sig" shape, compiled into combined value databases only
+        self.sig_id = self.shape_base + len(self.shape_names)
+        self._names = self.shape_names + ["pct-sig"]
         exprs: list[bytes] = []
         ids: list[int] = []
         flags: list[int] = []
         self.fallback: list[int] = []
         self.prefiltered: list[int] = []
+        self.som: set[int] = set()
         for i, r in enumerate(self.rules):
             expr = r.prefilter.encode()
             f = _try_flags(expr)
@@ -196,6 +227,11 @@ class RuleMatcher:
                 continue
             if f & hs.HS_FLAG_PREFILTER:
                 self.prefiltered.append(i)
+            elif _compiles(expr, hs.HS_FLAG_SOM_LEFTMOST):
+                # start offsets too: `re` then confirms from where the match starts instead of
+                # trying every position of a window before its end (see scanner._confirm)
+                f |= hs.HS_FLAG_SOM_LEFTMOST
+                self.som.add(i)
             exprs.append(expr)
             ids.append(i)
             flags.append(f & ~hs.HS_FLAG_SINGLEMATCH)
@@ -234,26 +270,34 @@ class RuleMatcher:
             kflags = [hs.HS_FLAG_SINGLEMATCH | (hs.HS_FLAG_CASELESS if c else 0) for _k, c in kws]
             self.kw_db = hs.Database(mode=hs.HS_MODE_BLOCK)
             self.kw_db.compile(expressions=kexprs, ids=list(range(len(kexprs))), elements=len(kexprs), flags=kflags)
+            # the rule keywords alone: a URL view that decodes no base64/hex blocks (its escapes cannot
+            # split one) needs only these (hex forms of short keywords, "q~" -> 717e, are in every SHA)
+            self.kw_plain_db = hs.Database(mode=hs.HS_MODE_BLOCK)
+            self.kw_plain_db.compile(expressions=kexprs[: len(kw)], ids=list(range(len(kw))), elements=len(kw),
+                                     flags=kflags[: len(kw)])
         self.db = hs.Database(mode=hs.HS_MODE_BLOCK)
         self.db.compile(expressions=exprs, ids=ids, elements=len(exprs), flags=flags)
         self.max_len = max((r.max_len for r in self.rules), default=0)
         # rules whose hyperscan expression is their own regex, compiled exactly: every match end is reported
         self.exact = frozenset(i for i in ids if i < self.shape_base and self.rules[i].hs is None) - set(self.prefiltered)
+        # per rule: (exact, start offsets reported, shortest prefilter match) for scanner._confirm
+        self.confirm = [(i in self.exact, i in self.som, _min_width(r.prefilter) if i in self.som else 0)
+                        for i, r in enumerate(self.rules)]
 
-    def classify(self, hit: dict[int, list[int]]) -> tuple[dict[int, list[int] | None], dict[str, list[int]]]:
-        shapes = {self.shape_names[i - self.shape_base]: e for i, e in hit.items() if i >= self.shape_base}
+    def classify(self, hit: dict[int, list]) -> tuple[dict[int, list[tuple[int, int]] | None], dict[str, list]]:
+        shapes = {self._names[i - self.shape_base]: e for i, e in hit.items() if i >= self.shape_base}
         rules: dict[int, list[int] | None] = {i: e for i, e in hit.items() if i < self.shape_base}
         for i in self.fallback:
             rules[i] = None
         return rules, shapes
 
-    def has_keyword(self, data: bytes) -> bool:
-        """Whether `data` holds a rule keyword (any case) or a keyword's base64/hex form, with any
-        of its bytes percent-encoded."""
+    def has_keyword(self, data: bytes, blocks: bool = True) -> bool:
+        """Whether `data` holds a rule keyword (any case) or, with `blocks`, a keyword's base64/hex
+        form, with any of its bytes percent-encoded."""
         if self.kw_db is None:
             return not self.kw_none
         try:
-            self.kw_db.scan(data, match_event_handler=_first)
+            (self.kw_db if blocks else self.kw_plain_db).scan(data, match_event_handler=_first)
         except hs.ScanTerminated:  # the handler stops at the first keyword
             return True
         return False
@@ -264,6 +308,24 @@ class RuleMatcher:
         if data:
             self.db.scan(data, match_event_handler=_collect_rule, context=hit)
         return self.classify(hit)
+
+
+def _compiles(expr: bytes, flags: int) -> bool:
+    try:
+        hs.Database(mode=hs.HS_MODE_BLOCK).compile(expressions=[expr], ids=[0], elements=1, flags=[flags])
+    except hs.error:  # e.g. "Pattern is too large" for start offsets of long bounded repeats
+        return False
+    return True
+
+
+def _min_width(expr: str) -> int:
+    """The shortest match of a prefilter expression (0 if Python cannot parse it: always safe)."""
+    import re._parser as sre
+
+    try:
+        return max(0, int(sre.parse(expr).getwidth()[0]))
+    except Exception:  # hyperscan syntax Python does not know
+        return 0
 
 
 def _try_flags(expr: bytes) -> int | None:

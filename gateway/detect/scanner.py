@@ -41,8 +41,8 @@ from .decode import (
     sniff,
     url_view,
 )
-from .forms import HALF, MIN_VALUE_LEN, forms
-from .matcher import RuleMatcher, ValueMatcher
+from .forms import HALF, MIN_VALUE_LEN
+from .matcher import RuleMatcher, ValueMatcher, significant_escapes
 from .rules import RulePack
 
 KNOWN = "known-value"
@@ -326,7 +326,7 @@ class Detector:
         lowered: bytes | None = None
         global_allow = self.rules.allowlist
         rules = self._engine.rules.rules
-        exact = self._engine.rules.exact
+        confirm = self._engine.rules.confirm
         n = len(data)
         for ri in sorted(rule_hits):
             rule = rules[ri]
@@ -335,7 +335,7 @@ class Detector:
                     lowered = data.lower()
                 if not any(k in lowered for k in rule._kw):  # type: ignore[attr-defined]
                     continue
-            for m in _confirm(rule.compiled, data, rule_hits[ri], rule.max_len, n, ri in exact):
+            for m in _confirm(rule.compiled, data, rule_hits[ri], rule.max_len, n, *confirm[ri]):
                 s, e = rule.secret_span(m)
                 if e <= s or not rule.accepts(data[s:e], m.group(0), global_allow):
                     continue
@@ -349,16 +349,23 @@ class Detector:
         # Escape views: decoded only where needed (windows around sparse escapes), and they look for
         # base64/hex blocks again only if their escapes can have split a block (%2B %2F %3D, \/).
         if not binary and "pct" in shapes and chain.count("url") < 3:
-            if halves or "hex" in shapes or self._engine.rules.has_keyword(data):
+            # blocks are decoded in the URL view only where its escapes can split one (%2B %2F %3D,
+            # line breaks): without those, halves, hex forms and keywords' block forms do not matter
+            blocks = "pct-b64" in shapes
+            if (blocks and (halves or "hex" in shapes)) or self._engine.rules.has_keyword(data, blocks):
                 dec, m = url_view(data, form=view.form, window=win, odd="pct-odd" in shapes)
             else:
                 # No rule can match in the URL view (no keyword, plain or percent-encoded) and no
                 # base64/hex block is to be decoded: only the known values' literal forms can match,
                 # and only around escapes that decode to a byte of one of them. Decode just there.
-                dec, m = sig_windows(data, self._url_sig, win, view.form)
+                # (the main pass said whether there is any such escape at all: shape "pct-sig")
+                if self._vm.sig_shape and "pct-sig" not in shapes:
+                    dec = b""
+                else:
+                    dec, m = sig_windows(data, self._url_sig, win, view.form)
             if dec:
                 self._scan_view(_View(part, dec, view.chain + ("url",), _compose(view.to_part, m.span), view.region, depth,
-                                      view.form, fresh_blocks="pct-b64" in shapes, url_made_escapes="pct-bs" in shapes), acc)
+                                      view.form, fresh_blocks=blocks, url_made_escapes="pct-bs" in shapes), acc)
         # a JSON view of a URL view only when the URL decoding made new escapes (%5C): otherwise the
         # URL view of the JSON view (below) is the same bytes
         if not binary and "json" in shapes and chain.count("json-u") < 2 and (
@@ -477,19 +484,45 @@ class Detector:
         return hits
 
 
-def _confirm(rx: re.Pattern[bytes], data: bytes, ends: list[int] | None, max_len: int, n: int, exact: bool = False):
-    """Matches of `rx` in windows of max_len bytes around hyperscan's end offsets (all data if None).
+def _confirm(rx: re.Pattern[bytes], data: bytes, hits: list[tuple[int, int]] | None, max_len: int, n: int,
+             exact: bool = False, som: bool = False, min_width: int = 0):
+    """Matches of `rx` near hyperscan's (start, end) offsets of the rule's prefilter (all data if None),
+    the matches a `finditer` over the whole data yields there.
 
     `exact`: hyperscan ran the rule's own expression (not a prefilter approximation), so it reported
     the end of every match: a match starts at most max_len before one of those ends, and the window
     need not reach further past it (measured: halves the confirm cost of keyword rules whose `(?i)`
-    alternations Python `re` tries at every position)."""
-    if ends is None:
+    alternations Python `re` tries at every position).
+
+    `som`: the starts are hyperscan's leftmost start offsets. A match of `rx` at p has a prefilter
+    match starting in [p, p + 8] (a stripped token-start group) and ending at some reported end
+    e >= p + min_width, so `re` searches from 8 bytes before that start and stops once a match ends
+    past e - min_width (any later match has its own report): one match attempt per report instead of
+    one per byte of a max_len window (the generic `password=` rule: 70 us -> a few per candidate)."""
+    if hits is None:
         yield from rx.finditer(data)
         return
-    ends.sort()
-    windows: list[list[int]] = []
     after = 8 if exact else max_len + 8
+    if som:
+        hits.sort()
+        last = 0
+        for s, e in hits:
+            if e - min_width < last:  # every match this report can start is inside one already yielded
+                continue
+            lo, hi = max(0, s - 8, last), min(n, e + after)
+            for m in rx.finditer(data, lo, hi):
+                if m.end() == hi and hi < n:  # may continue past the window: re-run unbounded
+                    m2 = rx.match(data, m.start())
+                    if m2 is None:
+                        continue
+                    m = m2
+                last = m.end()
+                yield m
+                if last > e - min_width:
+                    break
+        return
+    ends = sorted(e for _s, e in hits)
+    windows: list[list[int]] = []
     for end in ends:
         lo, hi = max(0, end - max_len - 8), min(n, end + after)  # slack: delimiters around a token
         if windows and lo <= windows[-1][1]:
@@ -510,28 +543,10 @@ def _confirm(rx: re.Pattern[bytes], data: bytes, ends: list[int] | None, max_len
             yield m
 
 
-# bytes any escape view may need beyond the values' own: escape and block alphabets, line breaks
-_ALWAYS_SIG = set(b"%\\=\r\n+/_-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-
-
 def _significant_escapes(values: tuple[KnownValue, ...]) -> re.Pattern[bytes]:
     """A regex for the percent escapes whose decoded byte occurs in some literal form of some value
     (or is an escape/block alphabet byte): only those can be inside a value match in a URL view."""
-    sig = set(_ALWAYS_SIG)
-    for v in values:
-        for f in forms(v.value):
-            sig.update(f.pattern)
-            if f.caseless:
-                sig.update(f.pattern.lower())
-                sig.update(f.pattern.upper())
-    alts = []
-    for hi in range(16):
-        los = [lo for lo in range(16) if (hi << 4 | lo) in sig]
-        if not los:
-            continue
-        cls = "".join(sorted({c for lo in los for c in {f"{lo:X}", f"{lo:x}"}}))
-        alts.append(f"[{hi:X}{hi:x}][{cls}]" if hi > 9 else f"{hi:X}[{cls}]")
-    return re.compile(("%(?:" + "|".join(alts) + ")").encode())
+    return re.compile(significant_escapes([v.value for v in values]))
 
 
 def _identity(s: int, e: int) -> tuple[int, int]:

@@ -199,8 +199,9 @@ def test_engine_imports_nothing_from_mitmproxy():
 
 def test_confirm_windows_of_exact_rules_find_what_a_whole_pass_finds():
     """Rules compiled exactly into hyperscan get confirmation windows that end just past each reported
-    end offset: on samples packed densely among noise and each other, the windowed matches equal a
-    Python `re` pass over the whole data."""
+    end offset, and rules with start offsets (SOM) are confirmed from each reported start: on samples
+    packed densely among noise and each other, the confirmed matches equal a Python `re` pass over
+    the whole data."""
     import random
 
     from gateway.detect.matcher import RuleMatcher
@@ -218,13 +219,15 @@ def test_confirm_windows_of_exact_rules_find_what_a_whole_pass_finds():
         data = b"".join(rnd.choice(samples) + b"".join(rnd.choice(noise) for _ in range(rnd.randint(0, 6)))
                         for _ in range(rnd.randint(1, 8)))
         hits, _shapes = rm.scan(data)
-        for ri in rm.exact:
+        for ri in rm.exact | rm.som:
             rule = rm.rules[ri]
             whole = [m.span() for m in rule.compiled.finditer(data)]
-            got = [m.span() for m in _confirm(rule.compiled, data, list(hits.get(ri) or []), rule.max_len, len(data), True)]
+            got = [m.span() for m in _confirm(rule.compiled, data, list(hits.get(ri) or []), rule.max_len, len(data),
+                                              *rm.confirm[ri])]
             assert got == whole, rule.id
             checked += len(whole)
     assert checked > 100
+    assert {rm.rules[i].id for i in rm.som} >= {"generic-secret-assignment", "jwt", "github-pat"}
 
 
 def test_url_view_decoded_only_around_escapes_a_value_form_can_hold():
@@ -247,3 +250,42 @@ def test_url_view_decoded_only_around_escapes_a_value_form_can_hold():
     secret = b"p%61ss%77ord%3D%22" + b"Zk9Qx2Lm7Rt4Vb8Nc1Wd" + b"%22"
     hits = det.scan(filler + secret + filler, "body")
     assert "generic-secret-assignment" in {h.rule for h in hits}
+
+
+def test_url_view_gate_needs_only_rule_keywords_when_no_block_can_be_split():
+    """Without escapes that can split a base64 block (%2B %2F %3D, line breaks) the URL view decodes
+    no blocks, so only the rule keywords open it whole (a SHA holding 717e, the hex form of the azure
+    keyword "q~", no longer does); a keyword with percent-encoded bytes still does, and the match maps
+    back to the encoded bytes."""
+    det = Detector(builtin_rules(), [])
+    rm = det._engine.rules
+    sha = b"6f996ea8717e6a065d2a62aa0c5e1f23b4d5e6f7"
+    assert rm.has_keyword(sha, blocks=True) and not rm.has_keyword(sha, blocks=False)
+    secret = b"Zq8Lw3Xv7Np2Rt6Yb"
+    body = b"sha=" + sha + b"&q=is%3Aopen+label%3Abug&p%61ssword%3A%20" + secret + b"&x=1"
+    hits = [h for h in det.scan(body, "body") if h.rule == "generic-secret-assignment"]
+    assert hits and hits[0].raw_span is not None
+    assert body[hits[0].raw_span[0] : hits[0].raw_span[1]] == secret
+
+
+def test_url_view_skipped_when_the_main_pass_sees_no_significant_escape():
+    """With a combined value database the main pass reports whether any escape decodes to a byte of
+    some value's forms ("pct-sig"): a body with only %3A/%20 gets no URL view at all, and a value
+    with one such byte percent-encoded is still found with its raw span."""
+    import random
+
+    rnd = random.Random(11)
+    values = [KnownValue(f"v{i}", ("Pw-" + "".join(rnd.choice("abcdefghkmnpqrstuvwxyz23456789") for _ in range(17))).encode())
+              for i in range(100)]
+    det = Detector(builtin_rules(), values)
+    assert det._vm.sig_shape
+    filler = b"".join(b"q=is%3Aopen+label%3Abug%20%20x&" for _ in range(400))
+    assert "pct-sig" not in det._vm.scan_all(filler)[2]
+    assert det.scan(filler, "body") == []
+    value = values[42].value
+    enc = value[:5] + b"%" + value[5:6].hex().upper().encode() + value[6:]
+    body = filler + b"v=" + enc + b"&" + filler
+    assert "pct-sig" in det._vm.scan_all(body)[2]
+    hits = det.scan(body, "body")
+    assert [(h.rule, h.label) for h in hits] == [("known-value", "v42")]
+    assert body[hits[0].raw_span[0] : hits[0].raw_span[1]] == enc
