@@ -83,6 +83,13 @@ metadata:
   name: bench
 spec:
   mode: enforce
+  detection:
+    rules:
+      # The credentials section's sandbox A sends random values shaped like these keys to the bench
+      # origin (B sends placeholders): still scanned, allowed for that host only.
+      openai-project-key: {allow: [{matchName: allowed.test}]}
+      anthropic-api-key: {allow: [{matchName: allowed.test}]}
+      gitlab-pat: {allow: [{matchName: allowed.test}]}
   egress:
     - name: anthropic-api
       hosts: [{matchName: api.anthropic.com}]
