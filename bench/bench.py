@@ -83,6 +83,10 @@ metadata:
   name: bench
 spec:
   mode: enforce
+  limits:  # the per-session rate limits would refuse the load itself (429): out of the way, still checked
+    requestsPerSecond: 1000000
+    tlsHandshakesPerSecond: 1000000
+    connections: 100000
   detection:
     rules:
       # The credentials section's sandbox A sends random values shaped like these keys to the bench
