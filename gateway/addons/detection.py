@@ -35,7 +35,7 @@ from gateway.detect import Detector, Hit, RulePack, builtin_rules
 from gateway.detect.decode import DecodeLimit
 from gateway.detect.entropy import shannon
 from gateway.exfil.budget import UploadBudgets
-from gateway.exfil.joined import scan_parts
+from gateway.exfil.joined import SEP, scan_parts
 from gateway.exfil.known import KnownValues
 from gateway.exfil.split import SplitTracker
 from gateway.exfil.verdict import (
@@ -135,31 +135,33 @@ def _compiled(packs: tuple | None) -> Detector:
 def _across_hits(joined: Detector, fragments: list[tuple[str, bytes]]) -> list:
     """A known value cut into pieces sent in several fields of ONE request (`X-A: <first half>`,
     `X-B: <second half>`): the fields the sandbox chose (query values, custom headers, cookies,
-    path segments) joined in the order sent, and in reverse order, scanned for known values only.
-    Only a hit that spans two fields counts (one inside a field was found by the head scan); it has
-    no place to redact, so it can only be refused. Pieces shuffled into any other order are not
-    found (docs/detection.md)."""
+    path segments) joined in the order sent, and in reverse order, scanned for known values only
+    (one engine call: the two joins are separated by `SEP`, which no encoded run crosses). Only a
+    hit that spans two fields counts (one inside a field was found by the head scan); it has no
+    place to redact, so it can only be refused. Pieces shuffled into any other order are not found
+    (docs/detection.md)."""
     if not joined.values or len(fragments) < 2:
         return []
     values = [data for _, data in fragments]
-    for order in (values, values[::-1]):
-        data = b"".join(order)
-        bounds, pos = [], 0
-        for v in order[:-1]:
-            pos += len(v)
-            bounds.append(pos)
-        try:
-            hits = joined.scan(data, "split:request")
-        except DecodeLimit as e:
-            hits = e.hits
-        crossing = []
-        for h in hits:
-            start, end = h.raw_span or (h.offset, h.offset + h.length)
-            if any(start < b < end for b in bounds):
-                crossing.append(dataclasses.replace(h, raw_span=None))
-        if crossing:
-            return crossing
-    return []
+    forward = b"".join(values)
+    bounds, pos = [], 0
+    for v in values[:-1]:  # field borders in the forward join, then in the reverse join after SEP
+        pos += len(v)
+        bounds.append(pos)
+    pos = len(forward) + len(SEP)
+    for v in values[:0:-1]:
+        pos += len(v)
+        bounds.append(pos)
+    try:
+        hits = joined.scan(forward + SEP + b"".join(reversed(values)), "split:request")
+    except DecodeLimit as e:
+        hits = e.hits
+    crossing = []
+    for h in hits:
+        start, end = h.raw_span or (h.offset, h.offset + h.length)
+        if any(start < b < end for b in bounds):
+            crossing.append(dataclasses.replace(h, raw_span=None))
+    return crossing
 
 
 class Detection:

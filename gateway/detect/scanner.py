@@ -484,6 +484,17 @@ class Detector:
         return hits
 
 
+def _window_matches(rx: re.Pattern[bytes], data: bytes, lo: int, hi: int):
+    """`rx`'s matches in data[lo:hi]; one that reaches `hi` (before the data's end) may continue past
+    the window, so it is re-run unbounded from its start (and dropped if it no longer matches)."""
+    for m in rx.finditer(data, lo, hi):
+        if m.end() == hi and hi < len(data):
+            m = rx.match(data, m.start())
+            if m is None:
+                continue
+        yield m
+
+
 def _confirm(rx: re.Pattern[bytes], data: bytes, hits: list[tuple[int, int]] | None, max_len: int, n: int,
              exact: bool = False, som: bool = False, min_width: int = 0):
     """Matches of `rx` near hyperscan's (start, end) offsets of the rule's prefilter (all data if None),
@@ -510,12 +521,7 @@ def _confirm(rx: re.Pattern[bytes], data: bytes, hits: list[tuple[int, int]] | N
             if e - min_width < last:  # every match this report can start is inside one already yielded
                 continue
             lo, hi = max(0, s - 8, last), min(n, e + after)
-            for m in rx.finditer(data, lo, hi):
-                if m.end() == hi and hi < n:  # may continue past the window: re-run unbounded
-                    m2 = rx.match(data, m.start())
-                    if m2 is None:
-                        continue
-                    m = m2
+            for m in _window_matches(rx, data, lo, hi):
                 last = m.end()
                 yield m
                 if last > e - min_width:
@@ -531,14 +537,9 @@ def _confirm(rx: re.Pattern[bytes], data: bytes, hits: list[tuple[int, int]] | N
             windows.append([lo, hi])
     last = -1
     for lo, hi in windows:
-        for m in rx.finditer(data, lo, hi):
+        for m in _window_matches(rx, data, lo, hi):
             if m.start() < last:
                 continue
-            if m.end() == hi and hi < n:  # may continue past the window: re-run unbounded
-                m2 = rx.match(data, m.start())
-                if m2 is None:
-                    continue
-                m = m2
             last = m.end()
             yield m
 
