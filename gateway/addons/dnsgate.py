@@ -47,7 +47,16 @@ logger = logging.getLogger("egressgw.dns")
 
 
 def _refuse_dns(self, flow: mdns.DNSFlow) -> None:
+    """The gate itself failed: refuse the query, and say so in the flow log (every query is logged)."""
     flow.response = flow.request.fail(response_codes.REFUSED)
+    q = flow.request.question if flow.request.questions else None
+    try:
+        self.audit.emit(events.make_event(
+            events.DNS, client=events.address(flow.client_conn.peername), dns_qname=q.name if q else None,
+            dns_rcode="REFUSED", decision="deny", reason="bad-request",
+            detail="the gateway failed while handling this query and refused it (see the gateway's own log)"))
+    except Exception:  # noqa: BLE001 - the refusal stands whatever the log does
+        logger.error("a refused DNS query could not be logged")
 
 
 class DnsGate:
@@ -75,6 +84,8 @@ class DnsGate:
 
     @fail_closed(_refuse_dns)
     async def dns_request(self, flow: mdns.DNSFlow) -> None:
+        if flow.response is not None:
+            return  # already answered (a limit refused it, and logged it): never asked upstream, never logged twice
         client = flow.client_conn.peername
         try:
             session, reason = self.registry.by_source(client[0]), "no-session"

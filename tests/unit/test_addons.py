@@ -712,6 +712,31 @@ def test_dns_refusal_that_cannot_be_logged_is_servfail(gw):
     assert flow.response.response_code == mdns.response_codes.SERVFAIL
 
 
+def test_dns_query_already_answered_is_not_asked_upstream_nor_logged_again(gw):
+    # A limit refused it (and logged it) before the gate: the refusal stands, upstream never sees it.
+    flow = dns_flow()
+    flow.response = flow.request.fail(mdns.response_codes.REFUSED)
+    run(gw.dns.dns_request(flow))
+    assert flow.response.response_code == mdns.response_codes.REFUSED
+    assert gw.resolver.queries == [] and gw.flow_log("dns") == []
+    assert gw.session.names_for("198.18.1.10") == frozenset()
+
+
+def test_dns_gate_failure_is_refused_and_logged(gw, monkeypatch):
+    def broken(address):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(gw.registry, "by_source", broken)
+    flow = dns_flow()
+    run(gw.dns.dns_request(flow))
+    assert flow.response.response_code == mdns.response_codes.REFUSED
+    assert gw.resolver.queries == []
+    event = gw.flow_log("dns")[-1]
+    assert (event["dns_qname"], event["dns_rcode"], event["decision"], event["reason"]) == (
+        "allowed.test", "REFUSED", "deny", "bad-request")
+    assert "boom" not in json.dumps(event)
+
+
 # ---------------------------------------------------------------------------------------- raw tcp
 
 
