@@ -14,19 +14,21 @@ from gateway.addons.protocolerrors import ProtocolErrors
 from gateway.addons.tcppolicy import TcpPolicy
 from gateway.addons.timeouts import Timeouts
 from gateway.addons.tlsgate import TlsGate
+from gateway.exfil.detectors import SessionDetectors
 
 
 def default_addons(*, registry, conns, resolver, guard, audit, store, dns_tunnels=None, timeouts=None) -> list:
     """`timeouts`: keyword arguments of `Timeouts` (headers, body, origin seconds), from the config."""
+    detectors = SessionDetectors(store)  # each session's compiled detectors, shared by DNS and HTTP detection
     return [
         Identity(registry, conns, audit),  # source address / proxy credentials -> session
         Limits(registry, conns, audit),  # per-session limits: connections, rates, sizes (gateway/limits.py)
         Timeouts(conns, audit, **(timeouts or {})),  # slow clients, slow origins
-        DnsGate(registry, resolver, audit, dns_tunnels, store),  # allowed names only, asked of upstream.dns; tunnels refused
+        DnsGate(registry, resolver, audit, dns_tunnels, detectors=detectors),  # allowed names only, asked of upstream.dns; tunnels refused
         TlsGate(conns, guard, audit),  # SNI at ClientHello: refuse / pass through / intercept
         HttpPolicy(conns, guard, audit),  # Host = SNI = authority; port, method, path
         TcpPolicy(conns, guard, audit),  # raw TCP only where a tcp rule allows it
-        Detection(registry, store, audit),  # exfiltration in what the sandbox sends, before any substitution
+        Detection(registry, store, audit, detectors=detectors),  # exfiltration in what the sandbox sends, before any substitution
         LimitsBody(audit),  # request bodies counted as they stream, cut past spec.limits.bodyBytes
         Credentials(registry, store, audit),  # placeholders -> real values, approved hosts only; mask responses
         DialGate(conns),  # only vetted addresses are dialled

@@ -17,13 +17,9 @@ into the flow-log event of its flow (`detections`, `alert: true`).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import functools
 import logging
 import zlib
-from concurrent.futures import ThreadPoolExecutor
-from collections import OrderedDict
 from urllib.parse import unquote_to_bytes
 
 from mitmproxy import ctx, http
@@ -31,12 +27,12 @@ from mitmproxy import ctx, http
 from gateway.addons.auditor import HttpAudit
 from gateway.addons.failclosed import fail_closed, refuse_http
 from gateway.addons.refuse import META, close_flow, reason_text, refuse
-from gateway.detect import Detector, Hit, RulePack, builtin_rules
+from gateway.detect import Detector, Hit
 from gateway.detect.decode import DecodeLimit
 from gateway.detect.entropy import shannon
 from gateway.exfil.budget import UploadBudgets
 from gateway.exfil.joined import SEP, scan_parts
-from gateway.exfil.known import KnownValues
+from gateway.exfil.detectors import DetectionNotReady, SessionDetectors
 from gateway.exfil.split import SplitTracker
 from gateway.exfil.verdict import (
     HIGH_ENTROPY_BITS,
@@ -66,15 +62,7 @@ _STANDARD_HEADERS = frozenset({
     "origin", "referer", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "keep-alive",
     "if-none-match", "if-modified-since", "range",
 })
-_MAX_CACHED = 1024  # detectors kept (one per session and per policy)
-# How long a request waits for its session's detector to compile (1,000 values: ~2 s) before it is
-# refused with `detection-not-ready` (the compile goes on; the next request finds it done).
-COMPILE_WAIT = 30.0
 _DETECTORS = "egressgw-detectors"  # flow.metadata: the detectors the head was scanned with, for the body
-
-
-class DetectionNotReady(Exception):
-    """The session's detector is still compiling after COMPILE_WAIT seconds."""
 
 
 def _entropy_hit(size: int, bits: float) -> Hit:
@@ -119,19 +107,6 @@ def _refuse_ws(self, flow: http.HTTPFlow) -> None:
         flow.websocket.messages[-1].drop()
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled(packs: tuple | None) -> Detector:
-    """The compiled rules, shared by every session whose policy brings the same rule files (by value).
-
-    `None`: no rules at all (known values only, for joined fragments)."""
-    if packs is None:
-        return Detector(RulePack(()))
-    pack = builtin_rules()
-    for extra in packs:
-        pack = pack.merge(extra)
-    return Detector(pack)
-
-
 def _across_hits(joined: Detector, fragments: list[tuple[str, bytes]]) -> list:
     """A known value cut into pieces sent in several fields of ONE request (`X-A: <first half>`,
     `X-B: <second half>`): the fields the sandbox chose (query values, custom headers, cookies,
@@ -166,87 +141,33 @@ def _across_hits(joined: Detector, fragments: list[tuple[str, bytes]]) -> list:
 
 class Detection:
     def __init__(self, registry, store, audit, *, splits: SplitTracker | None = None,
-                 budgets: UploadBudgets | None = None):
+                 budgets: UploadBudgets | None = None, detectors: SessionDetectors | None = None):
         self.registry = registry
         self.audit = audit
-        self.known = KnownValues(store)
+        self.detectors = detectors if detectors is not None else SessionDetectors(store)
         self.splits = splits or SplitTracker()
         self.budgets = budgets or UploadBudgets()
-        self._bases: OrderedDict[int, tuple[object, Detector]] = OrderedDict()  # id(policy) -> (policy, detector)
-        self._sessions: OrderedDict[str, tuple[tuple, Detector, Detector]] = OrderedDict()
-        self._building: dict[str, tuple[tuple, asyncio.Future]] = {}  # session id -> (key, compile under way)
-        self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="egressgw-detect-compile")
         registry.subscribe(self._session_changed)
 
-    # -- the engine, per session ----------------------------------------------------------------
+    # -- the engine, per session (gateway/exfil/detectors.py) ------------------------------------
     def _session_changed(self, what: str, session) -> None:
         if what == "deleted":
-            self._sessions.pop(session.id, None)
-            self._building.pop(session.id, None)
-            self.known.forget(session.id)
+            self.detectors.forget(session.id)
             self.splits.forget(session.id)
             self.budgets.forget(session.id)
-
-    def _base(self, policy) -> Detector:
-        entry = self._bases.get(id(policy))
-        if entry is not None and entry[0] is policy:
-            self._bases.move_to_end(id(policy))
-            return entry[1]
-        detector = _compiled(tuple(policy.detection.packs))
-        self._bases[id(policy)] = (policy, detector)
-        if len(self._bases) > _MAX_CACHED:
-            self._bases.popitem(last=False)
-        return detector
+        elif what in ("created", "policy-replaced", "canaries-added"):
+            self.detectors.prepare(session)  # compiled before its first request, off the event loop
 
     def running(self) -> None:
-        """Compile the built-in rules once the proxy is up, not on some sandbox's first request."""
-        _compiled(())
+        """Compile the built-in rules once the proxy is up, not on some sandbox's first request; then,
+        in the compile thread, the detectors of the sessions restored from the store."""
+        self.detectors.warm()
+        for session in self.registry.list():
+            self.detectors.prepare(session)
 
     async def _detectors(self, session) -> tuple[Detector, Detector]:
-        """(full detector: rules + known values, values-only detector for joined fragments).
-
-        Compiling a value set takes seconds for large ones (1,000 values: ~2 s), so it never runs on
-        the event loop: it runs in one compile thread (hyperscan releases the GIL while compiling;
-        one thread: the engine's caches are not shared between threads). A request of the session
-        waits for it (other sessions' traffic goes on); after COMPILE_WAIT it is refused
-        (`detection-not-ready`, fail closed). A stale detector is never used: a canary or a rotated
-        secret value is detected from the first request after it was registered."""
-        values = await self.known.of(session)
-        key = (session.policy, values)
-        entry = self._sessions.get(session.id)
-        if entry is not None and entry[0][0] is key[0] and entry[0][1] is key[1]:
-            return entry[1], entry[2]
-        if entry is not None and entry[0] == key:
-            return entry[1], entry[2]
-        building = self._building.get(session.id)
-        if building is None or building[0] != key:
-            loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(self._compiler, self._build, session.policy, values)
-            building = self._building[session.id] = (key, future)
-
-            def done(fut, sid=session.id, key=key):
-                current = self._building.get(sid)
-                if current is not None and current[1] is fut:
-                    del self._building[sid]
-                else:
-                    return  # superseded by a newer value set, or the session was deleted
-                if fut.cancelled() or fut.exception() is not None:
-                    return
-                full, joined = fut.result()
-                self._sessions[sid] = (key, full, joined)
-                self._sessions.move_to_end(sid)
-                if len(self._sessions) > _MAX_CACHED:
-                    self._sessions.popitem(last=False)
-
-            future.add_done_callback(done)
-        try:
-            return await asyncio.wait_for(asyncio.shield(building[1]), COMPILE_WAIT)
-        except (asyncio.TimeoutError, TimeoutError):
-            raise DetectionNotReady(f"detector of session {session.id} still compiling") from None
-
-    def _build(self, policy, values) -> tuple[Detector, Detector]:
-        """In the compile thread."""
-        return self._base(policy).with_values(values), _compiled(None).with_values(values)
+        """(full detector: rules + known values, values-only detector for joined fragments)."""
+        return await self.detectors.of(session)
 
     # -- judging --------------------------------------------------------------------------------
     def _judge(self, hits, info: dict, data_of, *, body_streamed: bool = False) -> list[Finding]:
@@ -281,11 +202,11 @@ class Detection:
 
     def _suspicious(self, info: dict):
         """Whether a sandbox-chosen name (header, cookie, form field, file name) holds something to hide."""
-        entry = self._sessions.get(info["session"].id)
+        entry = self.detectors.cached(info["session"].id)
 
         def suspicious(name: str) -> bool:
             try:
-                return entry is None or bool(entry[1].scan(name.encode("utf-8", "replace"), "name"))
+                return entry is None or bool(entry[0].scan(name.encode("utf-8", "replace"), "name"))
             except DecodeLimit:
                 return True
 

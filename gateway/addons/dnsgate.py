@@ -36,11 +36,12 @@ from mitmproxy.net.dns import response_codes
 
 from gateway.addons import dnswire
 from gateway.addons.failclosed import fail_closed
-from gateway.detect import Detector, RulePack
 from gateway.detect.dnstunnel import PASS, DnsTunnelDetector, base_domain
+from gateway.exfil.detectors import DetectionNotReady, SessionDetectors
 from gateway.log import events
 from gateway.log.writer import LogWriteError
 from gateway.resolver import DnsFailure
+from gateway.secrets.backends import SecretBackendError
 from gateway.sessions.store import SessionStoreUnavailable
 
 logger = logging.getLogger("egressgw.dns")
@@ -60,27 +61,27 @@ def _refuse_dns(self, flow: mdns.DNSFlow) -> None:
 
 
 class DnsGate:
-    def __init__(self, registry, resolver, audit, tunnels: DnsTunnelDetector | None = None, store=None):
+    def __init__(self, registry, resolver, audit, tunnels: DnsTunnelDetector | None = None, store=None,
+                 detectors: SessionDetectors | None = None):
+        """`detectors`: the session detectors the HTTP detection addon compiles (shared: a session's values
+        are compiled once, ahead of its first query); without it, `store` gives the gate its own."""
         self.registry = registry
         self.resolver = resolver
         self.audit = audit
         self.tunnels = tunnels if tunnels is not None else DnsTunnelDetector()
         dnswire.install()  # names with non-IDNA bytes reach this hook instead of killing the socket
         self._suffixes: dict[int, tuple[object, tuple[str, ...]]] = {}  # id(policy) -> (policy, suffixes)
-        self.known = None
-        if store is not None:
-            from gateway.exfil.known import KnownValues
-
-            self.known = KnownValues(store)
-        self._values: dict[str, tuple[tuple, Detector]] = {}  # session id -> (values, values-only detector)
+        self._own_detectors = detectors is None and store is not None
+        self.detectors = SessionDetectors(store) if self._own_detectors else detectors
         registry.subscribe(self._session_changed)
 
     def _session_changed(self, what: str, session) -> None:
         if what in ("deleted", "removed", "expired"):
             self.tunnels.forget(session.id)
-            self._values.pop(session.id, None)
-            if self.known is not None:
-                self.known.forget(session.id)
+            if self.detectors is not None:
+                self.detectors.forget(session.id)
+        elif self._own_detectors and what in ("created", "policy-replaced", "canaries-added"):
+            self.detectors.prepare(session)
 
     @fail_closed(_refuse_dns)
     async def dns_request(self, flow: mdns.DNSFlow) -> None:
@@ -108,7 +109,13 @@ class DnsGate:
         name = q.name.lower().rstrip(".")
         suffixes = self._pattern_suffixes(session.policy)
         policy_detection = getattr(session.policy, "detection", None)
-        leak = await self._known_value(session, q.name)
+        try:
+            leak = await self._known_value(session, q.name)
+        except DetectionNotReady:
+            return self._answer(flow, response_codes.SERVFAIL, fields, "deny", "detection-not-ready")
+        except SecretBackendError as e:
+            return self._answer(flow, response_codes.SERVFAIL, {**fields, "detail": str(e)}, "deny",
+                                "secret-unavailable")
         if leak is not None:
             base = base_domain(name, suffixes)
             fields["dns_qname"] = f"[REDACTED:known-value].{base}"
@@ -179,21 +186,15 @@ class DnsGate:
 
     async def _known_value(self, session, qname: str):
         """The first of the session's known values found in ``qname`` (dots removed), or None."""
-        if self.known is None or not self.tunnels.settings.enabled:
+        if self.detectors is None or not self.tunnels.settings.enabled:
             return None
         policy_detection = getattr(session.policy, "detection", None)
         if policy_detection is not None and not policy_detection.enabled:
             return None
-        values = await self.known.of(session)
-        if not values:
+        _full, values_only = await self.detectors.of(session)  # compiled off the loop, usually in advance
+        if not values_only.values:
             return None
-        entry = self._values.get(session.id)
-        if entry is None or entry[0] != values:
-            entry = (values, Detector(RulePack(()), values))
-            self._values[session.id] = entry
-            if len(self._values) > 4096:
-                self._values.pop(next(iter(self._values)))
-        hits = entry[1].scan(qname.replace(".", "").encode("utf-8", "surrogateescape"), "dns_qname")
+        hits = values_only.scan(qname.replace(".", "").encode("utf-8", "surrogateescape"), "dns_qname")
         return hits[0] if hits else None
 
     def _pattern_suffixes(self, policy) -> tuple[str, ...]:

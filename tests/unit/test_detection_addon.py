@@ -365,9 +365,9 @@ def test_a_broken_hook_refuses(monkeypatch):
 def test_deleted_sessions_are_forgotten(monkeypatch):
     addon, session, _ = make(monkeypatch)
     through(addon, flow_for(session, path="/c?d=abcdef", method="GET"))
-    assert session.id in addon._sessions and len(addon.splits)
+    assert session.id in addon.detectors._sessions and len(addon.splits)
     addon.registry.delete(session.id)
-    assert session.id not in addon._sessions and not len(addon.splits)
+    assert session.id not in addon.detectors._sessions and not len(addon.splits)
 
 
 def test_a_value_in_a_header_name_is_found_and_never_logged(monkeypatch):

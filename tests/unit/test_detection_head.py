@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from gateway.addons import detection as detection_mod
+from gateway.exfil import detectors as detectors_mod
 from gateway.addons.refuse import META
 from gateway.detect import Detector, KnownValue, builtin_rules
 from gateway.exfil.joined import scan_parts
@@ -131,14 +131,14 @@ def test_a_large_value_set_compiles_off_the_event_loop(monkeypatch):
 def test_a_compile_that_takes_too_long_refuses_detection_not_ready(monkeypatch):
     addon, session, _ = make(monkeypatch)
     _big_canary_set(addon.registry, session)
-    monkeypatch.setattr(detection_mod, "COMPILE_WAIT", 0.01)
+    monkeypatch.setattr(detectors_mod, "COMPILE_WAIT", 0.01)
 
     async def scenario():
         f = flow_for(session, path="/x?d=1")
         await addon.requestheaders(f)
         first = f.response.status_code, f.metadata[META]["reason"], f.response.get_text()
         # the compile goes on: a later request finds it done and is scanned
-        monkeypatch.setattr(detection_mod, "COMPILE_WAIT", 60)
+        monkeypatch.setattr(detectors_mod, "COMPILE_WAIT", 60)
         g = flow_for(session, path=f"/x?d={CANARY}")
         await addon.requestheaders(g)
         return first, g
