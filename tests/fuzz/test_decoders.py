@@ -90,3 +90,26 @@ def test_every_encoding_of_a_random_value_is_found(value, ename, cname):
     except DecodeLimit as e:
         raise AssertionError(f"{ename} in {cname}: decode limit {e.reason}") from None
     assert any(h.rule == "known-value" and h.label == "canary:random" for h in hits), (value, ename, cname)
+
+
+# JSON text as a sandbox writes it: non-ASCII characters raw, escapes of every kind (surrogate pairs,
+# lone surrogates, escaped slashes), and sometimes bytes that are not UTF-8
+JSON_PIECES = st.lists(st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(["\\n", "\\\"", "\\\\", "\\/", "\\t", "\\u00e9", "\\u2014", "\\ud83d\\ude00", "\\ud83d", "\\ude00",
+                     "\\u0041", "é", "—", "😀", "/", "\\\\/"]),
+), max_size=30).map("".join)
+
+
+@given(JSON_PIECES, st.booleans())
+def test_json_view_fast_paths_decode_as_the_per_escape_path(text, broken):
+    data = text.encode("utf-8", "surrogatepass")
+    if broken:
+        data += b"\xff\xfe"  # not UTF-8: the per-escape path must be taken
+    slow, slow_map = decode.unescape(data, decode._JSON, decode._json)
+    fast, fast_map = decode.json_view(data)
+    assert fast == slow
+    if fast:
+        assert fast_map.span(0, len(fast)) == slow_map.span(0, len(slow))
+        mid = len(fast) // 2
+        assert fast_map.span(mid, len(fast)) == slow_map.span(mid, len(slow))
