@@ -290,17 +290,19 @@ def follow(path: str | os.PathLike, *, poll: float = 0.2,
         return None
 
     def next_after(mine: int | None) -> tuple[Path, int] | None:
-        """The oldest file rotated after number `mine` that is not the one open (None: none)."""
+        """The oldest file rotated after number `mine`, if it comes before the one open (None: none).
+
+        The open file may itself have been rotated by now (it was live when opened), and others
+        after it: those come after it, so the search stops at the open file."""
         if mine is None:
             return None
         if rotated(mine + 1).exists():  # the usual case: the next number
             candidates = [mine + 1]
         else:  # a gap (removed by retention while we lagged): look at what is there
             candidates = [n for n in _rotated_numbers(path) if n > mine]
-        for n in candidates:
-            if not _same_file(rotated(n), cur["ino"]):
-                return rotated(n), n
-        return None
+        if not candidates or _same_file(rotated(candidates[0]), cur["ino"]):
+            return None  # none, or the open file: nothing rotated before it is left to read
+        return rotated(candidates[0]), candidates[0]
 
     switch(path, at_end=not from_start)
     try:

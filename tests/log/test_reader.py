@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 import time
 
 import pytest
@@ -105,6 +106,53 @@ def _line_at(path, offset):
             return json.loads(f.readline())
         except ValueError:
             return None
+
+
+def test_follow_reads_the_live_file_it_opened_even_when_it_is_rotated_again_at_once(tmp_path, monkeypatch):
+    """The race CI met once (3 events lost): follow() opens the new live file after a rotation, then
+    looks for files rotated in between; by then the file it opened was rotated too, and more after it.
+    Those come after the open file, not before it: none may be skipped."""
+    d = tmp_path / "log"
+    live = d / "flows.jsonl"
+    log = FlowLog(live, rotate_bytes=4000, keep=0, key=KEY)
+    log.write(sample_event(0))
+    n = [1]
+
+    def write(k):
+        for _ in range(k):
+            log.write(sample_event(n[0]))
+            n[0] += 1
+
+    real_open, real_numbers = open, reader._rotated_numbers
+    state = {"opens": 0, "armed": False, "raced": 0}
+
+    def racing_open(name, mode="r", *a, **kw):
+        f = real_open(name, mode, *a, **kw)
+        if Path(name) == live:
+            state["opens"] += 1
+            state["armed"] = state["opens"] > 1 and n[0] < 200  # the live file, opened after a rotation
+        return f
+
+    def racing_numbers(p):
+        if state["armed"]:  # between that open and the look for files rotated in between:
+            state["armed"] = False
+            state["raced"] += 1
+            write(12)  # the file just opened is rotated, and three more after it
+        return real_numbers(p)
+
+    monkeypatch.setattr(reader, "open", racing_open, raising=False)
+    monkeypatch.setattr(reader, "_rotated_numbers", racing_numbers)
+
+    def stop():  # called whenever follow() has nothing new: write more, until 200 events
+        if n[0] < 200:
+            write(4)
+            return False
+        return True
+
+    got = [r.event["url"] for r in reader.follow(live, poll=0.001, stop=stop)]
+    log.close()
+    assert state["raced"] >= 3
+    assert got == [sample_event(i)["url"] for i in range(1, n[0])]
 
 
 def test_follow_keeps_up_with_rotation_faster_than_it_polls(tmp_path):
