@@ -287,22 +287,29 @@ def follow(path: str | os.PathLike, *, poll: float = 0.2,
             if _same_file(rotated(n), cur["ino"]):
                 return n
             n += 1
+        # a gap (retention removed a file while we lagged): every number above the floor
+        for n in _rotated_numbers(path):
+            if n > cur["floor"] and _same_file(rotated(n), cur["ino"]):
+                return n
         return None
 
-    def next_after(mine: int | None) -> tuple[Path, int] | None:
-        """The oldest file rotated after number `mine`, if it comes before the one open (None: none).
+    def next_after(mine: int | None, before_open: bool = False) -> tuple[Path, int] | None:
+        """The oldest file rotated after number `mine` that is not the one open (None: none).
 
-        The open file may itself have been rotated by now (it was live when opened), and others
-        after it: those come after it, so the search stops at the open file."""
+        `before_open`: only one rotated before the open file. The open file (live when it was
+        opened) may have been rotated by now, and others after it: those come after it."""
         if mine is None:
             return None
         if rotated(mine + 1).exists():  # the usual case: the next number
             candidates = [mine + 1]
         else:  # a gap (removed by retention while we lagged): look at what is there
             candidates = [n for n in _rotated_numbers(path) if n > mine]
-        if not candidates or _same_file(rotated(candidates[0]), cur["ino"]):
-            return None  # none, or the open file: nothing rotated before it is left to read
-        return rotated(candidates[0]), candidates[0]
+        for n in candidates:
+            if not _same_file(rotated(n), cur["ino"]):
+                return rotated(n), n
+            if before_open:
+                return None
+        return None
 
     switch(path, at_end=not from_start)
     try:
@@ -336,7 +343,7 @@ def follow(path: str | os.PathLike, *, poll: float = 0.2,
                 switch(path)
                 # The live file may have been rotated again between the look and the open: then
                 # the files rotated in between come first.
-                nxt = next_after(mine)
+                nxt = next_after(mine, before_open=True)
                 if nxt is not None:
                     switch(nxt[0], no=nxt[1])
                 continue

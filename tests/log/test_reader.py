@@ -155,6 +155,56 @@ def test_follow_reads_the_live_file_it_opened_even_when_it_is_rotated_again_at_o
     assert got == [sample_event(i)["url"] for i in range(1, n[0])]
 
 
+def test_follow_with_retention_reads_each_record_once_across_a_gap(tmp_path, monkeypatch):
+    """A rotation between follow()'s listing and its open (the open file's number is floor + 2), then
+    retention removes floor + 1 while it lags: the file it drained must be found (not read twice)."""
+    live = tmp_path / "flows.jsonl"
+    log = FlowLog(live, rotate_bytes=4000, keep=2, key=KEY)
+    n = [0]
+
+    def write(k):
+        for _ in range(k):
+            log.write(sample_event(n[0]))
+            n[0] += 1
+
+    def rotate_once():
+        before = sorted(real_numbers(live))
+        while sorted(real_numbers(live)) == before:
+            write(1)
+
+    write(3)
+    real_numbers = reader._rotated_numbers
+    calls = [0]
+
+    def racing_numbers(p):
+        listed = real_numbers(p)
+        calls[0] += 1
+        if calls[0] == 1:  # the first open: listed, not opened yet
+            rotate_once()
+        return listed
+
+    monkeypatch.setattr(reader, "_rotated_numbers", racing_numbers)
+    phase = [0]
+
+    def stop():
+        phase[0] += 1
+        if phase[0] == 1:
+            rotate_once()
+            rotate_once()
+            return False
+        if phase[0] < 4:
+            write(2)
+            return False
+        return True
+
+    got = [r.event["url"] for r in reader.follow(live, poll=0.001, stop=stop, from_start=True)]
+    log.close()
+    assert len(got) == len(set(got)), "a record was read twice"
+    kept = {r.event["url"] for r in reader.iter_records(reader.expand(live))}
+    assert kept <= set(got)  # everything retention kept was read
+    assert got == sorted(got, key=lambda u: int(u.rsplit("/", 1)[1].split("?")[0]))
+
+
 def test_follow_keeps_up_with_rotation_faster_than_it_polls(tmp_path):
     """Several rotations between two looks (and one between the look and the open) lose nothing."""
     d = tmp_path / "log"
