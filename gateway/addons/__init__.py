@@ -19,7 +19,7 @@ from gateway.exfil.detectors import SessionDetectors
 
 def default_addons(*, registry, conns, resolver, guard, audit, store, dns_tunnels=None, timeouts=None) -> list:
     """`timeouts`: keyword arguments of `Timeouts` (headers, body, origin seconds), from the config."""
-    detectors = SessionDetectors(store)  # each session's compiled detectors, shared by DNS and HTTP detection
+    detectors = SessionDetectors(store, registry.holds)  # each session's compiled detectors, shared by DNS and HTTP detection
     return [
         Identity(registry, conns, audit),  # source address / proxy credentials -> session
         Limits(registry, conns, audit),  # per-session limits: connections, rates, sizes (gateway/limits.py)

@@ -144,7 +144,7 @@ class Detection:
                  budgets: UploadBudgets | None = None, detectors: SessionDetectors | None = None):
         self.registry = registry
         self.audit = audit
-        self.detectors = detectors if detectors is not None else SessionDetectors(store)
+        self.detectors = detectors if detectors is not None else SessionDetectors(store, registry.holds)
         self.splits = splits or SplitTracker()
         self.budgets = budgets or UploadBudgets()
         registry.subscribe(self._session_changed)

@@ -35,7 +35,7 @@ from mitmproxy import dns as mdns
 from mitmproxy.net.dns import response_codes
 
 from gateway.addons import dnswire
-from gateway.addons.failclosed import fail_closed
+from gateway.addons.failclosed import fail_closed, refuse_dns, unchecked_name
 from gateway.detect.dnstunnel import PASS, DnsTunnelDetector, base_domain
 from gateway.exfil.detectors import DetectionNotReady, SessionDetectors
 from gateway.log import events
@@ -45,19 +45,6 @@ from gateway.secrets.backends import SecretBackendError
 from gateway.sessions.store import SessionStoreUnavailable
 
 logger = logging.getLogger("egressgw.dns")
-
-
-def _refuse_dns(self, flow: mdns.DNSFlow) -> None:
-    """The gate itself failed: refuse the query, and say so in the flow log (every query is logged)."""
-    flow.response = flow.request.fail(response_codes.REFUSED)
-    q = flow.request.question if flow.request.questions else None
-    try:
-        self.audit.emit(events.make_event(
-            events.DNS, client=events.address(flow.client_conn.peername), dns_qname=q.name if q else None,
-            dns_rcode="REFUSED", decision="deny", reason="bad-request",
-            detail="the gateway failed while handling this query and refused it (see the gateway's own log)"))
-    except Exception:  # noqa: BLE001 - the refusal stands whatever the log does
-        logger.error("a refused DNS query could not be logged")
 
 
 class DnsGate:
@@ -72,7 +59,7 @@ class DnsGate:
         dnswire.install()  # names with non-IDNA bytes reach this hook instead of killing the socket
         self._suffixes: dict[int, tuple[object, tuple[str, ...]]] = {}  # id(policy) -> (policy, suffixes)
         self._own_detectors = detectors is None and store is not None
-        self.detectors = SessionDetectors(store) if self._own_detectors else detectors
+        self.detectors = SessionDetectors(store, registry.holds) if self._own_detectors else detectors
         registry.subscribe(self._session_changed)
 
     def _session_changed(self, what: str, session) -> None:
@@ -83,7 +70,7 @@ class DnsGate:
         elif self._own_detectors and what in ("created", "policy-replaced", "canaries-added"):
             self.detectors.prepare(session)
 
-    @fail_closed(_refuse_dns)
+    @fail_closed(refuse_dns)
     async def dns_request(self, flow: mdns.DNSFlow) -> None:
         if flow.response is not None:
             return  # already answered (a limit refused it, and logged it): never asked upstream, never logged twice
@@ -99,23 +86,27 @@ class DnsGate:
         if session is None:
             return self._answer(flow, response_codes.REFUSED, fields, "deny", reason)
         fields["session"] = session.id
+        # refused before the name is searched for the session's known values: only its base domain is logged
         if q is None or len(flow.request.questions) != 1 or flow.request.op_code != 0 or q.class_ != 1:
-            return self._answer(flow, response_codes.FORMERR, fields, "deny", "bad-request")
+            return self._answer(flow, response_codes.FORMERR, {**fields, "dns_qname": unchecked_name(q and q.name)},
+                                "deny", "bad-request")
         if any(ch.isspace() for ch in q.name):
             # The policy engine strips whitespace from names; upstream would be asked the name with it
             # (fuzz finding: "x.cdn.test. " passed as x.cdn.test). No DNS name holds whitespace.
-            return self._answer(flow, response_codes.NXDOMAIN, fields, "deny", "host-not-allowed")
+            return self._answer(flow, response_codes.NXDOMAIN, {**fields, "dns_qname": unchecked_name(q.name)},
+                                "deny", "host-not-allowed")
         decision = session.decider.dns(q.name)
         name = q.name.lower().rstrip(".")
         suffixes = self._pattern_suffixes(session.policy)
         policy_detection = getattr(session.policy, "detection", None)
         try:
             leak = await self._known_value(session, q.name)
-        except DetectionNotReady:
-            return self._answer(flow, response_codes.SERVFAIL, fields, "deny", "detection-not-ready")
+        except DetectionNotReady:  # the name was not searched: only its base domain is logged
+            return self._answer(flow, response_codes.SERVFAIL, {**fields, "dns_qname": unchecked_name(q.name)},
+                                "deny", "detection-not-ready")
         except SecretBackendError as e:
-            return self._answer(flow, response_codes.SERVFAIL, {**fields, "detail": str(e)}, "deny",
-                                "secret-unavailable")
+            return self._answer(flow, response_codes.SERVFAIL, {**fields, "dns_qname": unchecked_name(q.name),
+                                                                "detail": str(e)}, "deny", "secret-unavailable")
         if leak is not None:
             base = base_domain(name, suffixes)
             fields["dns_qname"] = f"[REDACTED:known-value].{base}"
@@ -191,6 +182,8 @@ class DnsGate:
         policy_detection = getattr(session.policy, "detection", None)
         if policy_detection is not None and not policy_detection.enabled:
             return None
+        if not await self.detectors.known.of(session):
+            return None  # no values: nothing to compile or wait for
         _full, values_only = await self.detectors.of(session)  # compiled off the loop, usually in advance
         if not values_only.values:
             return None

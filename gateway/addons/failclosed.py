@@ -55,3 +55,31 @@ def refuse_tcp(self, flow) -> None:
 
 def refuse_client(self, client) -> None:
     client.error = "refused"
+
+
+def unchecked_name(name: str | None) -> str | None:
+    """How a query name that was never searched for known values is logged: its base domain only (the
+    labels below it could carry a secret or a canary)."""
+    if not name:
+        return name
+    from gateway.detect.dnstunnel import base_domain
+
+    return f"[REDACTED:unchecked].{base_domain(name.strip().lower().rstrip('.'), ())}"
+
+
+def refuse_dns(self, flow) -> None:
+    """A DNS hook failed: REFUSED, and the refusal logged (every query is in the flow log)."""
+    from mitmproxy.net.dns import response_codes
+
+    from gateway.log import events
+
+    flow.response = flow.request.fail(response_codes.REFUSED)
+    q = flow.request.question if flow.request.questions else None
+    try:
+        self.audit.emit(events.make_event(
+            events.DNS, client=events.address(flow.client_conn.peername),
+            dns_qname=unchecked_name(q.name) if q else None, dns_rcode="REFUSED", decision="deny",
+            reason="bad-request",
+            detail="the gateway failed while handling this query and refused it (see the gateway's own log)"))
+    except Exception:  # noqa: BLE001 - the refusal stands whatever the log does
+        logger.error("a refused DNS query could not be logged")

@@ -20,7 +20,7 @@ from mitmproxy.proxy.mode_specs import TransparentMode
 
 from gateway import limits as lim
 from gateway import metrics
-from gateway.addons.failclosed import fail_closed, refuse_client, refuse_http, refuse_tls
+from gateway.addons.failclosed import fail_closed, refuse_client, refuse_dns, refuse_http, refuse_tls, unchecked_name
 from gateway.addons.refuse import META, close_flow, refuse
 from gateway.log import events
 from gateway.log.writer import LogWriteError
@@ -31,10 +31,6 @@ logger = logging.getLogger("egressgw")
 FLOOD_REFUSALS = 64  # rate refusals in a row on one connection before it is closed
 SMALL_CHUNK = 1024  # a body's pieces below this size count against `bodyChunks` (each costs the event loop)
 _STATUS = {lim.REQUESTS: 429, lim.HEADER_COUNT: 431, lim.HEADER_BYTES: 431, lim.URL: 414, lim.BODY: 413}
-
-
-def _refuse_dns(self, flow: mdns.DNSFlow) -> None:
-    flow.response = flow.request.fail(response_codes.REFUSED)
 
 
 def _refuse_ws(self, flow: http.HTTPFlow) -> None:
@@ -208,7 +204,7 @@ class Limits:
         close_flow(flow)
 
     # -- DNS ------------------------------------------------------------------------------------
-    @fail_closed(_refuse_dns)
+    @fail_closed(refuse_dns)
     def dns_request(self, flow: mdns.DNSFlow) -> None:
         if flow.response:
             return
@@ -224,7 +220,7 @@ class Limits:
         try:
             self.audit.emit(events.make_event(
                 events.DNS, session=session.id, client=events.address(flow.client_conn.peername),
-                dns_qname=q.name if q else None, dns_rcode="REFUSED", decision="deny",
+                dns_qname=unchecked_name(q.name) if q else None, dns_rcode="REFUSED", decision="deny",
                 reason=lim.reason(lim.DNS)))
         except LogWriteError:
             pass

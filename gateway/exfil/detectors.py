@@ -25,6 +25,7 @@ import asyncio
 import functools
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from gateway.detect import Detector, RulePack, builtin_rules
@@ -55,41 +56,59 @@ def compiled(packs: tuple | None) -> Detector:
     return Detector(pack)
 
 
+def _warm() -> None:
+    compiled(())
+    compiled(None)
+
+
 class SessionDetectors:
-    def __init__(self, store):
+    def __init__(self, store, alive: Callable[[object], bool] | None = None):
+        """`alive(session)`: whether the session is still registered (the registry's `holds`): a
+        session deleted while its values were being read leaves nothing behind."""
         self.known = KnownValues(store)
+        self._alive = alive
         self._bases: OrderedDict[int, tuple[object, Detector]] = OrderedDict()  # id(policy) -> (policy, detector)
         self._sessions: OrderedDict[str, tuple[tuple, Detector, Detector]] = OrderedDict()
         self._building: dict[str, tuple[tuple, asyncio.Future]] = {}  # session id -> (key, compile under way)
         self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="egressgw-detect-compile")
-        self._prepares: set[asyncio.Task] = set()
+        # sessions to compile ahead, compiled one at a time: a request's own compile (submitted when
+        # it comes) then waits behind at most one of them, however many sessions were restored
+        self._queue: OrderedDict[str, object] = OrderedDict()
+        self._drainer: asyncio.Task | None = None
 
     def warm(self) -> None:
-        """Compile the built-in rules now (once the proxy is up), not on some sandbox's first request."""
-        compiled(())
-        compiled(None)
+        """Compile the built-in rules in the compile thread now (once the proxy is up), not on some
+        sandbox's first request; on the spot without a running loop."""
+        try:
+            asyncio.get_running_loop().run_in_executor(self._compiler, _warm)
+        except RuntimeError:
+            _warm()
 
     def prepare(self, session) -> None:
-        """Start compiling the session's detectors in the background (no-op without a running loop)."""
+        """Compile the session's detectors in the background (no-op without a running loop)."""
+        if not session.policy.detection.enabled:
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        if not session.policy.detection.enabled:
-            return
-        task = loop.create_task(self._prepare(session))
-        self._prepares.add(task)
-        task.add_done_callback(self._prepares.discard)
+        self._queue[session.id] = session
+        self._queue.move_to_end(session.id)
+        if self._drainer is None or self._drainer.done():
+            self._drainer = loop.create_task(self._drain())
 
-    async def _prepare(self, session) -> None:
-        try:
-            await self.of(session)
-        except Exception as e:  # noqa: BLE001 - the first request meets the same error and refuses
-            logger.debug("precompiling the detectors of session %s: %s", session.id, type(e).__name__)
+    async def _drain(self) -> None:
+        while self._queue:
+            _sid, session = self._queue.popitem(last=False)
+            try:
+                await self.of(session)
+            except Exception as e:  # noqa: BLE001 - the first request meets the same error and refuses
+                logger.debug("precompiling the detectors of session %s: %s", session.id, type(e).__name__)
 
     def forget(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)
         self._building.pop(session_id, None)
+        self._queue.pop(session_id, None)
         self.known.forget(session_id)
 
     def cached(self, session_id: str) -> tuple[Detector, Detector] | None:
@@ -101,6 +120,9 @@ class SessionDetectors:
         """(full detector: rules + known values, values-only detector). Raises SecretBackendError
         (a secret never read and unreadable now) and DetectionNotReady (see the module docstring)."""
         values = await self.known.of(session)
+        if self._alive is not None and not self._alive(session):
+            self.known.forget(session.id)  # deleted while its values were read: keep none of them
+            raise DetectionNotReady(f"session {session.id} was deleted")
         key = (session.policy, values)
         entry = self._sessions.get(session.id)
         if entry is not None and entry[0][0] is key[0] and entry[0][1] is key[1]:

@@ -218,6 +218,10 @@ class SessionRegistry:
             return session
         return None
 
+    def holds(self, session: Session) -> bool:
+        """Whether this very session object is still registered (no store check: for caches)."""
+        return self._by_id.get(session.id) is session
+
     def current(self, session: Session) -> bool:
         """Whether a session a connection holds still exists (raises SessionStoreUnavailable, as lookups do)."""
         self._verified()

@@ -733,8 +733,37 @@ def test_dns_gate_failure_is_refused_and_logged(gw, monkeypatch):
     assert gw.resolver.queries == []
     event = gw.flow_log("dns")[-1]
     assert (event["dns_qname"], event["dns_rcode"], event["decision"], event["reason"]) == (
-        "allowed.test", "REFUSED", "deny", "bad-request")
+        "[REDACTED:unchecked].allowed.test", "REFUSED", "deny", "bad-request")
     assert "boom" not in json.dumps(event)
+
+
+def test_dns_limits_failure_is_refused_and_logged(gw, monkeypatch):
+    limits = Limits(gw.registry, gw.conns, gw.audit)
+
+    def broken(address):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(gw.registry, "by_source", broken)
+    flow = dns_flow()
+    limits.dns_request(flow)
+    run(gw.dns.dns_request(flow))  # already answered: the gate adds nothing
+    assert flow.response.response_code == mdns.response_codes.REFUSED
+    assert [(e["reason"], e["dns_rcode"]) for e in gw.flow_log("dns")] == [("bad-request", "REFUSED")]
+
+
+@pytest.mark.parametrize("kw, rcode", [
+    (dict(questions=(("c2VjcmV0LXZhbHVl.exfil.allowed.test", mdns.types.A), ("b.test", mdns.types.A))),
+     mdns.response_codes.FORMERR),
+    (dict(questions=(("c2VjcmV0LXZhbHVl.exfil.allowed.test ", mdns.types.A),)), mdns.response_codes.NXDOMAIN),
+])
+def test_dns_names_refused_before_the_search_are_logged_by_base_domain_only(gw, kw, rcode):
+    flow = dns_flow(**kw)
+    run(gw.dns.dns_request(flow))
+    assert flow.response.response_code == rcode
+    event = gw.flow_log("dns")[-1]
+    # (several questions: mitmproxy gives no one question, and no name is logged at all)
+    assert event.get("dns_qname") in ("[REDACTED:unchecked].allowed.test", None)
+    assert "c2VjcmV0" not in json.dumps(gw.log())
 
 
 # ---------------------------------------------------------------------------------------- raw tcp

@@ -42,8 +42,9 @@ def test_a_session_created_under_the_loop_is_compiled_before_its_first_request(m
         addon.running()
         session = registry.create("s", policy(RULES))
         registry.add_canaries(session.id, [CANARY.encode()], ["c1"])
-        for _ in range(200):  # the compile runs in its thread while the loop goes on
-            if addon.detectors.cached(session.id) is not None and not addon.detectors._building:
+        for _ in range(1000):  # the compiles run in their thread while the loop goes on
+            if addon.detectors.cached(session.id) is not None and not addon.detectors._building \
+                    and not addon.detectors._queue:
                 break
             await asyncio.sleep(0.01)
         ready = addon.detectors.cached(session.id)
@@ -61,7 +62,7 @@ def test_without_a_running_loop_nothing_is_scheduled_and_the_first_request_compi
     registry = SessionRegistry()
     addon = Detection(registry, SecretStore(), audit=None)
     session = registry.create("s", policy(RULES))
-    assert addon.detectors.cached(session.id) is None and not addon.detectors._prepares
+    assert addon.detectors.cached(session.id) is None and addon.detectors._drainer is None
 
     async def first():
         return await addon.detectors.of(session)
@@ -113,3 +114,56 @@ def test_a_compile_past_the_wait_is_servfail_detection_not_ready_for_dns(tmp_pat
     event = gw.flow_log("dns")[-1]
     assert (event["decision"], event["reason"]) == ("deny", "detection-not-ready")
     assert gw.resolver.queries == []
+
+
+def test_a_session_deleted_while_its_values_are_read_leaves_nothing_behind(monkeypatch):
+    registry = SessionRegistry()
+    addon = Detection(registry, SecretStore(), audit=None)
+    session = registry.create("s", policy(RULES))
+    registry.add_canaries(session.id, [CANARY.encode()], ["c1"])
+    real_of = addon.detectors.known.of
+
+    async def slow_of(s):  # a vault read that takes a while; the session is deleted meanwhile
+        values = await real_of(s)
+        registry.delete(s.id)
+        return values
+
+    monkeypatch.setattr(addon.detectors.known, "of", slow_of)
+
+    async def scenario():
+        try:
+            await addon.detectors.of(session)
+        except detectors_mod.DetectionNotReady as e:
+            return str(e)
+
+    assert "deleted" in asyncio.run(scenario())
+    assert session.id not in addon.detectors.known._memo and session.id not in addon.detectors.known._last
+    assert addon.detectors.cached(session.id) is None and not addon.detectors._building
+
+
+def test_restored_sessions_compile_one_at_a_time_behind_a_request(monkeypatch):
+    order = []
+    real = SessionDetectors._build
+
+    def build(self, pol, values):
+        order.append({v.label for v in values})
+        return real(self, pol, values)
+
+    monkeypatch.setattr(SessionDetectors, "_build", build)
+    registry = SessionRegistry()
+    addon = Detection(registry, SecretStore(), audit=None)
+    sessions = []
+    for i in range(6):
+        s = registry.create(f"s{i}", policy(RULES))
+        registry.add_canaries(s.id, [f"canary-value-{i}-abcdefgh".encode()], [f"c{i}"])
+        sessions.append(s)
+
+    async def scenario():
+        addon.running()  # the gateway starts: the six restored sessions are queued
+        await asyncio.sleep(0)
+        await addon.detectors.of(sessions[-1])  # its first request comes at once
+        return len(order)
+
+    at_request = asyncio.run(scenario())
+    # the request's own compile waited behind at most the one background compile under way
+    assert {"canary:c5"} in order[:2] and at_request <= 3, order
