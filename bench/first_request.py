@@ -43,7 +43,8 @@ def first_requests(n: int, delay: float, ahead: bool) -> list[float]:
         addon.detectors.prepare = lambda session: None
 
     async def run() -> list[float]:
-        addon.running()
+        addon.running()  # the built-in rules compile in the compile thread: wait for that first
+        await asyncio.get_running_loop().run_in_executor(addon.detectors._compiler, lambda: None)
         out = []
         for i in range(n):
             session = registry.create(f"s{i}", load_policy_text(POLICY))
