@@ -53,7 +53,10 @@ def policies(policy: str) -> tuple[str, str]:
     if not rule or "      methods: [GET]\n" not in rule:
         raise ValueError("bench policy changed: no bench-origin rule with `methods: [GET]`")
     on = head + marker + rule.replace("      methods: [GET]\n", "      methods: [GET, POST]\n", 1)
-    off = on.rstrip("\n") + "\n  detection:\n    enabled: false\n"
+    if "\n  detection:\n" in on:  # the policy has its own detection section: switch it off there
+        off = on.replace("\n  detection:\n", "\n  detection:\n    enabled: false\n", 1)
+    else:
+        off = on.rstrip("\n") + "\n  detection:\n    enabled: false\n"
     return on, off
 
 
