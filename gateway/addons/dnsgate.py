@@ -35,8 +35,8 @@ from mitmproxy import dns as mdns
 from mitmproxy.net.dns import response_codes
 
 from gateway.addons import dnswire
-from gateway.addons.failclosed import fail_closed, refuse_dns, unchecked_name
-from gateway.detect.dnstunnel import PASS, DnsTunnelDetector, base_domain
+from gateway.addons.failclosed import fail_closed, refuse_dns
+from gateway.detect.dnstunnel import PASS, DnsTunnelDetector, base_domain, unchecked_name
 from gateway.exfil.detectors import DetectionNotReady, SessionDetectors
 from gateway.log import events
 from gateway.log.writer import LogWriteError
@@ -185,8 +185,6 @@ class DnsGate:
         if not await self.detectors.known.of(session):
             return None  # no values: nothing to compile or wait for
         _full, values_only = await self.detectors.of(session)  # compiled off the loop, usually in advance
-        if not values_only.values:
-            return None
         hits = values_only.scan(qname.replace(".", "").encode("utf-8", "surrogateescape"), "dns_qname")
         return hits[0] if hits else None
 

@@ -57,20 +57,11 @@ def refuse_client(self, client) -> None:
     client.error = "refused"
 
 
-def unchecked_name(name: str | None) -> str | None:
-    """How a query name that was never searched for known values is logged: its base domain only (the
-    labels below it could carry a secret or a canary)."""
-    if not name:
-        return name
-    from gateway.detect.dnstunnel import base_domain
-
-    return f"[REDACTED:unchecked].{base_domain(name.strip().lower().rstrip('.'), ())}"
-
-
 def refuse_dns(self, flow) -> None:
     """A DNS hook failed: REFUSED, and the refusal logged (every query is in the flow log)."""
     from mitmproxy.net.dns import response_codes
 
+    from gateway.detect.dnstunnel import unchecked_name
     from gateway.log import events
 
     flow.response = flow.request.fail(response_codes.REFUSED)

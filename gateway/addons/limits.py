@@ -20,8 +20,9 @@ from mitmproxy.proxy.mode_specs import TransparentMode
 
 from gateway import limits as lim
 from gateway import metrics
-from gateway.addons.failclosed import fail_closed, refuse_client, refuse_dns, refuse_http, refuse_tls, unchecked_name
+from gateway.addons.failclosed import fail_closed, refuse_client, refuse_dns, refuse_http, refuse_tls
 from gateway.addons.refuse import META, close_flow, refuse
+from gateway.detect.dnstunnel import unchecked_name
 from gateway.log import events
 from gateway.log.writer import LogWriteError
 from gateway.sessions.store import SessionStoreUnavailable

@@ -177,6 +177,14 @@ def base_domain(qname: str, suffixes: Iterable[str] = ()) -> str:
     return ".".join(labels[-2:])
 
 
+def unchecked_name(name: str | None) -> str | None:
+    """How a query name that was never searched for known values is logged: its base domain only (the
+    labels below it could carry a secret or a canary)."""
+    if not name:
+        return name
+    return f"[REDACTED:unchecked].{base_domain(name.strip().lower().rstrip('.'), ())}"
+
+
 BUCKETS = 60  # the window's query and type counts are kept in this many slices
 
 

@@ -26,6 +26,7 @@ from gateway.detect.dnstunnel import (
     looks_encoded,
     qtype_weight,
     random_entropy,
+    unchecked_name,
 )
 
 
@@ -303,6 +304,18 @@ def test_names_per_pair_are_bounded_and_overflow_still_counts():
 ])
 def test_base_domain(qname, suffixes, base):
     assert base_domain(qname, suffixes) == base
+
+
+@pytest.mark.parametrize("qname,logged", [
+    ("c2VjcmV0LXZhbHVl.t.allowed.test", "[REDACTED:unchecked].allowed.test"),
+    ("Secret-Value.Allowed.Test.", "[REDACTED:unchecked].allowed.test"),  # case and the root dot
+    (" x.allowed.test ", "[REDACTED:unchecked].allowed.test"),
+    ("localhost", "[REDACTED:unchecked].localhost"),
+    ("", ""),
+    (None, None),
+])
+def test_unchecked_name_keeps_only_the_base_domain(qname, logged):
+    assert unchecked_name(qname) == logged
 
 
 @pytest.mark.parametrize("text,bits", [("", 0.0), ("aaaa", 0.0), ("ab", 1.0), ("abcd", 2.0)])
