@@ -1,4 +1,4 @@
-"""List nf_tables table names over netlink, without the nft tool.
+"""nf_tables over netlink, without the nft tool: list table names, and write a transaction.
 
 `nft list tables` (nftables 1.0.6) fetches the whole ruleset first, which costs
 about 4 ms per sandbox table; `up` needs only the names. A table dump is one
@@ -71,3 +71,127 @@ def _attr(data: bytes, off: int, end: int, want: int) -> bytes | None:
             return data[off + 4: off + alen]
         off += (alen + 3) & ~3
     return None
+
+
+# --- writing: one nf_tables transaction as a raw netlink batch ------------------------------------
+
+NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
+NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE = 2, 3, 6
+NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x4, 0x200, 0x400, 0x800
+NLA_F_NESTED = 0x8000
+NFTA_TABLE_USERDATA = 6
+NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY, NFTA_CHAIN_TYPE = 1, 3, 4, 5, 7
+NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY = 1, 2
+NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA = 1, 2, 4, 7
+NFTA_LIST_ELEM, NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 1, 2
+
+
+def _nla(atype: int, value) -> bytes:
+    """One netlink attribute; `value` bytes, str (NUL-terminated) or a sequence of (type, value)
+    pairs (a nested attribute)."""
+    if isinstance(value, str):
+        payload = value.encode() + b"\0"
+    elif isinstance(value, (bytes, bytearray)):
+        payload = bytes(value)
+    else:
+        payload = b"".join(_nla(t, v) for t, v in value)
+        atype |= NLA_F_NESTED
+    head = struct.pack("=HH", 4 + len(payload), atype)
+    return head + payload + b"\0" * (-len(payload) % 4)
+
+
+class Batch:
+    """nf_tables messages sent as one transaction: the kernel applies all of them or none. No cache
+    of the existing ruleset is read, so the cost does not grow with the tables already there."""
+
+    def __init__(self, family: int = NFPROTO_INET):
+        self.family = family
+        self.msgs: list[tuple[int, int, bytes, str]] = []  # (type, flags, attributes, what)
+
+    def _add(self, msg: int, flags: int, attrs: list[tuple[int, object]], what: str) -> None:
+        self.msgs.append(((NFNL_SUBSYS_NFTABLES << 8) | msg, flags, b"".join(_nla(t, v) for t, v in attrs), what))
+
+    def new_table(self, name: str, *, exclusive: bool, userdata: bytes | None = None) -> None:
+        attrs: list[tuple[int, object]] = [(NFTA_TABLE_NAME, name)]
+        if userdata:
+            attrs.append((NFTA_TABLE_USERDATA, userdata))
+        self._add(NFT_MSG_NEWTABLE, NLM_F_CREATE | (NLM_F_EXCL if exclusive else 0), attrs, f"table {name}")
+
+    def delete_table(self, name: str) -> None:
+        self._add(NFT_MSG_DELTABLE, 0, [(NFTA_TABLE_NAME, name)], f"delete table {name}")
+
+    def new_chain(self, table: str, name: str, ctype: str, hooknum: int, priority: int, policy: int) -> None:
+        hook = ((NFTA_HOOK_HOOKNUM, struct.pack(">I", hooknum)), (NFTA_HOOK_PRIORITY, struct.pack(">i", priority)))
+        self._add(NFT_MSG_NEWCHAIN, NLM_F_CREATE,
+                  [(NFTA_CHAIN_TABLE, table), (NFTA_CHAIN_NAME, name), (NFTA_CHAIN_HOOK, hook),
+                   (NFTA_CHAIN_POLICY, struct.pack(">I", policy)), (NFTA_CHAIN_TYPE, ctype)],
+                  f"chain {table} {name}")
+
+    def new_rule(self, table: str, chain: str, exprs, userdata: bytes | None = None, what: str = "") -> None:
+        elems = [(NFTA_LIST_ELEM, ((NFTA_EXPR_NAME, e.name), (NFTA_EXPR_DATA, e.attrs))) for e in exprs]
+        attrs: list[tuple[int, object]] = [(NFTA_RULE_TABLE, table), (NFTA_RULE_CHAIN, chain),
+                                           (NFTA_RULE_EXPRESSIONS, elems)]
+        if userdata:
+            attrs.append((NFTA_RULE_USERDATA, userdata))
+        self._add(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, attrs, what or f"rule in {table} {chain}")
+
+    def encode(self, seq: int) -> bytes:
+        def msg(mtype: int, flags: int, body: bytes, s: int, family: int, res_id: int) -> bytes:
+            payload = _NFGEN.pack(family, 0, res_id) + body
+            return _HDR.pack(_HDR.size + len(payload), mtype, NLM_F_REQUEST | flags, s, 0) + payload
+
+        res = socket.htons(NFNL_SUBSYS_NFTABLES)
+        out = [msg(NFNL_MSG_BATCH_BEGIN, 0, b"", seq, socket.AF_UNSPEC, res)]
+        for i, (mtype, flags, body, _what) in enumerate(self.msgs):
+            out.append(msg(mtype, flags | NLM_F_ACK, body, seq + 1 + i, self.family, 0))
+        out.append(msg(NFNL_MSG_BATCH_END, 0, b"", seq + 1 + len(self.msgs), socket.AF_UNSPEC, res))
+        return b"".join(out)
+
+    def commit(self, step: str) -> None:
+        """Send the batch in this thread's network namespace and wait for every message's answer;
+        SandboxError naming the first message the kernel refused (nothing was applied then)."""
+        if not self.msgs:
+            return
+        try:
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+        except OSError as e:
+            raise SandboxError(f"{step}: netlink socket failed: {e}") from None
+        with s:
+            s.settimeout(5)
+            s.bind((0, 0))
+            s.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+            seq = (int.from_bytes(os.urandom(4), "little") & 0x3FFFFFFF) or 1
+            data = self.encode(seq)
+            try:
+                s.sendall(data)
+            except OSError as e:
+                raise SandboxError(f"{step}: sending the nftables batch failed: {e}") from None
+            waiting = set(range(seq + 1, seq + 1 + len(self.msgs)))
+            first: tuple[int, int] | None = None
+            try:
+                while waiting:
+                    reply = s.recv(1 << 16)
+                    off = 0
+                    while off + _HDR.size <= len(reply):
+                        length, mtype, _flags, mseq, _pid = _HDR.unpack_from(reply, off)
+                        if length < _HDR.size:
+                            raise SandboxError(f"{step}: malformed netlink reply")
+                        if mtype == NLMSG_ERROR and mseq in waiting:
+                            waiting.discard(mseq)
+                            err = struct.unpack_from("=i", reply, off + _HDR.size)[0]
+                            if err and first is None:
+                                first = (mseq, -err)
+                                break  # the kernel aborted the transaction: later answers do not matter
+                        off += (length + 3) & ~3
+                    if first is not None:
+                        break
+            except TimeoutError:
+                raise SandboxError(f"{step}: no answer from nf_tables within 5 s "
+                                   f"({len(waiting)} of {len(self.msgs)} messages unanswered)") from None
+            if first is not None:
+                what = self.msgs[first[0] - seq - 1][3]
+                raise SandboxError(f"{step}: the kernel refused {what}: {os.strerror(first[1])} "
+                                   "(nothing of this transaction was applied)")
+
+
+SOL_NETLINK, NETLINK_EXT_ACK = 270, 11

@@ -130,7 +130,7 @@ def _create(sb: Sandbox, progress: list[str], target: attach.Target | None = Non
     # 1. Rules first. They match the host interface by name, so they are in
     #    force before the first packet can cross the veth. `create table`
     #    fails rather than touch a table of that name that is not ours.
-    nft.apply(sb, replace=False)
+    nft.create(sb)
     progress.append("nft")
     if target is not None and target.kind == attach.TAP:
         progress.append("tap")

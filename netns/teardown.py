@@ -62,7 +62,7 @@ def teardown(*, host_ifs: list[str] = (), netnses: list[str] = (), tables: list[
 
     def drop_tables() -> list[str]:
         try:
-            nft.run_script(nft.delete_script(tables), step=f"{step}: delete nftables table")
+            nft.delete(tables, step=f"{step}: delete nftables table")
             return []
         except SandboxError as e:
             return [str(e)]

@@ -249,3 +249,14 @@ class UdpListener:
     def close(self) -> None:
         self._stop = True
         self.sock.close()
+
+
+def make_sandbox(**kw):
+    """A Sandbox record for rendering tests (nothing is created)."""
+    from netns import Sandbox
+    base = dict(name="agent-7", netns="egw-agent-7", host_if="egwh3", sandbox_if="egws3",
+                host_addr="10.211.0.13", sandbox_addr="10.211.0.14", prefix=30, index=3,
+                table="egressgw_agent_7", transparent_port=8080, dns_port=5353,
+                session_id=None, created=0.0)
+    base.update(kw)
+    return Sandbox(**base)

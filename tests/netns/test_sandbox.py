@@ -423,10 +423,21 @@ def test_rollback_when_a_step_fails(gw, monkeypatch):
 
 def test_rollback_when_nft_rejects_the_rules(gw, monkeypatch):
     import netns.nft as nftmod
-    monkeypatch.setattr(nftmod, "render_rules", lambda sb, replace=True: "table inet x { oops }\n")
+    from netns import nftrules
+    real = nftmod.table
+
+    def broken(sb):   # the real table plus a rule with an expression the kernel does not know
+        tb = real(sb)
+        c = tb.chains[-1]
+        bad = nftrules.Rule((nftrules.Term("nosuch", (nftrules.Expr("nosuchexpr", ()),)),))
+        tb.chains[-1] = nftrules.Chain(c.name, c.type, c.hook, c.priority, c.rules + (bad,))
+        return tb
+
+    monkeypatch.setattr(nftmod, "table", broken)
     with pytest.raises(SandboxError) as e:
         gw.up("n")
-    assert "apply nftables table" in str(e.value) and "syntax error" in str(e.value)
+    assert "create nftables table" in str(e.value) and "refused rule in" in str(e.value)
+    assert "nothing of this transaction was applied" in str(e.value)
     assert not os.path.exists(f"/run/netns/egw-{gw.sbname('n')}")
     assert gw.tables() == [] and not any(n.startswith("egwh") for n in gw.links())
 
