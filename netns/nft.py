@@ -3,8 +3,10 @@
 The table lives in the gateway's namespace, on the host side of the veth, so
 a root process inside the sandbox cannot see or flush it. Applying is one
 batch (one nf_tables transaction): the kernel commits the whole table or nothing.
-The batch goes through libnftables in this process (what `nft -f -` runs, without
-its ~3 ms of process start); without libnftables.so.1, through `nft -f -`.
+`create` and `delete` (what up, down and sweep use) send it as a raw netlink batch
+(nftnl.Batch, built from the model in nftrules.py), which reads no cache of the
+tables already there. `run_script` runs nft text (render_rules) through libnftables
+in this process, or `nft -f -` without libnftables.so.1.
 """
 
 from __future__ import annotations

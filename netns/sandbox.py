@@ -9,10 +9,10 @@ redirected to the gateway). See docs/architecture.md.
 
 `up` launches no process: links, addresses, namespace ids, tables, the veth and
 both sides' configuration go over netlink (rtnl.py, nftnl.py, nsfs.py), the nft
-table through libnftables (nft.py); a fresh host whose /run/netns is not yet a
+table too, as one raw nf_tables batch (nft.py, nftrules.py); a fresh host whose /run/netns is not yet a
 shared mount gets one `ip netns add`. Per `down`: the veth is set down over
-netlink, then `ip -batch -` and `nft -f -` run in parallel (both wait for an RCU
-grace period in the kernel).
+netlink, then the veth, namespace and table are deleted in parallel (each waits
+for an RCU grace period in the kernel; see teardown.py).
 """
 
 from __future__ import annotations

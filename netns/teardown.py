@@ -4,7 +4,7 @@ Order matters for safety: first the host-side veth is set down (over netlink), w
 the sandbox off at once (a down veth end passes nothing, and only the gateway
 namespace can bring it up again), even if a process still holds the sandbox
 namespace open. Then the veth, the namespace name and the nft table are
-deleted, in-process (rtnetlink, umount, libnftables). Deleting a link and
+deleted, in-process (rtnetlink, umount, a raw nf_tables batch). Deleting a link and
 deleting a table each wait for an RCU grace period (10-30 ms here), so those
 two run in parallel threads.
 Shared by down, up's rollback and sweep.
