@@ -141,12 +141,17 @@ def apply(sb: Sandbox, *, replace: bool = True) -> None:
 
 
 def delete(tables: list[str], *, step: str) -> None:
-    """Delete tables whether or not they exist (add + delete each), in one raw transaction."""
-    b = nftnl.Batch()
-    for t in tables:
-        b.new_table(t, exclusive=False)
-        b.delete_table(t)
-    b.commit(step)
+    """Delete tables whether or not they exist (add + delete each), in raw transactions of at most
+    DELETE_BATCH tables (deleting is idempotent: a sweep of many orphans need not be one batch)."""
+    for i in range(0, len(tables), DELETE_BATCH):
+        b = nftnl.Batch()
+        for t in tables[i:i + DELETE_BATCH]:
+            b.new_table(t, exclusive=False)
+            b.delete_table(t)
+        b.commit(step)
+
+
+DELETE_BATCH = 100
 
 
 def delete_script(tables: list[str]) -> str:

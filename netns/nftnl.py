@@ -157,9 +157,17 @@ class Batch:
         except OSError as e:
             raise SandboxError(f"{step}: netlink socket failed: {e}") from None
         with s:
-            s.settimeout(5)
-            s.bind((0, 0))
-            s.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+            try:
+                s.settimeout(5)
+                s.bind((0, 0))
+                # every answer comes at once after the commit (~0.7 KB each): room for all of them
+                need = 65536 + 1024 * len(self.msgs)
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, need)
+                except OSError:  # not CAP_NET_ADMIN: as much as rmem_max allows
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, need)
+            except OSError as e:
+                raise SandboxError(f"{step}: netlink socket setup failed: {e}") from None
             seq = (int.from_bytes(os.urandom(4), "little") & 0x3FFFFFFF) or 1
             data = self.encode(seq)
             try:
@@ -176,7 +184,8 @@ class Batch:
                         length, mtype, _flags, mseq, _pid = _HDR.unpack_from(reply, off)
                         if length < _HDR.size:
                             raise SandboxError(f"{step}: malformed netlink reply")
-                        if mtype == NLMSG_ERROR and mseq in waiting:
+                        # an error on the batch's begin message (seq) refuses the whole batch
+                        if mtype == NLMSG_ERROR and (mseq in waiting or mseq == seq):
                             waiting.discard(mseq)
                             err = struct.unpack_from("=i", reply, off + _HDR.size)[0]
                             if err and first is None:
@@ -188,10 +197,12 @@ class Batch:
             except TimeoutError:
                 raise SandboxError(f"{step}: no answer from nf_tables within 5 s "
                                    f"({len(waiting)} of {len(self.msgs)} messages unanswered)") from None
+            except OSError as e:
+                raise SandboxError(f"{step}: reading nf_tables' answers failed: {e}") from None
             if first is not None:
-                what = self.msgs[first[0] - seq - 1][3]
+                what = self.msgs[first[0] - seq - 1][3] if first[0] != seq else "the whole batch"
                 raise SandboxError(f"{step}: the kernel refused {what}: {os.strerror(first[1])} "
                                    "(nothing of this transaction was applied)")
 
 
-SOL_NETLINK, NETLINK_EXT_ACK = 270, 11
+SO_RCVBUFFORCE = 33

@@ -128,3 +128,32 @@ def test_delete_takes_tables_that_exist_and_ignores_those_that_do_not(gw):
     gw.sh(["nft", "add", "table", "inet", "other"])
     gw.call(nft.delete, [a.table, "egressgw_never_made", b.table], step="delete")
     assert gw.call(nftnl.table_names) == ["other"]
+
+
+@pytest.mark.netns
+def test_delete_many_tables_at_once(gw):
+    """A sweep of hundreds of orphans: every answer fits, in batches of at most DELETE_BATCH tables."""
+    names = [f"egressgw_many_{i}" for i in range(2 * nft.DELETE_BATCH + 50)]
+    gw.sh(["nft", "-f", "-"], input="".join(f"add table inet {n}\n" for n in names))
+    assert len(gw.call(nft.list_tables)) == len(names)
+    gw.call(nft.delete, names + ["egressgw_never_made"], step="delete")
+    assert gw.call(nft.list_tables) == []
+
+
+def test_batch_answers_get_room(monkeypatch):
+    """The receive buffer is sized for every answer of the batch (they all come at once)."""
+    asked = []
+    real = nftnl.socket.socket
+
+    class Spy(real):
+        def setsockopt(self, level, opt, value):
+            asked.append((opt, value))
+            raise OSError("no")  # and a failure here is a SandboxError, never a raw OSError
+
+    monkeypatch.setattr(nftnl.socket, "socket", Spy)
+    b = nftnl.Batch()
+    for i in range(300):
+        b.delete_table(f"t{i}")
+    with pytest.raises(SandboxError, match="netlink socket setup failed"):
+        b.commit("test")
+    assert asked[0] == (nftnl.SO_RCVBUFFORCE, 65536 + 1024 * 300)
