@@ -136,10 +136,6 @@ def create(sb: Sandbox) -> None:
     batch(table(sb)).commit(f"create nftables table {sb.table}")
 
 
-def apply(sb: Sandbox, *, replace: bool = True) -> None:
-    run_script(render_rules(sb, replace=replace), step=f"apply nftables table {sb.table}")
-
-
 def delete(tables: list[str], *, step: str) -> None:
     """Delete tables whether or not they exist (add + delete each), in raw transactions of at most
     DELETE_BATCH tables (deleting is idempotent: a sweep of many orphans need not be one batch)."""
@@ -152,11 +148,6 @@ def delete(tables: list[str], *, step: str) -> None:
 
 
 DELETE_BATCH = 100
-
-
-def delete_script(tables: list[str]) -> str:
-    """Delete tables whether or not they exist (add+delete), in one transaction."""
-    return "".join(f"add table inet {t}\ndelete table inet {t}\n" for t in tables)
 
 
 def list_tables() -> list[str]:

@@ -14,6 +14,8 @@ import struct
 
 from gateway.errors import SandboxError
 
+from . import rtnl
+
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE = 0, 1
@@ -25,52 +27,64 @@ _HDR = struct.Struct("=IHHII")     # nlmsghdr: len, type, flags, seq, pid
 _NFGEN = struct.Struct("=BBH")     # nfgenmsg: family, version, res_id (big endian, 0 here)
 
 
-def table_names(family: int = NFPROTO_INET) -> list[str]:
-    """Names of all nf_tables tables of `family` in this network namespace."""
+def _socket(step: str) -> socket.socket:
+    """A netfilter netlink socket in the calling thread's network namespace."""
     try:
-        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                          NETLINK_NETFILTER)
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
     except OSError as e:
-        raise SandboxError(f"list nftables tables: netlink socket failed: {e}") from None
-    with s:
+        raise SandboxError(f"{step}: netlink socket failed: {e}") from None
+    try:
         s.settimeout(5)
         s.bind((0, 0))
+    except OSError as e:
+        s.close()
+        raise SandboxError(f"{step}: netlink socket failed: {e}") from None
+    return s
+
+
+def _messages(s: socket.socket, step: str):
+    """(type, sequence number, data, payload offset, end) of each netlink message received on `s`."""
+    while True:
+        data = s.recv(1 << 16)
+        off = 0
+        while off + _HDR.size <= len(data):
+            length, mtype, _flags, mseq, _pid = _HDR.unpack_from(data, off)
+            if length < _HDR.size:
+                raise SandboxError(f"{step}: malformed netlink reply")
+            yield mtype, mseq, data, off + _HDR.size, off + length
+            off = (off + length + 3) & ~3
+
+
+def _errno(data: bytes, off: int) -> int:
+    """The errno of an NLMSG_ERROR message (0: an acknowledgement)."""
+    return -struct.unpack_from("=i", data, off)[0]
+
+
+_TABLE_NAME = frozenset((NFTA_TABLE_NAME,))
+
+
+def table_names(family: int = NFPROTO_INET) -> list[str]:
+    """Names of all nf_tables tables of `family` in this network namespace."""
+    step = "list nftables tables"
+    with _socket(step) as s:
         seq = int.from_bytes(os.urandom(4), "little") or 1
         body = _NFGEN.pack(family, 0, 0)
         msg_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE
         s.send(_HDR.pack(_HDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
         names: list[str] = []
-        while True:
-            data = s.recv(1 << 16)
-            off = 0
-            while off + _HDR.size <= len(data):
-                length, mtype, _flags, mseq, _pid = _HDR.unpack_from(data, off)
-                if length < _HDR.size:
-                    raise SandboxError("list nftables tables: malformed netlink reply")
-                end = off + length
-                if mseq == seq:
-                    if mtype == NLMSG_DONE:
-                        return sorted(names)
-                    if mtype == NLMSG_ERROR:
-                        err = struct.unpack_from("=i", data, off + _HDR.size)[0]
-                        if err:
-                            raise SandboxError(f"list nftables tables: {os.strerror(-err)}")
-                    elif mtype == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE:
-                        name = _attr(data, off + _HDR.size + _NFGEN.size, end, NFTA_TABLE_NAME)
-                        if name is not None:
-                            names.append(name.rstrip(b"\0").decode())
-                off = (end + 3) & ~3
-
-
-def _attr(data: bytes, off: int, end: int, want: int) -> bytes | None:
-    while off + 4 <= end:
-        alen, atype = struct.unpack_from("=HH", data, off)
-        if alen < 4:
-            return None
-        if atype & 0x3FFF == want:
-            return data[off + 4: off + alen]
-        off += (alen + 3) & ~3
-    return None
+        for mtype, mseq, data, off, end in _messages(s, step):
+            if mseq != seq:
+                continue
+            if mtype == NLMSG_DONE:
+                return sorted(names)
+            if mtype == NLMSG_ERROR:
+                if err := _errno(data, off):
+                    raise SandboxError(f"{step}: {os.strerror(err)}")
+            elif mtype == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE:
+                name = rtnl.parse_attrs(data, off + _NFGEN.size, end, _TABLE_NAME).get(NFTA_TABLE_NAME)
+                if name is not None:
+                    names.append(name.rstrip(b"\0").decode())
+    raise AssertionError("unreachable")
 
 
 # --- writing: one nf_tables transaction as a raw netlink batch ------------------------------------
@@ -78,7 +92,6 @@ def _attr(data: bytes, off: int, end: int, want: int) -> bytes | None:
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE = 2, 3, 6
 NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x4, 0x200, 0x400, 0x800
-NLA_F_NESTED = 0x8000
 NFTA_TABLE_USERDATA = 6
 NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY, NFTA_CHAIN_TYPE = 1, 3, 4, 5, 7
 NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY = 1, 2
@@ -90,14 +103,10 @@ def _nla(atype: int, value) -> bytes:
     """One netlink attribute; `value` bytes, str (NUL-terminated) or a sequence of (type, value)
     pairs (a nested attribute)."""
     if isinstance(value, str):
-        payload = value.encode() + b"\0"
-    elif isinstance(value, (bytes, bytearray)):
-        payload = bytes(value)
-    else:
-        payload = b"".join(_nla(t, v) for t, v in value)
-        atype |= NLA_F_NESTED
-    head = struct.pack("=HH", 4 + len(payload), atype)
-    return head + payload + b"\0" * (-len(payload) % 4)
+        return rtnl.attr(atype, value.encode() + b"\0")
+    if isinstance(value, (bytes, bytearray)):
+        return rtnl.attr(atype, bytes(value))
+    return rtnl.nested(atype, *(_nla(t, v) for t, v in value))
 
 
 class Batch:
@@ -152,16 +161,10 @@ class Batch:
         SandboxError naming the first message the kernel refused (nothing was applied then)."""
         if not self.msgs:
             return
-        try:
-            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
-        except OSError as e:
-            raise SandboxError(f"{step}: netlink socket failed: {e}") from None
-        with s:
+        with _socket(step) as s:
+            # every answer comes at once after the commit (~0.7 KB each): room for all of them
+            need = 65536 + 1024 * len(self.msgs)
             try:
-                s.settimeout(5)
-                s.bind((0, 0))
-                # every answer comes at once after the commit (~0.7 KB each): room for all of them
-                need = 65536 + 1024 * len(self.msgs)
                 try:
                     s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, need)
                 except OSError:  # not CAP_NET_ADMIN: as much as rmem_max allows
@@ -169,40 +172,28 @@ class Batch:
             except OSError as e:
                 raise SandboxError(f"{step}: netlink socket setup failed: {e}") from None
             seq = (int.from_bytes(os.urandom(4), "little") & 0x3FFFFFFF) or 1
-            data = self.encode(seq)
             try:
-                s.sendall(data)
+                s.sendall(self.encode(seq))
             except OSError as e:
                 raise SandboxError(f"{step}: sending the nftables batch failed: {e}") from None
             waiting = set(range(seq + 1, seq + 1 + len(self.msgs)))
-            first: tuple[int, int] | None = None
             try:
-                while waiting:
-                    reply = s.recv(1 << 16)
-                    off = 0
-                    while off + _HDR.size <= len(reply):
-                        length, mtype, _flags, mseq, _pid = _HDR.unpack_from(reply, off)
-                        if length < _HDR.size:
-                            raise SandboxError(f"{step}: malformed netlink reply")
-                        # an error on the batch's begin message (seq) refuses the whole batch
-                        if mtype == NLMSG_ERROR and (mseq in waiting or mseq == seq):
-                            waiting.discard(mseq)
-                            err = struct.unpack_from("=i", reply, off + _HDR.size)[0]
-                            if err and first is None:
-                                first = (mseq, -err)
-                                break  # the kernel aborted the transaction: later answers do not matter
-                        off += (length + 3) & ~3
-                    if first is not None:
-                        break
+                for mtype, mseq, data, off, _end in _messages(s, step):
+                    # an error on the batch's begin message (seq) refuses the whole batch
+                    if mtype != NLMSG_ERROR or not (mseq in waiting or mseq == seq):
+                        continue
+                    waiting.discard(mseq)
+                    if err := _errno(data, off):  # the kernel aborted the transaction
+                        what = self.msgs[mseq - seq - 1][3] if mseq != seq else "the whole batch"
+                        raise SandboxError(f"{step}: the kernel refused {what}: {os.strerror(err)} "
+                                           "(nothing of this transaction was applied)")
+                    if not waiting:
+                        return
             except TimeoutError:
                 raise SandboxError(f"{step}: no answer from nf_tables within 5 s "
                                    f"({len(waiting)} of {len(self.msgs)} messages unanswered)") from None
             except OSError as e:
                 raise SandboxError(f"{step}: reading nf_tables' answers failed: {e}") from None
-            if first is not None:
-                what = self.msgs[first[0] - seq - 1][3] if first[0] != seq else "the whole batch"
-                raise SandboxError(f"{step}: the kernel refused {what}: {os.strerror(first[1])} "
-                                   "(nothing of this transaction was applied)")
 
 
 SO_RCVBUFFORCE = 33

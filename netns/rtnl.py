@@ -57,29 +57,18 @@ def _name(name: str) -> bytes:
     return name.encode() + b"\0"
 
 
-def parse_attrs(data: bytes, off: int, end: int) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    while off + _NLA.size <= end:
-        alen, kind = _NLA.unpack_from(data, off)
-        if alen < _NLA.size:
-            break
-        out[kind & 0x3FFF] = data[off + _NLA.size: off + alen]
-        off += (alen + 3) & ~3
-    return out
-
-
-def find_attrs(data: bytes, off: int, end: int, wanted: frozenset[int]) -> dict[int, bytes]:
-    """The attributes of `wanted` kinds only, stopping once all are found (a link message carries
-    dozens: reading just three of them halves the cost of a 200-link dump)."""
+def parse_attrs(data: bytes, off: int, end: int, wanted: frozenset[int] | None = None) -> dict[int, bytes]:
+    """Attributes by kind; with `wanted`, only those kinds, stopping once all are found (a link
+    message carries dozens: reading just three of them halves the cost of a 200-link dump)."""
     out: dict[int, bytes] = {}
     unpack = _NLA.unpack_from
-    left = len(wanted)
+    left = len(wanted) if wanted is not None else -1
     while off + 4 <= end:
         alen, kind = unpack(data, off)
         if alen < 4:
             break
         kind &= 0x3FFF
-        if kind in wanted:
+        if wanted is None or kind in wanted:
             out[kind] = data[off + 4: off + alen]
             left -= 1
             if not left:
@@ -166,7 +155,7 @@ def links_and_addrs() -> list[tuple[str, str | None, int | None, list[ipaddress.
         ask = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr(IFLA_EXT_MASK, struct.pack("=I", RTEXT_FILTER_SKIP_STATS))
         for _mt, data, off, end in s.query(RTM_GETLINK, ask, step="list interfaces", dump=True):
             _fam, _type, index, _flags, _change = _IFINFO.unpack_from(data, off)
-            a = find_attrs(data, off + _IFINFO.size, end, _LINK_ATTRS)
+            a = parse_attrs(data, off + _IFINFO.size, end, _LINK_ATTRS)
             if IFLA_IFNAME not in a:
                 continue
             kind = None
@@ -179,7 +168,7 @@ def links_and_addrs() -> list[tuple[str, str | None, int | None, list[ipaddress.
         for _mt, data, off, end in s.query(RTM_GETADDR, _IFADDR.pack(socket.AF_INET, 0, 0, 0, 0),
                                            step="list addresses", dump=True):
             fam, plen, _fl, _scope, index = _IFADDR.unpack_from(data, off)
-            a = find_attrs(data, off + _IFADDR.size, end, _ADDR_ATTRS)
+            a = parse_attrs(data, off + _IFADDR.size, end, _ADDR_ATTRS)
             if fam == socket.AF_INET and IFA_LOCAL in a and index in by_index:
                 by_index[index][3].append(ipaddress.IPv4Network(
                     (int.from_bytes(a[IFA_LOCAL][:4], "big"), plen), strict=False))

@@ -11,7 +11,6 @@ import pytest
 from netns_testlib import make_sandbox
 
 from netns import render_rules
-from netns.nft import delete_script
 
 
 make = make_sandbox
@@ -91,12 +90,6 @@ def test_dns_on_port_53_gets_a_direct_path():
     assert 'iifname "egwh3" ip daddr 10.211.0.13 tcp dport 53 accept' in inp
     assert 'iifname "egwh3" ip daddr 10.211.0.13 udp dport 53 accept' in inp
     assert not any(r.endswith("dport 53 accept") for r in rules(render_rules(make()), "input"))
-
-
-def test_delete_script():
-    assert delete_script(["egressgw_a", "egressgw_b"]) == (
-        "add table inet egressgw_a\ndelete table inet egressgw_a\n"
-        "add table inet egressgw_b\ndelete table inet egressgw_b\n")
 
 
 def _can_check() -> str | None:
