@@ -920,8 +920,8 @@ class Bench:
         }
         for k in ("download_1g", "upload_1g", "passthrough_download_1g"):
             v = out[k]
-            log(f"  {k:24s} {v['mbps']:7.1f} MB/s  gateway RSS {v['rss_start_mib']} -> peak {v['rss_peak_mib']} MiB "
-                f"(+{v['rss_growth_mib']})")
+            log(f"  {k:24s} {v['mbps']:7.1f} MB/s  gateway CPU {v['gateway_cpu_s_per_gb']} s/GB  "
+                f"RSS {v['rss_start_mib']} -> peak {v['rss_peak_mib']} MiB (+{v['rss_growth_mib']})")
         self.results["extras"] = out
 
     def setup_egressgw(self, lab: Lab) -> Target:
@@ -1389,11 +1389,13 @@ def render_extras(x: dict[str, Any]) -> list[str]:
     names = {"download_1g": "download (nginx), intercepted", "upload_1g": "upload (Python origin, detection on)",
              "passthrough_download_1g": "download (nginx), `inspect: false`"}
     if rows:
-        lines += ["| 1 GiB over HTTPS through egressgw (curl) | MB/s | gateway RSS start → peak (MiB) | growth (MiB) "
-                  "| target |", "|---|---:|---:|---:|---|"]
+        lines += ["| 1 GiB over HTTPS through egressgw (curl) | MB/s | gateway CPU s/GB | gateway RSS start → peak (MiB) "
+                  "| growth (MiB) | target |", "|---|---:|---:|---:|---:|---|"]
         for k, v in rows:
             ok = "PASS" if v["rss_growth_mib"] < 64 else "MISS"
-            lines.append(f"| {names[k]} | {v['mbps']:.1f} | {v['rss_start_mib']} → {v['rss_peak_mib']} | "
+            cpu = v.get("gateway_cpu_s_per_gb")
+            lines.append(f"| {names[k]} | {v['mbps']:.1f} | {'-' if cpu is None else cpu} | "
+                         f"{v['rss_start_mib']} → {v['rss_peak_mib']} | "
                          f"{v['rss_growth_mib']} | {ok} (< 64 MiB); bulk ≥ 1 GB/s: "
                          f"{'PASS' if v['mbps'] >= 1000 else 'MISS'} |")
     ka = x.get("https_ka_c10")

@@ -214,21 +214,40 @@ class _Peak:
         self._t.join()
 
 
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and every process below it (worker processes)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended meanwhile
+    return total
+
+
 def transfer(ns: str, pid: int, cacert: Path, url: str, upload: Path | None = None) -> dict[str, Any]:
-    """One curl transfer in `ns` (a download to /dev/null, or an upload of `upload`): MB/s and the
-    gateway's RSS growth during it."""
+    """One curl transfer in `ns` (a download to /dev/null, or an upload of `upload`): MB/s, the
+    gateway's CPU seconds per GB moved (steadier than MB/s on shared CPUs) and its RSS growth."""
     argv = ["ip", "netns", "exec", ns, "curl", "-sS", "-m", "300", "--cacert", str(cacert), "-o", "/dev/null",
             "-w", "%{http_code} %{size_download} %{size_upload} %{time_total}"]
     if upload is not None:
         argv += ["-T", str(upload), "-H", "Content-Type: application/octet-stream"]
+    cpu0 = _tree_cpu_s(pid)
     with _Peak(pid) as peak:
         p = _run(argv + [url], timeout=330, check=False)
+    cpu = _tree_cpu_s(pid) - cpu0
     parts = p.stdout.split()
     if p.returncode != 0 or len(parts) != 4 or parts[0] != "200":
         raise RuntimeError(f"transfer {url} failed ({p.returncode}): {p.stdout} {p.stderr.strip()[-300:]}")
     moved = int(parts[2] if upload is not None else parts[1])
     seconds = float(parts[3])
     return {"bytes": moved, "seconds": round(seconds, 2), "mbps": round(moved / seconds / 1e6, 1),
+            "gateway_cpu_s_per_gb": round(cpu / (moved / 1e9), 2) if moved else None,
             "rss_start_mib": round(peak.start / 1024, 1), "rss_peak_mib": round(peak.peak / 1024, 1),
             "rss_growth_mib": round((peak.peak - peak.start) / 1024, 1)}
 

@@ -30,7 +30,7 @@ from mitmproxy.addons import (
 )
 from mitmproxy.master import Master
 
-from gateway import ca, metrics, workers
+from gateway import ca, h2repr, metrics, workers
 from gateway.addons import default_addons
 from gateway.audit import Audit
 from gateway.config import Config, Listen
@@ -115,6 +115,7 @@ class Gateway:
         Path(self.config.ca_dir).mkdir(parents=True, exist_ok=True)
         os.chmod(self.config.ca_dir, 0o755)  # sandboxes read the bundle; key files stay 0600
         ca.ensure(self.config.ca_dir, self.config.ca_name_constraints, self.config.source)  # before mitmproxy loads it
+        h2repr.install()  # h2 formats every frame it receives: not a copy of each payload (gateway/h2repr.py)
         master = Master(options.Options(), event_loop=asyncio.get_running_loop(), with_termlog=True)
         master.addons.add(
             core.Core(),
