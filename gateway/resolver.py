@@ -113,8 +113,18 @@ class UpstreamResolver:
 
 
 def _reusable_for(response: dns.message.Message) -> float:
-    """Seconds a forwarded answer may be reused: a NOERROR answer with records, for its smallest TTL
-    (capped); anything else (no records, errors, truncated) is asked again every time."""
-    if response.rcode() != dns.rcode.NOERROR or not response.answer or response.flags & dns.flags.TC:
+    """Seconds a forwarded answer may be reused, capped at ANSWER_TTL_CAP: a NOERROR answer with
+    records for its smallest TTL; a negative one (NXDOMAIN, or NOERROR without records: the AAAA of
+    an IPv4-only host, asked by every dual-stack client) for its negative TTL, the smaller of its
+    SOA's TTL and MINIMUM (RFC 2308). Without an SOA, truncated, or any other rcode: asked again
+    every time."""
+    if response.flags & dns.flags.TC:
         return 0.0
-    return min(ANSWER_TTL_CAP, *(float(rrset.ttl) for rrset in response.answer))
+    rcode = response.rcode()
+    if rcode == dns.rcode.NOERROR and response.answer:
+        return min(ANSWER_TTL_CAP, *(float(rrset.ttl) for rrset in response.answer))
+    if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) and not response.answer:
+        for rrset in response.authority:
+            if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+                return min(ANSWER_TTL_CAP, float(rrset.ttl), float(rrset[0].minimum))
+    return 0.0

@@ -9,6 +9,7 @@ import types
 import dns.message
 import dns.rcode
 import dns.rdatatype
+import dns.rrset
 import pytest
 
 from gateway import resolver as resolver_mod
@@ -33,6 +34,7 @@ ZONE = {
         "many.test.": {"A": MANY},
         "txtonly.test.": {"TXT": ["no addresses here"]},
     },
+    "servfail": ["broken.test."],
 }
 
 
@@ -202,8 +204,11 @@ def test_the_same_query_is_answered_from_the_cache_with_aged_ttls(server, monkey
 @pytest.mark.parametrize("name, qtype, asked_again_after", [
     ("short.test", "A", 5.5),  # its own TTL (5 s) ends first
     ("long.test", "A", resolver_mod.ANSWER_TTL_CAP + 0.5),  # the cap ends first
-    ("nope.test", "A", 0.0),  # NXDOMAIN: never reused
-    ("txtonly.test", "A", 0.0),  # no records: never reused
+    # negative answers (RFC 2308): for the smaller of the SOA's TTL and MINIMUM (both the zone's 30 s)
+    ("nope.test", "A", 30.5),  # NXDOMAIN
+    ("txtonly.test", "A", 30.5),  # NOERROR without records (NODATA)
+    ("v6only.test", "A", 30.5),
+    ("broken.test", "A", 0.0),  # SERVFAIL: never reused
 ])
 def test_reuse_ends_with_the_ttl_or_the_cap(server, monkeypatch, name, qtype, asked_again_after):
     r = upstream(server)
@@ -218,6 +223,21 @@ def test_reuse_ends_with_the_ttl_or_the_cap(server, monkeypatch, name, qtype, as
     clock[0] += 1
     run(r.query(dns.message.make_query(name, qtype)))
     assert len(queries(server, name + ".")) == before + 2
+
+
+@pytest.mark.parametrize("soa_ttl, minimum, cap, reused_for", [
+    (300, 7, 30.0, 7.0),  # MINIMUM smaller
+    (4, 3600, 30.0, 4.0),  # the SOA's own TTL smaller
+    (3600, 3600, 30.0, 30.0),  # the cap
+])
+def test_negative_ttl_is_the_smaller_of_the_soa_ttl_and_minimum(soa_ttl, minimum, cap, reused_for, monkeypatch):
+    monkeypatch.setattr(resolver_mod, "ANSWER_TTL_CAP", cap)
+    response = dns.message.make_response(dns.message.make_query("gone.test", "A"))
+    response.set_rcode(dns.rcode.NXDOMAIN)
+    response.authority.append(dns.rrset.from_text("test.", soa_ttl, "IN", "SOA", f"ns.test. h.test. 1 2 3 4 {minimum}"))
+    assert resolver_mod._reusable_for(response) == reused_for
+    response.authority.clear()  # no SOA: no negative TTL, never reused
+    assert resolver_mod._reusable_for(response) == 0.0
 
 
 def test_a_different_case_or_type_is_a_different_question(server):
