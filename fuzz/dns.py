@@ -60,6 +60,14 @@ class _Resolver:
             response.set_rcode(dns.rcode.NXDOMAIN)
         return response
 
+    async def forward(self, packed: bytes):
+        """As UpstreamResolver.forward (the seam DnsGate calls): wire in, wire out with the query's ID."""
+        from gateway.resolver import Forwarded
+
+        response = await self.query(dns.message.from_wire(packed))
+        return Forwarded(packed[:2] + response.to_wire()[2:], dns.rcode.to_text(response.rcode()),
+                         tuple(r.address for rrset in response.answer for r in rrset))
+
     async def addresses(self, name: str) -> tuple[str, ...]:
         return ()
 

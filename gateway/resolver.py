@@ -8,7 +8,9 @@ cached for the record's TTL, capped).
 from __future__ import annotations
 
 import ipaddress
+import struct
 import time
+from dataclasses import dataclass
 
 import dns.asyncquery
 import dns.exception
@@ -37,6 +39,58 @@ def system_resolvers() -> tuple[Listen, ...]:
 
 ANSWER_TTL_CAP = 30.0  # forwarded answers are reused at most this long (and never past their own TTL)
 ANSWER_LIMIT = 20_000
+_TTL = struct.Struct("!I")
+_OPT = 41  # EDNS pseudo-record: its TTL field holds flags, not a TTL
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """An answer for a sandbox: its wire form (with the query's ID), rcode and A/AAAA addresses."""
+
+    wire: bytes
+    rcode: str
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Answer:
+    expires: float
+    stored: float
+    wire: bytes
+    ttls: tuple[tuple[int, int], ...]  # (offset of a record's TTL in `wire`, that TTL)
+    rcode: str
+    addresses: tuple[str, ...]
+
+
+def _addresses(response: dns.message.Message) -> tuple[str, ...]:
+    return tuple(rdata.address for rrset in response.answer if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA)
+                 for rdata in rrset)
+
+
+def _skip_name(wire: bytes, i: int) -> int:
+    while True:
+        n = wire[i]
+        if n >= 0xC0:  # a compression pointer ends the name
+            return i + 2
+        if n == 0:
+            return i + 1
+        i += 1 + n
+
+
+def _ttl_offsets(wire: bytes) -> tuple[tuple[int, int], ...]:
+    """Where each record's TTL sits in a message's wire form (the EDNS OPT record's excepted)."""
+    qd, an, ns, ar = struct.unpack_from("!4H", wire, 4)
+    i = 12
+    for _ in range(qd):
+        i = _skip_name(wire, i) + 4
+    out = []
+    for _ in range(an + ns + ar):
+        i = _skip_name(wire, i)
+        rtype, _cls, ttl, rdlen = struct.unpack_from("!HHIH", wire, i)
+        if rtype != _OPT:
+            out.append((i + 4, ttl))
+        i += 10 + rdlen
+    return tuple(out)
 
 
 class UpstreamResolver:
@@ -46,32 +100,67 @@ class UpstreamResolver:
         self._cache: dict[str, tuple[float, tuple[str, ...]]] = {}
         # forwarded answers by the query's wire form without its ID (same name, same case, type,
         # class, flags, EDNS): upstream is the same for every session, the policy is checked before
-        self._answers: dict[bytes, tuple[float, float, bytes]] = {}  # key -> (expires, stored, wire)
+        self._answers: dict[bytes, _Answer] = {}
         self.answer_hits = 0
 
     async def query(self, request: dns.message.Message) -> dns.message.Message:
         if not self.servers:
             raise DnsFailure("no upstream resolver configured (set upstream.dns in the gateway config)")
         wire = request.to_wire()
-        key = wire[2:]
-        now = time.monotonic()
-        hit = self._answers.get(key)
-        if hit is not None and hit[0] > now:
-            self.answer_hits += 1
-            answer = dns.message.from_wire(wire[:2] + hit[2][2:])
-            age = int(now - hit[1])
-            for rrset in answer.answer + answer.authority + answer.additional:
-                rrset.ttl = max(1, rrset.ttl - age)  # the records have aged since upstream answered
-            return answer
+        hit = self._hit(wire)
+        if hit is not None:
+            return dns.message.from_wire(hit)
         response = await self._ask(request)
-        ttl = _reusable_for(response)
-        if ttl > 0:
-            if len(self._answers) >= ANSWER_LIMIT:
-                self._answers = {k: v for k, v in self._answers.items() if v[0] > now}
-                if len(self._answers) >= ANSWER_LIMIT:
-                    self._answers.clear()
-            self._answers[key] = (now + ttl, now, response.to_wire())
+        self._store(wire[2:], response)
         return response
+
+    async def forward(self, packed: bytes) -> Forwarded:
+        """Answer a sandbox's query, given and returned as wire bytes: from the reused answers without
+        building any message object (the ID and aged TTLs patched into the stored bytes), else
+        parsed and asked upstream. Raises DnsFailure, or DNSException for a query that does not parse."""
+        if not self.servers:
+            raise DnsFailure("no upstream resolver configured (set upstream.dns in the gateway config)")
+        hit = self._hit(packed, whole=True)
+        if hit is not None:
+            return hit
+        request = dns.message.from_wire(packed)
+        response = await self._ask(request)
+        stored = self._store(packed[2:], response)
+        if stored is not None:
+            return Forwarded(packed[:2] + stored.wire[2:], stored.rcode, stored.addresses)
+        response.id = request.id
+        return Forwarded(response.to_wire(), dns.rcode.to_text(response.rcode()), _addresses(response))
+
+    def _hit(self, wire: bytes, whole: bool = False):
+        """The reused answer to the query `wire` with its ID and aged TTLs (bytes, or a Forwarded if
+        `whole`), or None."""
+        now = time.monotonic()
+        entry = self._answers.get(wire[2:])
+        if entry is None or entry.expires <= now:
+            return None
+        self.answer_hits += 1
+        out = bytearray(entry.wire)
+        out[:2] = wire[:2]
+        age = int(now - entry.stored)
+        if age:
+            for offset, ttl in entry.ttls:  # the records have aged since upstream answered
+                _TTL.pack_into(out, offset, max(1, ttl - age))
+        return Forwarded(bytes(out), entry.rcode, entry.addresses) if whole else bytes(out)
+
+    def _store(self, key: bytes, response: dns.message.Message) -> _Answer | None:
+        ttl = _reusable_for(response)
+        if ttl <= 0:
+            return None
+        now = time.monotonic()
+        if len(self._answers) >= ANSWER_LIMIT:
+            self._answers = {k: v for k, v in self._answers.items() if v.expires > now}
+            if len(self._answers) >= ANSWER_LIMIT:
+                self._answers.clear()
+        wire = response.to_wire()
+        entry = _Answer(now + ttl, now, wire, _ttl_offsets(wire), dns.rcode.to_text(response.rcode()),
+                        _addresses(response))
+        self._answers[key] = entry
+        return entry
 
     async def _ask(self, request: dns.message.Message) -> dns.message.Message:
         last: Exception | None = None

@@ -26,10 +26,6 @@ from __future__ import annotations
 import logging
 
 import dns.exception
-import dns.message
-import dns.opcode
-import dns.rcode
-import dns.rdataclass
 import dns.rdatatype
 from mitmproxy import dns as mdns
 from mitmproxy.net.dns import response_codes
@@ -142,22 +138,17 @@ class DnsGate:
                 if flow.response is not None:
                     return None
         try:
-            query = dns.message.from_wire(flow.request.packed)
-            answer = await self.resolver.query(query)
+            answer = await self.resolver.forward(flow.request.packed)
         except (dns.exception.DNSException, DnsFailure) as e:
             logger.warning("upstream DNS failed for session %s: %s", session.id, e)
             return self._answer(flow, response_codes.SERVFAIL, fields, decision.action, "dns-failure")
-        answer.id = query.id
-        addresses = []
-        for rrset in answer.answer:
-            if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-                for rdata in rrset:
-                    addresses.append(rdata.address)
-                    session.remember(rdata.address, q.name.lower().rstrip("."))
-        self._emit(flow, {**fields, "dns_rcode": dns.rcode.to_text(answer.rcode()), "dns_answers": addresses,
+        host = q.name.lower().rstrip(".")
+        for address in answer.addresses:
+            session.remember(address, host)
+        self._emit(flow, {**fields, "dns_rcode": answer.rcode, "dns_answers": list(answer.addresses),
                           "decision": decision.action, "rule": decision.rule, "reason": decision.reason})
         if flow.response is None:  # the log write succeeded
-            flow.response = mdns.DNSMessage.unpack(answer.to_wire())
+            flow.response = mdns.DNSMessage.unpack(answer.wire)
 
     @staticmethod
     def _action(session, rule_id: str) -> str:

@@ -47,7 +47,7 @@ from gateway.connstate import ConnTable
 from gateway.dialguard import DialGuard
 from gateway.log import reader
 from gateway.log.writer import FlowLog
-from gateway.resolver import DnsFailure
+from gateway.resolver import DnsFailure, Forwarded
 from gateway.sessions.registry import SessionRegistry
 
 from .helpers import ALLOWED, PINNED, PLAIN, SSH, policy, run
@@ -66,7 +66,7 @@ ADDRESSES = {
 
 
 class Resolver:
-    """The upstream resolver seam: async query(message) and addresses(name); records every call."""
+    """The upstream resolver seam: async query(message), forward(wire) and addresses(name); records every call."""
 
     def __init__(self, addresses=ADDRESSES):
         self.table = dict(addresses)
@@ -87,6 +87,13 @@ class Resolver:
         else:
             response.answer.append(dns.rrset.from_text_list(request.question[0].name, 30, "IN", "A", found))
         return response
+
+    async def forward(self, packed: bytes) -> Forwarded:
+        """As UpstreamResolver.forward: the answer's wire form carries the query's ID."""
+        request = dns.message.from_wire(packed)
+        response = await self.query(request)
+        return Forwarded(packed[:2] + response.to_wire()[2:], dns.rcode.to_text(response.rcode()),
+                         tuple(r.address for rrset in response.answer for r in rrset))
 
     async def addresses(self, name: str) -> tuple[str, ...]:
         self.lookups.append(name)

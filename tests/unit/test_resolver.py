@@ -6,6 +6,8 @@ import socket
 import time
 import types
 
+import dns.exception
+import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
@@ -247,3 +249,67 @@ def test_a_different_case_or_type_is_a_different_question(server):
         run(r.query(dns.message.make_query(name, qtype)))
     after = len(queries(server, "a.test.")) + len(queries(server, "A.test."))
     assert after - before == 3 and r.answer_hits == 0
+
+
+# ---- forward: a sandbox's query as wire bytes ---------------------------------------------------------
+
+def _forward(r, name, qtype, **kw):
+    q = dns.message.make_query(name, qtype, **kw)
+    return q, run(r.forward(q.to_wire()))
+
+
+@pytest.mark.parametrize("name, qtype, rcode, addresses", [
+    ("a.test", "A", "NOERROR", ("198.18.1.10", "198.18.1.11")),
+    ("a.test", "AAAA", "NOERROR", ("2001:db8::1",)),
+    ("a.test", "TXT", "NOERROR", ()),
+    ("nope.test", "A", "NXDOMAIN", ()),
+    ("txtonly.test", "A", "NOERROR", ()),
+    ("broken.test", "A", "SERVFAIL", ()),
+])
+def test_forward_answers_with_the_query_id_and_the_same_records_as_query(server, monkeypatch, name, qtype, rcode, addresses):
+    """Asked upstream, then from the reused answers (bytes patched, no message objects): the ID is
+    the query's, the records and rcode are what `query` returns, the TTLs aged like `query`'s."""
+    r = upstream(server)
+    clock = [7000.0]
+    monkeypatch.setattr(resolver_mod.time, "monotonic", lambda: clock[0])
+    for step in range(2):
+        q, got = _forward(r, name, qtype)
+        answer = dns.message.from_wire(got.wire)
+        assert answer.id == q.id and got.rcode == rcode and dns.rcode.to_text(answer.rcode()) == rcode
+        assert sorted(got.addresses) == sorted(addresses)
+        want = run(upstream(server).query(dns.message.make_query(name, qtype)))
+        assert sorted(x.to_text() for s in answer.answer for x in s) == sorted(x.to_text() for s in want.answer for x in s)
+        if step == 0:
+            first = answer
+            clock[0] += 3
+    reused = rcode != "SERVFAIL"
+    assert r.answer_hits == (1 if reused else 0)
+    for a, b in zip(first.answer + first.authority, answer.answer + answer.authority):
+        assert b.ttl == (a.ttl - 3 if reused else a.ttl)
+
+
+def test_forward_leaves_the_edns_record_alone_when_aging():
+    """The OPT pseudo-record's TTL field holds the extended rcode and flags (DO bit): never aged."""
+    q = dns.message.make_query("x.test", "A", use_edns=0, want_dnssec=True)
+    resp = dns.message.make_response(q)
+    resp.use_edns(0, dns.flags.DO, 1232)
+    resp.answer.append(dns.rrset.from_text("x.test.", 20, "IN", "A", "198.18.9.9"))
+    resp.authority.append(dns.rrset.from_text("test.", 40, "IN", "NS", "ns.test."))
+    resp.additional.append(dns.rrset.from_text("ns.test.", 50, "IN", "A", "198.18.9.1"))
+    wire = resp.to_wire()
+    offsets = resolver_mod._ttl_offsets(wire)
+    assert [ttl for _o, ttl in offsets] == [20, 40, 50]
+    r = UpstreamResolver((Listen("127.0.0.1", 9),))
+    r._answers[q.to_wire()[2:]] = resolver_mod._Answer(1e12, time.monotonic() - 10, wire, offsets, "NOERROR", ("198.18.9.9",))
+    q2 = dns.message.make_query("x.test", "A", use_edns=0, want_dnssec=True)
+    q2.id = q.id ^ 0x5A5A
+    got = run(r.forward(q2.id.to_bytes(2, "big") + q.to_wire()[2:]))
+    answer = dns.message.from_wire(got.wire)
+    assert answer.id == q2.id
+    assert [s.ttl for s in answer.answer + answer.authority + answer.additional] == [10, 30, 40]
+    assert answer.edns == 0 and answer.ednsflags & dns.flags.DO  # the OPT record as it was
+
+
+def test_forward_of_a_query_that_does_not_parse_is_a_dns_exception(server):
+    with pytest.raises(dns.exception.DNSException):
+        run(upstream(server).forward(b"\x12\x34\x01\x00\x00\x01"))
