@@ -48,17 +48,20 @@ def block(pool: IPv4Network, index: int) -> Block:
     return Block(index, IPv4Address(base + 1), IPv4Address(base + 2))
 
 
-def allocate(pool: IPv4Network, used: set[int], taken: list[IPv4Network]) -> Block:
-    """Lowest block not in `used` (indices) and overlapping none of `taken`
-    (networks already configured in the gateway namespace)."""
+def span(net: IPv4Network) -> tuple[int, int]:
+    return int(net.network_address), int(net.broadcast_address)
+
+
+def allocate(pool: IPv4Network, used: set[int], taken: list[tuple[int, int]]) -> Block:
+    """Lowest block not in `used` (indices) and overlapping none of `taken` (networks already
+    configured in the gateway namespace, as inclusive (first, last) address ranges: see span)."""
     start, count = int(pool.network_address), pool.num_addresses // BLOCK_SIZE
+    end = start + pool.num_addresses - 1
     blocked: list[tuple[int, int]] = []      # inclusive index ranges hit by taken networks
-    for net in taken:
-        if net.version != 4 or not net.overlaps(pool):
+    for first, last in taken:
+        if last < start or first > end:
             continue
-        lo = max(int(net.network_address), start) - start
-        hi = min(int(net.broadcast_address), start + pool.num_addresses - 1) - start
-        blocked.append((lo // BLOCK_SIZE, hi // BLOCK_SIZE))
+        blocked.append(((max(first, start) - start) // BLOCK_SIZE, (min(last, end) - start) // BLOCK_SIZE))
     i = 0
     while i < count:
         if i in used:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
 from . import naming, rtnl
@@ -19,12 +18,48 @@ IP = "ip"
 ADDR_SHOW = [IP, "-j", "-d", "addr", "show"]
 
 
-@dataclass
 class Link:
-    name: str
-    kind: str | None            # "veth", "dummy", ... (None for lo / unknown)
-    peer_netnsid: int | None    # nsid of the peer's namespace, None if same namespace or none
-    nets: list[IPv4Network] = field(default_factory=list)
+    """One interface of the gateway namespace. `kind` ("veth", "dummy", ...; None for lo / unknown)
+    and `peer_netnsid` (nsid of the peer's namespace; None if the same namespace or none) are read
+    from the kernel's message only when asked; `spans` are its IPv4 networks as inclusive integer
+    ranges (what allocation compares), `nets` the same as IPv4Network objects."""
+
+    __slots__ = ("name", "spans", "_kind", "_nsid", "_msg")
+
+    def __init__(self, name: str, kind: str | None = None, peer_netnsid: int | None = None,
+                 nets: list[IPv4Network] | None = None, *, msg: rtnl.LinkMessage | None = None,
+                 addrs: list[tuple[int, int]] = ()) -> None:
+        self.name, self._kind, self._nsid, self._msg = name, kind, peer_netnsid, msg
+        pairs = [(int(n.network_address), n.prefixlen) for n in nets or ()] + list(addrs)
+        self.spans = [_span(addr, plen) for addr, plen in pairs]
+
+    @property
+    def kind(self) -> str | None:
+        return self._msg.kind if self._msg is not None else self._kind
+
+    @property
+    def peer_netnsid(self) -> int | None:
+        return self._msg.peer_netnsid if self._msg is not None else self._nsid
+
+    @property
+    def nets(self) -> list[IPv4Network]:
+        return [IPv4Network((lo, 32 - (hi - lo + 1).bit_length() + 1)) for lo, hi in self.spans]
+
+    def _key(self) -> tuple:
+        return self.name, self.kind, self.peer_netnsid, self.spans
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Link) and self._key() == other._key()
+
+    def __repr__(self) -> str:
+        return f"Link(name={self.name!r}, kind={self.kind!r}, peer_netnsid={self.peer_netnsid!r}, nets={self.nets!r})"
+
+
+def _span(addr: int, plen: int) -> tuple[int, int]:
+    """The network of addr/plen as (first, last) address."""
+    size = 1 << (32 - plen)
+    lo = addr & ~(size - 1) & 0xFFFFFFFF
+    return lo, lo + size - 1
 
 
 def parse_links(output: str) -> dict[str, Link]:
@@ -41,7 +76,16 @@ def parse_links(output: str) -> dict[str, Link]:
 
 
 def snapshot() -> dict[str, Link]:
-    return {name: Link(name, kind, nsid, nets) for name, kind, nsid, nets in rtnl.links_and_addrs()}
+    return {msg.name: Link(msg.name, msg=msg, addrs=addrs) for msg, addrs in rtnl.links_and_addrs()}
+
+
+def addressed() -> dict[str, list[tuple[int, int]]]:
+    """Interfaces with an IPv4 address (named by the address's label) -> their IPv4 networks as
+    (first, last) spans: what `up` needs, without the link dump (see rtnl.ipv4_addresses)."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    for label, addr, plen in rtnl.ipv4_addresses():
+        out.setdefault(label, []).append(_span(addr, plen))
+    return out
 
 
 def netns_ids(names: list[str] | None = None) -> dict[str, int]:

@@ -8,6 +8,7 @@ belongs to the calling thread's network namespace.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import struct
@@ -109,6 +110,13 @@ def _nla(atype: int, value) -> bytes:
     return rtnl.nested(atype, *(_nla(t, v) for t, v in value))
 
 
+@functools.lru_cache(maxsize=4096)
+def _expr(e) -> bytes:
+    """One expression of a rule's list, encoded. Most are the same in every sandbox's table (loads,
+    protocol and port compares, verdicts): encoded once per process, not once per `up`."""
+    return _nla(NFTA_LIST_ELEM, ((NFTA_EXPR_NAME, e.name), (NFTA_EXPR_DATA, e.attrs)))
+
+
 class Batch:
     """nf_tables messages sent as one transaction: the kernel applies all of them or none. No cache
     of the existing ruleset is read, so the cost does not grow with the tables already there."""
@@ -137,9 +145,8 @@ class Batch:
                   f"chain {table} {name}")
 
     def new_rule(self, table: str, chain: str, exprs, userdata: bytes | None = None, what: str = "") -> None:
-        elems = [(NFTA_LIST_ELEM, ((NFTA_EXPR_NAME, e.name), (NFTA_EXPR_DATA, e.attrs))) for e in exprs]
         attrs: list[tuple[int, object]] = [(NFTA_RULE_TABLE, table), (NFTA_RULE_CHAIN, chain),
-                                           (NFTA_RULE_EXPRESSIONS, elems)]
+                                           (NFTA_RULE_EXPRESSIONS | rtnl.NLA_F_NESTED, b"".join(map(_expr, exprs)))]
         if userdata:
             attrs.append((NFTA_RULE_USERDATA, userdata))
         self._add(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, attrs, what or f"rule in {table} {chain}")

@@ -17,6 +17,7 @@ for an RCU grace period in the kernel; see teardown.py).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import re
@@ -68,7 +69,7 @@ def up(name: str, *, transparent_port: int, dns_port: int, pool: str = DEFAULT_P
     net = addresses.parse_pool(pool)
     ns = naming.netns_name(name)
     with st.locked(state_dir):
-        _, live, g_links = sweep_locked(state_dir)
+        _, live, ifaces = sweep_locked(state_dir, full=False)
         if any(r.sandbox.name == name for r in live):
             raise SandboxError(f"sandbox {name} already exists "
                                f"(fix: use it, or run `egressgw sandbox down {name}` first)")
@@ -77,11 +78,11 @@ def up(name: str, *, transparent_port: int, dns_port: int, pool: str = DEFAULT_P
                 f"network namespace {ns} already exists but {state_dir} has no sandbox {name} "
                 f"(another gateway's, or a leftover) (fix: `egressgw sandbox down {name}` "
                 f"or `ip netns del {ns}`, or choose another name)")
-        used = {r.sandbox.index for r in live}
-        used |= {int(n[len(naming.HOST_IF_PREFIX):]) for n in g_links
-                 if n.startswith(naming.HOST_IF_PREFIX) and n[len(naming.HOST_IF_PREFIX):].isdigit()}
-        taken = [n for link in g_links.values() for n in link.nets]
-        blk = addresses.allocate(net, used, taken)
+        blk = _allocate(net, live, ifaces)
+        if target is None or target.kind != attach.TAP:
+            if links.exists(naming.host_if(blk.index)):   # an interface without an address: not in the dump
+                _, live, ifaces = sweep_locked(state_dir)
+                blk = _allocate(net, live, ifaces)
         tap = target is not None and target.kind == attach.TAP
         if tap and any(r.sandbox.host_if == target.tap for r in live):
             raise SandboxError(f"tap {target.tap} already belongs to a sandbox (fix: `egressgw sandbox list`)")
@@ -120,6 +121,13 @@ def up(name: str, *, transparent_port: int, dns_port: int, pool: str = DEFAULT_P
             raise SandboxError(msg) from e
         st.write(state_dir, sb, st.READY)
     return sb
+
+
+def _allocate(net, live: list[st.Record], ifaces: dict[str, list[tuple[int, int]]]) -> addresses.Block:
+    p = naming.HOST_IF_PREFIX
+    used = {r.sandbox.index for r in live}
+    used |= {int(n[len(p):]) for n in ifaces if n.startswith(p) and n[len(p):].isdigit()}
+    return addresses.allocate(net, used, [span for spans in ifaces.values() for span in spans])
 
 
 def _ipv6_available() -> bool:
@@ -284,9 +292,7 @@ def get(name: str, state_dir: str = DEFAULT_STATE_DIR) -> Sandbox:
 def set_session(name: str, session_id: str | None, state_dir: str = DEFAULT_STATE_DIR) -> None:
     naming.validate_name(name)
     with st.locked(state_dir):
-        sb = get(name, state_dir)
-        sb.session_id = session_id
-        st.write(state_dir, sb, st.READY)
+        st.write(state_dir, dataclasses.replace(get(name, state_dir), session_id=session_id), st.READY)
 
 
 def sweep_orphans(state_dir: str = DEFAULT_STATE_DIR) -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 from gateway.errors import SandboxError
 from netns import Sandbox, exec_argv, naming
 from netns import state as st
-from netns.addresses import allocate, block, parse_pool
+from netns.addresses import allocate, block, parse_pool, span
 from netns.links import parse_links
 
 
@@ -59,7 +59,7 @@ def test_allocate_lowest_free():
     assert allocate(pool, set(), []).index == 0
     assert allocate(pool, {0, 1, 3}, []).index == 2
     # Networks already present in the gateway namespace are skipped.
-    taken = [ipaddress.ip_network("10.211.0.0/29"), ipaddress.ip_network("192.168.0.0/24")]
+    taken = [span(ipaddress.ip_network("10.211.0.0/29")), span(ipaddress.ip_network("192.168.0.0/24"))]
     assert allocate(pool, set(), taken).index == 2
     assert allocate(pool, {2}, taken).index == 3
 
@@ -70,7 +70,7 @@ def test_allocate_exhausted():
     with pytest.raises(SandboxError, match="exhausted"):
         allocate(pool, {0, 1}, [])
     with pytest.raises(SandboxError, match="exhausted"):
-        allocate(pool, set(), [ipaddress.ip_network("10.0.0.0/8")])
+        allocate(pool, set(), [span(ipaddress.ip_network("10.0.0.0/8"))])
 
 
 def test_parse_links():

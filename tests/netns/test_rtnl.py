@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 
@@ -21,6 +22,17 @@ def test_snapshot_matches_ip_json(gw):
     theirs = parse_links(gw.call(lambda: sh(["ip", "-j", "-d", "addr", "show"]).stdout))
     assert ours == theirs
     assert sum(1 for link in ours.values() if link.kind == "veth" and link.peer_netnsid is not None) == 2
+
+
+def test_address_dump_agrees_with_the_link_dump(gw):
+    gw.up("a")
+    gw.up("b")
+    gw.sh(["ip", "link", "add", "egwh-x", "type", "veth", "peer", "name", "egwp-x"])  # egwp-x: no address
+    gw.sh(["ip", "addr", "add", "192.0.2.9/24", "dev", "egwh-x"])
+    gw.sh(["ip", "addr", "add", "192.0.2.77/28", "dev", "egwh-x"])   # a second one, same label
+    snap = gw.call(links.snapshot)
+    assert gw.call(links.addressed) == {name: link.spans for name, link in snap.items() if link.spans}
+    assert snap["egwh-x"].nets == [ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("192.0.2.64/28")]
 
 
 def test_netns_ids_match_ip_netns_list(gw):

@@ -522,6 +522,16 @@ def test_up_sweeps_first(gw):
     assert gw.tables() == [sb.table]
 
 
+def test_up_finds_a_leftover_veth_without_an_address(gw):
+    """`up` reads interfaces from the address dump; a veth of ours that never got its address (and
+    whose state file is gone) is found by the name `up` is about to use, and swept."""
+    gw.sh(["ip", "link", "add", "egwh0", "type", "veth", "peer", "name", "egws0"])
+    sb = gw.up("one")
+    assert sb.index == 0 and sb.host_if == "egwh0"
+    assert "egws0" not in gw.links()                        # the leftover pair went, ours is new
+    assert "link_netnsid" in gw.links()["egwh0"]              # its peer is in the sandbox now
+
+
 def test_table_listing_over_netlink(gw):
     from netns import nft, nftnl
     a, b = gw.up("la"), gw.up("lb")
