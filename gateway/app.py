@@ -30,7 +30,7 @@ from mitmproxy.addons import (
 )
 from mitmproxy.master import Master
 
-from gateway import ca, h2repr, metrics, workers
+from gateway import ca, gctune, h2repr, metrics, workers
 from gateway.addons import default_addons
 from gateway.audit import Audit
 from gateway.config import Config, Listen
@@ -42,39 +42,15 @@ from gateway.secrets.backends import SecretStore
 from gateway.sessions.api import ControlAPI
 from gateway.sessions.registry import SessionRegistry
 from gateway.sessions.store import SessionStoreUnavailable, open_store
+from gateway.trust import sandbox_bundle_path, write_sandbox_bundle
 
 logger = logging.getLogger("egressgw")
-
-CA_CERT = "mitmproxy-ca-cert.pem"
-SANDBOX_BUNDLE = "sandbox-ca-bundle.pem"
-SYSTEM_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
-
 
 def mode_specs(config: Config) -> list[str]:
     modes = [f"transparent@{config.transparent}", f"dns@{config.dns}"]
     if config.proxy:
         modes.append(f"regular@{config.proxy}")
     return modes
-
-
-def sandbox_bundle_path(config: Config) -> str:
-    return str(Path(config.ca_dir) / SANDBOX_BUNDLE)
-
-
-def write_sandbox_bundle(config: Config) -> str:
-    """What a sandbox trusts: the gateway CA, the origins' extra CA, the system roots (for pass-through hosts)."""
-    parts = [Path(config.ca_dir, CA_CERT).read_text()]
-    if config.upstream_ca_bundle:
-        parts.append(Path(config.upstream_ca_bundle).read_text())
-    system = next((p for p in SYSTEM_BUNDLES if os.path.exists(p)), None)
-    if system:
-        parts.append(Path(system).read_text())
-    path = sandbox_bundle_path(config)
-    tmp = path + ".tmp"
-    Path(tmp).write_text("\n".join(p.strip() + "\n" for p in parts))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
 
 
 class _Metrics(tornado.web.RequestHandler):
@@ -131,6 +107,7 @@ class Gateway:
             store=self.store, dns_tunnels=DnsTunnelDetector(self.config.dns_detection or Settings()),
             timeouts={"headers": self.config.request_headers_timeout, "body": self.config.request_body_timeout,
                       "origin": self.config.response_headers_timeout}))
+        master.addons.add(gctune.Freeze())  # last: once everything above is loaded (gateway/gctune.py)
         master.options.update(
             mode=mode_specs(self.config),
             confdir=self.config.ca_dir,

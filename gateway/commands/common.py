@@ -9,7 +9,6 @@ import yaml
 
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
-from gateway.secrets.model import parse_secrets
 from gateway.sessions.client import ControlClient
 
 DEFAULT_CONFIG = "/etc/egressgw/config.yaml"
@@ -59,6 +58,7 @@ def secrets_from_args(args) -> list[dict]:
             raise ConfigError(f"--secret {name or text!r}: expected NAME=URI@HOST[,HOST...] "
                               "(fix: e.g. --secret OPENAI_API_KEY=env://OPENAI_API_KEY@api.openai.com)")
         raw.append({"name": name, "source": uri, "hosts": [h for h in hosts.split(",") if h]})
+    from gateway.secrets.model import parse_secrets  # here: it pulls in botocore (~0.1 s of every command)
     try:
         parse_secrets(raw)
     except ValueError as e:

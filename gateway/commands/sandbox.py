@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import netns
-from gateway.app import sandbox_bundle_path
 from gateway.client import CA_VARIABLES
 from gateway.commands.common import (
     add_config_argument,
@@ -20,6 +19,7 @@ from gateway.commands.common import (
 )
 from gateway.errors import ConfigError, ControlAPIError, SandboxError
 from gateway.policy import load_policy_file
+from gateway.trust import sandbox_bundle_path
 
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

@@ -49,6 +49,7 @@ LOOP = textwrap.dedent("""
                "direct": "http://198.18.1.11/"}
     while True:
         for name, url in targets.items():
+            started = time.time()  # a request is counted from when it began: one sent mid-attach may time out after it
             try:
                 with urllib.request.urlopen(url, timeout=2, context=ctx) as r:
                     result = str(r.status)
@@ -57,7 +58,7 @@ LOOP = textwrap.dedent("""
             except Exception as e:
                 result = "error: " + type(e).__name__
             with open(out, "a") as f:
-                f.write(json.dumps({"t": time.time(), "target": name, "result": result}) + "\\n")
+                f.write(json.dumps({"t": started, "target": name, "result": result}) + "\\n")
         time.sleep(0.1)
 """)
 
