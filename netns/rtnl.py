@@ -203,15 +203,18 @@ def links_and_addrs() -> list[tuple[LinkMessage, list[tuple[int, int]]]]:
 def ipv4_addresses() -> list[tuple[str, int, int]]:
     """(label, address, prefix length) of every IPv4 address in this namespace: the address dump
     alone (~60 bytes an address, against ~1 KB a link in the link dump). The label is the
-    interface's name unless the address was given another (`ip addr add ... label eth0:1`)."""
+    interface's name unless the address was given another (`ip addr add ... label eth0:1`), or
+    "#INDEX" for an address without one."""
     out = []
     with Socket() as s:
         for _mt, data, off, end in s.query(RTM_GETADDR, _IFADDR.pack(socket.AF_INET, 0, 0, 0, 0),
                                            step="list addresses", dump=True):
-            fam, plen = _IFADDR.unpack_from(data, off)[:2]
+            fam, plen, _fl, _scope, index = _IFADDR.unpack_from(data, off)
             a = parse_attrs(data, off + _IFADDR.size, end, _LABELLED_ADDR_ATTRS)
-            if fam == socket.AF_INET and IFA_LOCAL in a and IFA_LABEL in a:
-                out.append((a[IFA_LABEL].rstrip(b"\0").decode(), int.from_bytes(a[IFA_LOCAL][:4], "big"), plen))
+            if fam == socket.AF_INET and IFA_LOCAL in a:
+                # an address given an empty label over raw netlink has none: still taken, under its index
+                label = a[IFA_LABEL].rstrip(b"\0").decode() if a.get(IFA_LABEL, b"\0")[:1] != b"\0" else f"#{index}"
+                out.append((label, int.from_bytes(a[IFA_LOCAL][:4], "big"), plen))
     return out
 
 

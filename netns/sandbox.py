@@ -74,6 +74,8 @@ def up(name: str, *, transparent_port: int, dns_port: int, pool: str = DEFAULT_P
             raise SandboxError(f"sandbox {name} already exists "
                                f"(fix: use it, or run `egressgw sandbox down {name}` first)")
         if os.path.lexists(naming.netns_path(ns)):
+            _, live, ifaces = sweep_locked(state_dir)   # a leftover of ours behind a veth without an address
+        if os.path.lexists(naming.netns_path(ns)):
             raise SandboxError(
                 f"network namespace {ns} already exists but {state_dir} has no sandbox {name} "
                 f"(another gateway's, or a leftover) (fix: `egressgw sandbox down {name}` "

@@ -532,6 +532,17 @@ def test_up_finds_a_leftover_veth_without_an_address(gw):
     assert "link_netnsid" in gw.links()["egwh0"]              # its peer is in the sandbox now
 
 
+def test_up_of_the_same_name_removes_its_leftover_namespace(gw):
+    """A leftover namespace of ours, behind a veth without an address and without a state file, is
+    not in the address dump: `up` of the same name sweeps in full before it refuses."""
+    lost = gw.up("one")
+    os.unlink(st.state_path(gw.state_dir, lost.name))
+    gw.sh(["ip", "addr", "flush", "dev", lost.host_if])
+    sb = gw.up("one")
+    assert sb.netns == lost.netns and os.path.exists(f"/run/netns/{sb.netns}")
+    assert gw.tables() == [sb.table] and "link_netnsid" in gw.links()[sb.host_if]
+
+
 def test_table_listing_over_netlink(gw):
     from netns import nft, nftnl
     a, b = gw.up("la"), gw.up("lb")
