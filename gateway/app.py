@@ -46,6 +46,7 @@ from gateway.trust import sandbox_bundle_path, write_sandbox_bundle
 
 logger = logging.getLogger("egressgw")
 
+
 def mode_specs(config: Config) -> list[str]:
     modes = [f"transparent@{config.transparent}", f"dns@{config.dns}"]
     if config.proxy:

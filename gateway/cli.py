@@ -34,12 +34,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # the process's own command (not a call from Python, such as a test)
+    entry = argv is None  # the process's own command (not a call from Python, such as a test)
+    if entry:
         # Start-up (the imports of build_parser) makes ~100k objects that all stay: no collection
         # walks them while they are made (one full collection there took 30-50 ms of every
-        # `sandbox up`), nor afterwards (frozen). See gateway/gctune.py.
+        # `sandbox up`), nor afterwards (frozen below). See gateway/gctune.py.
         gc.disable()
-    entry, argv = argv is None, list(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if entry else argv)
     # Everything after the first "--" is a command to run (sandbox exec), never our options.
     command = None
     if "--" in argv:

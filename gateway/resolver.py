@@ -109,7 +109,7 @@ class UpstreamResolver:
         wire = request.to_wire()
         hit = self._hit(wire)
         if hit is not None:
-            return dns.message.from_wire(hit)
+            return dns.message.from_wire(hit.wire)
         response = await self._ask(request)
         self._store(wire[2:], response)
         return response
@@ -120,7 +120,7 @@ class UpstreamResolver:
         parsed and asked upstream. Raises DnsFailure, or DNSException for a query that does not parse."""
         if not self.servers:
             raise DnsFailure("no upstream resolver configured (set upstream.dns in the gateway config)")
-        hit = self._hit(packed, whole=True)
+        hit = self._hit(packed)
         if hit is not None:
             return hit
         request = dns.message.from_wire(packed)
@@ -131,9 +131,8 @@ class UpstreamResolver:
         response.id = request.id
         return Forwarded(response.to_wire(), dns.rcode.to_text(response.rcode()), _addresses(response))
 
-    def _hit(self, wire: bytes, whole: bool = False):
-        """The reused answer to the query `wire` with its ID and aged TTLs (bytes, or a Forwarded if
-        `whole`), or None."""
+    def _hit(self, wire: bytes) -> Forwarded | None:
+        """The reused answer to the query `wire`, with its ID and aged TTLs, or None."""
         now = time.monotonic()
         entry = self._answers.get(wire[2:])
         if entry is None or entry.expires <= now:
@@ -145,7 +144,7 @@ class UpstreamResolver:
         if age:
             for offset, ttl in entry.ttls:  # the records have aged since upstream answered
                 _TTL.pack_into(out, offset, max(1, ttl - age))
-        return Forwarded(bytes(out), entry.rcode, entry.addresses) if whole else bytes(out)
+        return Forwarded(bytes(out), entry.rcode, entry.addresses)
 
     def _store(self, key: bytes, response: dns.message.Message) -> _Answer | None:
         ttl = _reusable_for(response)

@@ -41,6 +41,12 @@ def host_if(index: int) -> str:
     return _ifname(HOST_IF_PREFIX, index)
 
 
+def host_if_index(ifname: str) -> int | None:
+    """The block index a host-side veth name stands for (egwh7 -> 7); None for any other name."""
+    rest = ifname[len(HOST_IF_PREFIX):]
+    return int(rest) if ifname.startswith(HOST_IF_PREFIX) and rest.isdigit() else None
+
+
 def sandbox_if(index: int) -> str:
     return _ifname(SANDBOX_IF_PREFIX, index)
 

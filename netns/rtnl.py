@@ -79,8 +79,7 @@ def parse_attrs(data: bytes, off: int, end: int, wanted: frozenset[int] | None =
 _LINK_ATTRS = frozenset((IFLA_LINKINFO, IFLA_LINK_NETNSID))
 _NAME_ATTR = frozenset((IFLA_IFNAME,))
 _INFO_ATTRS = frozenset((IFLA_INFO_KIND,))
-_ADDR_ATTRS = frozenset((IFA_LOCAL,))
-_LABELLED_ADDR_ATTRS = frozenset((IFA_LOCAL, IFA_LABEL))
+_ADDR_ATTRS = frozenset((IFA_LOCAL, IFA_LABEL))
 
 
 class Socket:
@@ -191,31 +190,30 @@ def links_and_addrs() -> list[tuple[LinkMessage, list[tuple[int, int]]]]:
             name = parse_attrs(data, body, end, _NAME_ATTR).get(IFLA_IFNAME)   # the first attribute
             if name is not None:
                 by_index[index] = (LinkMessage(name.rstrip(b"\0").decode(), data, body, end), [])
-        for _mt, data, off, end in s.query(RTM_GETADDR, _IFADDR.pack(socket.AF_INET, 0, 0, 0, 0),
-                                           step="list addresses", dump=True):
-            fam, plen, _fl, _scope, index = _IFADDR.unpack_from(data, off)
-            a = parse_attrs(data, off + _IFADDR.size, end, _ADDR_ATTRS)
-            if fam == socket.AF_INET and IFA_LOCAL in a and index in by_index:
-                by_index[index][1].append((int.from_bytes(a[IFA_LOCAL][:4], "big"), plen))
+        for index, _label, addr, plen in _ipv4_dump(s):
+            if index in by_index:
+                by_index[index][1].append((addr, plen))
     return list(by_index.values())
 
 
 def ipv4_addresses() -> list[tuple[str, int, int]]:
     """(label, address, prefix length) of every IPv4 address in this namespace: the address dump
     alone (~60 bytes an address, against ~1 KB a link in the link dump). The label is the
-    interface's name unless the address was given another (`ip addr add ... label eth0:1`), or
-    "#INDEX" for an address without one."""
-    out = []
+    interface's name unless the address was given another (`ip addr add ... label eth0:1`)."""
     with Socket() as s:
-        for _mt, data, off, end in s.query(RTM_GETADDR, _IFADDR.pack(socket.AF_INET, 0, 0, 0, 0),
-                                           step="list addresses", dump=True):
-            fam, plen, _fl, _scope, index = _IFADDR.unpack_from(data, off)
-            a = parse_attrs(data, off + _IFADDR.size, end, _LABELLED_ADDR_ATTRS)
-            if fam == socket.AF_INET and IFA_LOCAL in a:
-                # an address given an empty label over raw netlink has none: still taken, under its index
-                label = a[IFA_LABEL].rstrip(b"\0").decode() if a.get(IFA_LABEL, b"\0")[:1] != b"\0" else f"#{index}"
-                out.append((label, int.from_bytes(a[IFA_LOCAL][:4], "big"), plen))
-    return out
+        return [(label, addr, plen) for _index, label, addr, plen in _ipv4_dump(s)]
+
+
+def _ipv4_dump(s: Socket):
+    """(interface index, label, address, prefix length) of each IPv4 address, from one address dump.
+    An address given an empty label over raw netlink has none: it is labelled "#INDEX"."""
+    for _mt, data, off, end in s.query(RTM_GETADDR, _IFADDR.pack(socket.AF_INET, 0, 0, 0, 0),
+                                       step="list addresses", dump=True):
+        fam, plen, _fl, _scope, index = _IFADDR.unpack_from(data, off)
+        a = parse_attrs(data, off + _IFADDR.size, end, _ADDR_ATTRS)
+        if fam == socket.AF_INET and IFA_LOCAL in a:
+            label = a.get(IFA_LABEL, b"").rstrip(b"\0").decode() or f"#{index}"
+            yield index, label, int.from_bytes(a[IFA_LOCAL][:4], "big"), plen
 
 
 def netns_ids(paths: dict[str, str]) -> dict[str, int]:

@@ -69,23 +69,22 @@ def up(name: str, *, transparent_port: int, dns_port: int, pool: str = DEFAULT_P
     net = addresses.parse_pool(pool)
     ns = naming.netns_name(name)
     with st.locked(state_dir):
+        tap = target is not None and target.kind == attach.TAP
         _, live, ifaces = sweep_locked(state_dir, full=False)
+        blk = _allocate(net, live, ifaces)
+        if os.path.lexists(naming.netns_path(ns)) or (not tap and links.exists(naming.host_if(blk.index))):
+            # what the address dump cannot show (a leftover of ours behind a veth without an
+            # address), or this name in use: the full sweep removes the one and confirms the other
+            _, live, ifaces = sweep_locked(state_dir)
+            blk = _allocate(net, live, ifaces)
         if any(r.sandbox.name == name for r in live):
             raise SandboxError(f"sandbox {name} already exists "
                                f"(fix: use it, or run `egressgw sandbox down {name}` first)")
-        if os.path.lexists(naming.netns_path(ns)):
-            _, live, ifaces = sweep_locked(state_dir)   # a leftover of ours behind a veth without an address
         if os.path.lexists(naming.netns_path(ns)):
             raise SandboxError(
                 f"network namespace {ns} already exists but {state_dir} has no sandbox {name} "
                 f"(another gateway's, or a leftover) (fix: `egressgw sandbox down {name}` "
                 f"or `ip netns del {ns}`, or choose another name)")
-        blk = _allocate(net, live, ifaces)
-        if target is None or target.kind != attach.TAP:
-            if links.exists(naming.host_if(blk.index)):   # an interface without an address: not in the dump
-                _, live, ifaces = sweep_locked(state_dir)
-                blk = _allocate(net, live, ifaces)
-        tap = target is not None and target.kind == attach.TAP
         if tap and any(r.sandbox.host_if == target.tap for r in live):
             raise SandboxError(f"tap {target.tap} already belongs to a sandbox (fix: `egressgw sandbox list`)")
         sb = Sandbox(
@@ -126,9 +125,7 @@ def up(name: str, *, transparent_port: int, dns_port: int, pool: str = DEFAULT_P
 
 
 def _allocate(net, live: list[st.Record], ifaces: dict[str, list[tuple[int, int]]]) -> addresses.Block:
-    p = naming.HOST_IF_PREFIX
-    used = {r.sandbox.index for r in live}
-    used |= {int(n[len(p):]) for n in ifaces if n.startswith(p) and n[len(p):].isdigit()}
+    used = {r.sandbox.index for r in live} | {naming.host_if_index(n) for n in ifaces} - {None}
     return addresses.allocate(net, used, [span for spans in ifaces.values() for span in spans])
 
 

@@ -36,8 +36,7 @@ def _our_netns_names() -> set[str]:
 
 
 def _is_host_if(name: str) -> bool:
-    p = naming.HOST_IF_PREFIX
-    return name.startswith(p) and name[len(p):].isdigit()
+    return naming.host_if_index(name) is not None
 
 
 def sweep_locked(state_dir: str, *, full: bool = True) -> tuple[list[str], list[state.Record], dict[str, list[tuple[int, int]]]]:
