@@ -30,7 +30,7 @@ from mitmproxy.addons import (
 )
 from mitmproxy.master import Master
 
-from gateway import ca, h2repr, metrics, workers
+from gateway import ca, gctune, h2repr, metrics, workers
 from gateway.addons import default_addons
 from gateway.audit import Audit
 from gateway.config import Config, Listen
@@ -108,6 +108,7 @@ class Gateway:
             store=self.store, dns_tunnels=DnsTunnelDetector(self.config.dns_detection or Settings()),
             timeouts={"headers": self.config.request_headers_timeout, "body": self.config.request_body_timeout,
                       "origin": self.config.response_headers_timeout}))
+        master.addons.add(gctune.Freeze())  # last: once everything above is loaded (gateway/gctune.py)
         master.options.update(
             mode=mode_specs(self.config),
             confdir=self.config.ca_dir,

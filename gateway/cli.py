@@ -34,16 +34,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    entry = argv is None
-    argv = list(sys.argv[1:] if entry else argv)
-    # A short command run as a process (not `run`, not a call from Python such as a test): no
-    # garbage collection while its imports make objects that all stay (one full collection there
-    # took 30-50 ms of every `sandbox up`), nor afterwards (frozen below). Not `run`: freezing the
-    # gateway's start-up raised its memory peak under an HTTP/2 rapid reset past the 64 MB budget
-    # of tests/adversarial/test_resources.py (8 failures in 17 runs, 0 in 4 without).
-    entry = entry and argv[:1] != ["run"]
+    entry = argv is None  # the process's own command (not a call from Python, such as a test)
     if entry:
+        # Start-up (the imports of build_parser) makes ~100k objects that all stay: no collection
+        # walks them while they are made (one full collection there took 30-50 ms of every
+        # `sandbox up`), nor afterwards (frozen below). See gateway/gctune.py.
         gc.disable()
+    argv = list(sys.argv[1:] if entry else argv)
     # Everything after the first "--" is a command to run (sandbox exec), never our options.
     command = None
     if "--" in argv:

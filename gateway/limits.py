@@ -27,8 +27,9 @@ RESPONSE_HEADER_BYTES = "response-header-bytes"
 WEBSOCKET_MESSAGE = "websocket-message"
 DNS = "dns"
 TLS = "tls"
+STREAM_RESETS = "stream-resets"
 NAMES = (CONNECTIONS, REQUESTS, HEADER_COUNT, HEADER_BYTES, URL, BODY, BODY_CHUNKS, RESPONSE_HEADER_BYTES,
-         WEBSOCKET_MESSAGE, DNS, TLS)
+         WEBSOCKET_MESSAGE, DNS, TLS, STREAM_RESETS)
 
 
 def reason(name: str) -> str:

@@ -58,6 +58,10 @@ WEBHOOK_DROPPED = Counter(
     ["reason"], registry=REGISTRY,
 )
 
+GC_FROZEN = Gauge("egressgw_gc_frozen_objects",
+                  "Objects start-up left alive, moved out of the garbage collector's way (gateway/gctune.py).",
+                  registry=REGISTRY)
+
 # A supervisor's own (workers: N > 1, gateway/workers.py): registered on REGISTRY by its Pool only, so a
 # one-process gateway does not export them.
 WORKERS = Gauge("egressgw_workers", "Worker processes configured (workers: N).", registry=None)

@@ -7,6 +7,9 @@ limit (`limit-<name>`), is logged like any other refusal and counted in
 (`gateway.limits.Limiter`), so one session's flood leaves the others alone.
 Request bodies are counted as they stream by `LimitsBody`, placed after the
 detection addon (which owns the body stream): a body over `bodyBytes` is cut.
+HTTP/2 streams the sandbox resets while the gateway still serves them are counted
+at the frame (`gateway.h2guard`, installed while the addon runs): past
+`streamResetsPerSecond` the connection is closed before more of it is read.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from mitmproxy import dns as mdns
 from mitmproxy.net.dns import response_codes
 from mitmproxy.proxy.mode_specs import TransparentMode
 
+from gateway import h2guard, metrics
 from gateway import limits as lim
-from gateway import metrics
 from gateway.addons.failclosed import fail_closed, refuse_client, refuse_dns, refuse_http, refuse_tls
 from gateway.addons.refuse import META, close_flow, refuse
 from gateway.detect.dnstunnel import unchecked_name
 from gateway.log import events
 from gateway.log.writer import LogWriteError
+from gateway.policy.model import Limits as PolicyLimits
 from gateway.sessions.store import SessionStoreUnavailable
 
 logger = logging.getLogger("egressgw")
@@ -39,6 +43,14 @@ def _refuse_ws(self, flow: http.HTTPFlow) -> None:
         flow.websocket.messages[-1].drop()
 
 
+DEFAULTS = PolicyLimits()  # a policy's limits when it sets none
+
+
+def _unidentified(client) -> str:
+    """The limiter key of a connection without a session (its own bucket, dropped when it closes)."""
+    return f"connection {client.id}"
+
+
 def count(name: str) -> None:
     metrics.LIMIT_REFUSALS.labels(name).inc()
 
@@ -48,7 +60,7 @@ class Limits:
         self.registry = registry
         self.conns = conns
         self.audit = audit
-        self.limiter = limiter or lim.Limiter()
+        self.limiter = limiter if limiter is not None else lim.Limiter()  # an empty one is falsy (__len__)
         self._counted: dict[str, str] = {}  # client connection id -> session id it counts against
         self._flooding: dict[str, int] = {}  # client connection id -> rate refusals in a row
         registry.subscribe(self._session_changed)
@@ -56,6 +68,12 @@ class Limits:
     def _session_changed(self, what: str, session) -> None:
         if what == "deleted":
             self.limiter.forget(session.id)
+
+    def running(self) -> None:
+        h2guard.install(self._stream_reset)
+
+    def done(self) -> None:
+        h2guard.uninstall(self._stream_reset)
 
     # -- connections ----------------------------------------------------------------------------
     @fail_closed(refuse_client)
@@ -89,17 +107,41 @@ class Limits:
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._flooding.pop(client.id, None)
+        self.limiter.forget(_unidentified(client))
         sid = self._counted.pop(client.id, None)
         if sid is not None:
             self.limiter.close(sid)
 
-    def _emit_connect(self, client, session, host, port) -> None:
+    def _emit_connect(self, client, session, host, port, name: str = lim.CONNECTIONS, detail: str | None = None) -> None:
+        """A connection refused or closed for limit `name`: one `connect` event."""
         try:
             self.audit.emit(events.make_event(
                 events.CONNECT, session=session.id, client=events.address(client.peername), dest_host=host,
-                dest_port=port, decision="deny", reason=lim.reason(lim.CONNECTIONS)))
+                dest_port=port, decision="deny", reason=lim.reason(name), detail=detail))
         except LogWriteError:
             pass  # refused either way
+
+    # -- HTTP/2 stream resets (asked by gateway.h2guard, inside mitmproxy's HTTP/2 layer) -------
+    def _stream_reset(self, client: connection.Client) -> bool:
+        """One more stream reset by the sandbox while the gateway still serves it: allowed?
+
+        False closes the connection (GOAWAY ENHANCE_YOUR_CALM); it is logged and counted here. A
+        connection without a session (none reaches HTTP/2 today) gets the default rate, on its own."""
+        state = self.conns.get(client.id)
+        session = state.session if state else None
+        if session is None:
+            allowed = self.limiter.rate(_unidentified(client), lim.STREAM_RESETS,
+                                        DEFAULTS.stream_resets_per_second)
+        else:
+            allowed = self.limiter.rate(session.id, lim.STREAM_RESETS, session.policy.limits.stream_resets_per_second)
+        if allowed:
+            return True
+        count(lim.STREAM_RESETS)
+        if session is not None:
+            self._emit_connect(client, session, state.host, state.port, lim.STREAM_RESETS,
+                               "HTTP/2 streams reset while still served, past streamResetsPerSecond: "
+                               "connection closed (GOAWAY ENHANCE_YOUR_CALM)")
+        return False
 
     # -- TLS ------------------------------------------------------------------------------------
     @fail_closed(refuse_tls)

@@ -29,6 +29,7 @@ _RANGES = {
     "websocketMessageBytes": (1, 1 << 30, 16 << 20),
     "dnsQueriesPerSecond": (1, 1_000_000, 200),
     "tlsHandshakesPerSecond": (1, 1_000_000, 50),
+    "streamResetsPerSecond": (1, 1_000_000, 100),
 }
 
 

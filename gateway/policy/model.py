@@ -160,6 +160,7 @@ class Limits:
     websocket_message_bytes: int = 16 << 20  # one WebSocket message from the sandbox
     dns_per_second: int = 200  # DNS queries (token bucket, burst 2x)
     tls_per_second: int = 50  # TLS handshakes (token bucket, burst 2x)
+    stream_resets_per_second: int = 100  # HTTP/2 streams reset while still served (token bucket, burst 2x)
     declared: bool = field(default=False, compare=False)  # the policy had a `limits` block
 
     def to_dict(self) -> dict[str, int]:
@@ -178,6 +179,7 @@ LIMIT_KEYS = {
     "websocketMessageBytes": "websocket_message_bytes",
     "dnsQueriesPerSecond": "dns_per_second",
     "tlsHandshakesPerSecond": "tls_per_second",
+    "streamResetsPerSecond": "stream_resets_per_second",
 }
 
 

@@ -218,12 +218,31 @@ print(json.dumps({"seconds": round(time.monotonic() - t, 2), "closed": closed,
 
 
 def test_http2_rapid_reset(gateway, attacker, bystander, lab):
+    # gateway/h2guard.py: resets of streams still served count against streamResetsPerSecond (100/s, burst
+    # 200); past it the connection is closed (GOAWAY ENHANCE_YOUR_CALM) before the rest of it is read. So
+    # the gateway holds at most a burst of flows, not 20,000, and B is not kept waiting.
+    start = len(attacker.events())
     r = measured("HTTP/2 rapid reset (20,000 streams)", gateway, bystander,
-                 lambda: vpy(attacker, H2_CLIENT, "reset", "20000"), stalls=True)
+                 lambda: vpy(attacker, H2_CLIENT, "reset", "20000"))
     result = json.loads(r.stdout)
-    print(f"rapid reset: {result}; origin requests: "
-          f"{len([x for x in lab.records(kind='http') if x.get('path') == '/h2-reset'])}", file=sys.stderr)
-    assert result["seconds"] < 60
+    events = attacker.events_since(start)
+    served = [e for e in events if e["event"] == "http" and e.get("url") == "https://allowed.test/h2-reset"]
+    at_origin = [x for x in lab.records(kind="http") if x.get("path") == "/h2-reset"]
+    print(f"rapid reset: {result}; flows in the gateway: {len(served)}; origin requests: {len(at_origin)}",
+          file=sys.stderr)
+    assert result["closed"] or result["terminated"], result  # the gateway ended the connection
+    # and closed its socket: the client's last read ended in EOF or a reset, not its 5 s timeout (the
+    # socket once stayed open after the GOAWAY, the attacker still connected; gateway/h2guard.py)
+    assert result["closed"] != "TimeoutError" and result["seconds"] < 10, result
+    # a burst of 200 resets, refilled at 100/s while the attack lasted, and not one flow more
+    assert 0 < len(served) <= 200 + 100 * (result["seconds"] + 1), len(served)
+    # each one refused, or ended by an error its detail names (the reset, the close): none ran its course
+    assert all(e["decision"] == "deny" or e.get("detail") for e in served), [e for e in served if not e.get("detail")][:3]
+    # what may reach the origin is bounded by what entered (measured: 0; a flow decided before its reset
+    # was handled could in principle open its upstream stream first)
+    assert len(at_origin) <= len(served), (len(at_origin), len(served))
+    [closed] = [e for e in events if e["event"] == "connect" and e.get("reason") == "limit-stream-resets"]
+    assert closed["decision"] == "deny" and closed["dest_host"] == "allowed.test"
 
 
 def test_http2_continuation_flood(gateway, attacker, bystander):

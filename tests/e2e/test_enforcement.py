@@ -7,6 +7,8 @@ upstream DNS server (their own records), and what the flow log says.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 RULES = """
@@ -166,6 +168,11 @@ def test_metrics_count_decisions_without_hosts_or_sessions(box, gateway):
     assert "egressgw_active_sessions" in text
     assert "allowed.test" not in text and box.session not in text
 
+
+def test_the_running_gateway_froze_its_start_up(box, gateway):
+    """gateway/gctune.py: once running, what start-up made is out of the collector's way."""
+    m = re.search(r"^egressgw_gc_frozen_objects (\S+)$", gateway.metrics(), re.M)
+    assert m and float(m.group(1)) > 50_000, m
 
 
 def test_gateway_ca_key_is_private_and_sandboxes_get_only_the_certificate(box, gateway):

@@ -27,7 +27,7 @@ def test_defaults_when_absent():
 @pytest.mark.parametrize("key, value", [
     ("connections", 4), ("requestsPerSecond", 5), ("headerCount", 20), ("headerBytes", 4096),
     ("urlBytes", 256), ("bodyBytes", 0), ("websocketMessageBytes", 1024), ("dnsQueriesPerSecond", 3),
-    ("tlsHandshakesPerSecond", 2),
+    ("tlsHandshakesPerSecond", 2), ("bodyChunks", 64), ("streamResetsPerSecond", 10),
 ])
 def test_each_key(key, value):
     policy = load(f"  limits:\n    {key}: {value}\n")
@@ -52,6 +52,9 @@ def test_round_trip():
     ("  limits:\n    connections: 1.5\n", 7, "connections", "whole number"),
     ("  limits: 5\n", 6, "spec.limits must be a mapping", "requestsPerSecond"),
     ("  limits:\n    headerCount: 0\n", 7, "headerCount: 0 is out of range", "headerCount: 100"),
+    ("  limits:\n    streamResetsPerSecond: 0\n", 7, "streamResetsPerSecond: 0 is out of range",
+     "streamResetsPerSecond: 100"),
+    ("  limits:\n    streamResetPerSecond: 5\n", 7, "unknown key 'streamResetPerSecond'", "streamResetsPerSecond"),
 ])
 def test_problems(text, line, message, fix):
     with pytest.raises(PolicyError) as info:

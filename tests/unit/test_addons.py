@@ -26,6 +26,8 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 from mitmproxy.tls import ClientHelloData
 
+from gateway import h2guard, metrics
+from gateway import limits as lim
 from gateway.secrets.backends import SecretStore
 from gateway.addons import (
     Detection,
@@ -756,6 +758,65 @@ def test_dns_limits_failure_is_refused_and_logged(gw, monkeypatch):
     run(gw.dns.dns_request(flow))  # already answered: the gate adds nothing
     assert flow.response.response_code == mdns.response_codes.REFUSED
     assert [(e["reason"], e["dns_rcode"]) for e in gw.flow_log("dns")] == [("bad-request", "REFUSED")]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def refusals(name: str) -> float:
+    return metrics.REGISTRY.get_sample_value("egressgw_limit_refusals_total", {"limit": name}) or 0.0
+
+
+def test_stream_resets_past_the_session_rate_close_the_connection_logged_once(gw):
+    clock = Clock()
+    limits = Limits(gw.registry, gw.conns, gw.audit, limiter=lim.Limiter(clock=clock))
+    client = gw.transparent_client()
+    gw.conns.of(client).host, gw.conns.of(client).port = "allowed.test", 443
+    before = refusals("stream-resets")
+    # the default: 100 a second, burst 200
+    assert all(limits._stream_reset(client) for _ in range(200))
+    assert gw.flow_log("connect") == []
+    assert limits._stream_reset(client) is False
+    assert refusals("stream-resets") == before + 1
+    [event] = gw.flow_log("connect")
+    assert (event["session"], event["dest_host"], event["dest_port"], event["decision"], event["reason"]) == (
+        gw.session.id, "allowed.test", 443, "deny", "limit-stream-resets")
+    assert "ENHANCE_YOUR_CALM" in event["detail"]
+    other = gw.transparent_client()  # the same session's other connection shares the bucket
+    other.peername = (SANDBOX, 40002)
+    assert limits._stream_reset(other) is False
+    clock.now += 0.5  # fifty more after half a second
+    assert [limits._stream_reset(client) for _ in range(51)] == [True] * 50 + [False]
+
+
+def test_stream_resets_without_a_session_get_the_default_rate_per_connection(gw):
+    limits = Limits(gw.registry, gw.conns, gw.audit, limiter=lim.Limiter(clock=Clock()))
+    client = tflow.tclient_conn()
+    assert [limits._stream_reset(client) for _ in range(201)] == [True] * 200 + [False]
+    assert gw.log() == []  # no session to log it for; counted in the metric
+    assert len(limits.limiter) == 1
+    limits.client_disconnected(client)
+    assert len(limits.limiter) == 0
+
+
+def test_the_limits_addon_guards_http2_while_it_runs(gw):
+    from mitmproxy.proxy.layers.http._http2 import Http2Server
+
+    limits = Limits(gw.registry, gw.conns, gw.audit)
+    limits.running()
+    try:
+        assert Http2Server.handle_h2_event is h2guard.handle_h2_event
+        assert h2guard._decide == limits._stream_reset
+        Limits(gw.registry, gw.conns, gw.audit).done()  # another instance's done leaves it
+        assert Http2Server.handle_h2_event is h2guard.handle_h2_event
+    finally:
+        limits.done()
+    assert Http2Server.handle_h2_event is h2guard._ORIGINAL[0]
 
 
 @pytest.mark.parametrize("kw, rcode", [

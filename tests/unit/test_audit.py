@@ -76,7 +76,7 @@ def test_host_names_and_urls_never_become_labels(audit):
     for line in text.splitlines():
         if line.startswith("egressgw_") and "{" in line:
             labels = {kv.split("=")[0] for kv in line[line.index("{") + 1:line.index("}")].split(",")}
-            assert labels <= {"protocol", "action", "reason", "rcode", "le"}, line
+            assert labels <= {"protocol", "action", "reason", "rcode", "limit", "le"}, line  # closed sets
 
 
 def test_dns_events_count_by_action_and_rcode_not_as_requests(audit):

@@ -1,6 +1,6 @@
 """The `egressgw` command's start-up: each command imports only its own module (the gateway's,
-with mitmproxy, took ~1 s of every `sandbox up`), and a short command run as a process collects no
-garbage while it imports and freezes what start-up made (gateway/cli.py)."""
+with mitmproxy, took ~1 s of every `sandbox up`), and a command run as a process collects no
+garbage while it imports and freezes what start-up made (gateway/gctune.py)."""
 
 from __future__ import annotations
 

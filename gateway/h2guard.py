@@ -1,0 +1,124 @@
+"""HTTP/2 rapid reset (CVE-2023-44487): a connection that cancels too much is closed at the frame.
+
+A stream the sandbox opens and resets at once is over for h2, which frees its slot among
+`MAX_CONCURRENT_STREAMS` (100), but not for the gateway: every HEADERS frame becomes a flow, a
+stream layer and a task per hook. Worse, mitmproxy 12.2 drops the reset when h2 read it together
+with its HEADERS (h2 has closed the stream by the time mitmproxy sees the request's end, so
+mitmproxy forgets the stream and ignores the reset): the request is decided, logged and would be
+forwarded with nobody waiting. One connection sending 20,000 HEADERS+RST_STREAM pairs in half a
+second left ~16,000 flows queued (+50-80 MB) and the one event loop busy for ~30 s, stalling
+every other session; the per-session request rate refused most of them, but only once they existed.
+
+`install(decide)` wraps three methods of mitmproxy's `Http2Server`:
+- each RST_STREAM from the client for a stream the gateway still serves (its request taken, its
+  response not ended) asks `decide(client)` (the limits addon: `spec.limits.streamResetsPerSecond`)
+  whether one more is allowed. When not, or when `decide` fails, the connection is closed with
+  GOAWAY `ENHANCE_YOUR_CALM` before any frame behind that reset is handled. So the gateway holds at
+  most a burst of such flows, not what was sent.
+- an allowed reset always reaches its stream, which stops there (mitmproxy's own path for a reset).
+- however the connection closes (that GOAWAY, the client's GOAWAY or close, a protocol error),
+  every stream still served ends with it; mitmproxy alone ends only those it still tracks.
+A reset of a stream already answered, or never handed to the gateway, is not counted.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import h2.errors
+import h2.events
+from mitmproxy.proxy.layers.http._events import ResponseEndOfMessage, ResponseProtocolError
+from mitmproxy.proxy.layers.http._http2 import Http2Server, StreamState
+
+Decide = Callable[[object], bool]  # the client connection -> may it reset one more stream?
+
+MESSAGE = "HTTP/2 rapid reset: streams cancelled while the gateway served them, past streamResetsPerSecond"
+
+_ORIGINAL = Http2Server.__dict__["handle_h2_event"], Http2Server.__dict__["_handle_event"]
+_CLOSE = Http2Server.close_connection  # Http2Connection's: Http2Server has none of its own
+_decide: Decide | None = None
+
+
+def _allowed(client) -> bool:
+    try:
+        return _decide is None or bool(_decide(client))
+    except Exception:  # noqa: BLE001 - fail closed: a guard that cannot decide closes the connection
+        return False
+
+
+def _served(layer: Http2Server) -> set[int]:
+    """Streams of this connection whose request the gateway took and has not finished answering."""
+    served = layer.__dict__.get("_egw_served")
+    if served is None:
+        served = layer.__dict__["_egw_served"] = set()
+    return served
+
+
+def _close_socket(client) -> None:
+    """Close the sandbox's socket now, once the GOAWAY is written (it is flushed first).
+
+    mitmproxy's CloseConnection only cancels the connection's reader task. Measured: when the sandbox
+    kept streaming frames, that reader sometimes went on waiting with 300 KB unread and the socket
+    open, the attacker's connection alive until the idle timeout (tests/adversarial/test_resources.py,
+    after other attacks). A closed writer ends the reader too."""
+    from gateway.addons.refuse import connection_handler  # mitmproxy's handler of this connection
+
+    handler = connection_handler(client.id)
+    io = handler.transports.get(client) if handler is not None else None
+    if io is not None and io.writer is not None and not io.writer.is_closing():
+        io.writer.close()
+
+
+def handle_h2_event(self: Http2Server, event: h2.events.Event):
+    """mitmproxy's `handle_h2_event`, counting the resets of streams still being served."""
+    if isinstance(event, h2.events.RequestReceived):
+        _served(self).add(event.stream_id)
+    elif isinstance(event, h2.events.StreamReset) and event.stream_id in _served(self):
+        if not _allowed(self.context.client):
+            yield from self.protocol_error(MESSAGE, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)  # close_connection below
+            _close_socket(self.context.client)
+            return True  # mitmproxy's contract: read no further event of this connection
+        _served(self).discard(event.stream_id)
+        # When h2 read the HEADERS and the RST_STREAM in one go, the stream is closed by the time
+        # mitmproxy sees its StreamEnded, which forgets it; the reset was then dropped and the gateway
+        # served a request nobody waits for. Make mitmproxy pass the reset on to the stream.
+        self.streams.setdefault(event.stream_id, StreamState.HEADERS_RECEIVED)
+    return (yield from _ORIGINAL[0](self, event))
+
+
+def _handle_event(self: Http2Server, event):
+    """mitmproxy's `_handle_event`; a response ended (or failed) is no longer being served."""
+    if isinstance(event, (ResponseEndOfMessage, ResponseProtocolError)):
+        _served(self).discard(event.stream_id)
+    return (yield from _ORIGINAL[1](self, event))
+
+
+def close_connection(self: Http2Server, msg: str):
+    """mitmproxy's `close_connection` ends the streams it still tracks; every stream still served ends.
+
+    mitmproxy forgets a stream that h2 had closed when mitmproxy saw the request's end: with a reset,
+    or with the client's GOAWAY, in the same read. Closing would leave those flows running."""
+    for stream_id in _served(self):
+        self.streams.setdefault(stream_id, StreamState.HEADERS_RECEIVED)
+    _served(self).clear()
+    return (yield from _CLOSE(self, msg))
+
+
+def install(decide: Decide) -> None:
+    """Guard every HTTP/2 client connection of this process; `decide` is asked per counted reset."""
+    global _decide
+    _decide = decide
+    Http2Server.handle_h2_event = handle_h2_event  # type: ignore[method-assign]
+    Http2Server._handle_event = _handle_event  # type: ignore[method-assign]
+    Http2Server.close_connection = close_connection  # type: ignore[method-assign]
+
+
+def uninstall(decide: Decide | None = None) -> None:
+    """Put mitmproxy's methods back (only if `decide`, when given, is the one installed)."""
+    global _decide
+    if decide is not None and _decide != decide:
+        return
+    _decide = None
+    Http2Server.handle_h2_event, Http2Server._handle_event = _ORIGINAL  # type: ignore[method-assign]
+    if "close_connection" in Http2Server.__dict__:
+        del Http2Server.close_connection
