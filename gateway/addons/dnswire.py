@@ -32,6 +32,18 @@ picks a random port for every lookup). With the Python timeout at
 `UDP_IDLE_SECONDS` (75 s), the Rust side forgets the pair first (60 s plus its
 5 s sweep), which ends the Python connection, and the next datagram from that
 port opens a fresh one (tests/e2e/test_dns_port_reuse.py).
+
+`install()` also gives every query a flow of its own. mitmproxy's DNS layer
+keeps a connection's flows by query id and never forgets one, so a second query
+with the same id on the same UDP source port (or TCP connection) got the first
+query's flow back, answer included: every hook saw a flow already answered and
+left it alone, and the client got the old answer to a question nobody decided
+or logged. A resolver that reuses a socket hits this by chance (two random ids
+in 80 queries collide ~5% of the time: a CI failure of
+tests/adversarial/test_limits.py), and a sandbox could do it on purpose to keep
+queries out of the flow log and out of its rate limit. Now a query whose id
+belongs to a flow that was already answered (or failed) starts a new flow
+(tests/unit/test_dnswire.py, tests/e2e/test_dns_port_reuse.py).
 """
 
 from __future__ import annotations
@@ -132,4 +144,19 @@ def install() -> None:
             raise struct.error(f"invalid DNS message: {e}") from None
 
     mdns.DNSMessage.unpack = classmethod(message_unpack)
+    _fresh_flow_per_query()
     _installed = True
+
+
+def _fresh_flow_per_query() -> None:
+    from mitmproxy.proxy.layers import dns as dns_layer
+
+    original = dns_layer.DNSLayer.handle_request
+
+    def handle_request(self, flow: mdns.DNSFlow, msg: mdns.DNSMessage):
+        if flow.response is not None or flow.error is not None:  # an earlier query's, same id
+            flow = mdns.DNSFlow(self.context.client, self.context.server, live=True)
+            self.flows[msg.id] = flow
+        return original(self, flow, msg)
+
+    dns_layer.DNSLayer.handle_request = handle_request
