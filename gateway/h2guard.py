@@ -55,18 +55,9 @@ def _served(layer: Http2Server) -> set[int]:
 
 
 def _close_socket(client) -> None:
-    """Close the sandbox's socket now, once the GOAWAY is written (it is flushed first).
+    from gateway.addons.refuse import close_client_socket  # mitmproxy's handler of this connection
 
-    mitmproxy's CloseConnection only cancels the connection's reader task. Measured: when the sandbox
-    kept streaming frames, that reader sometimes went on waiting with 300 KB unread and the socket
-    open, the attacker's connection alive until the idle timeout (tests/adversarial/test_resources.py,
-    after other attacks). A closed writer ends the reader too."""
-    from gateway.addons.refuse import connection_handler  # mitmproxy's handler of this connection
-
-    handler = connection_handler(client.id)
-    io = handler.transports.get(client) if handler is not None else None
-    if io is not None and io.writer is not None and not io.writer.is_closing():
-        io.writer.close()
+    close_client_socket(client)
 
 
 def handle_h2_event(self: Http2Server, event: h2.events.Event):

@@ -23,6 +23,7 @@ HEADER_BYTES = "header-bytes"
 URL = "url"
 BODY = "body"
 BODY_CHUNKS = "body-chunks"
+SMALL_CHUNK = 1024  # a body's pieces below this size count against `bodyChunks` (each costs the event loop)
 RESPONSE_HEADER_BYTES = "response-header-bytes"
 WEBSOCKET_MESSAGE = "websocket-message"
 DNS = "dns"

@@ -9,7 +9,9 @@ Request bodies are counted as they stream by `LimitsBody`, placed after the
 detection addon (which owns the body stream): a body over `bodyBytes` is cut.
 HTTP/2 streams the sandbox resets while the gateway still serves them are counted
 at the frame (`gateway.h2guard`, installed while the addon runs): past
-`streamResetsPerSecond` the connection is closed before more of it is read.
+`streamResetsPerSecond` the connection is closed before more of it is read. The
+small chunks of a chunked HTTP/1 body are counted as they are parsed (`gateway.h1guard`):
+past `bodyChunks` nothing more of the connection is parsed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from mitmproxy import dns as mdns
 from mitmproxy.net.dns import response_codes
 from mitmproxy.proxy.mode_specs import TransparentMode
 
-from gateway import h2guard, metrics
+from gateway import h1guard, h2guard, metrics
 from gateway import limits as lim
 from gateway.addons.failclosed import fail_closed, refuse_client, refuse_dns, refuse_http, refuse_tls
 from gateway.addons.refuse import META, close_flow, refuse
@@ -34,7 +36,7 @@ from gateway.sessions.store import SessionStoreUnavailable
 logger = logging.getLogger("egressgw")
 
 FLOOD_REFUSALS = 64  # rate refusals in a row on one connection before it is closed
-SMALL_CHUNK = 1024  # a body's pieces below this size count against `bodyChunks` (each costs the event loop)
+SMALL_CHUNK = lim.SMALL_CHUNK
 _STATUS = {lim.REQUESTS: 429, lim.HEADER_COUNT: 431, lim.HEADER_BYTES: 431, lim.URL: 414, lim.BODY: 413}
 
 
@@ -70,9 +72,11 @@ class Limits:
             self.limiter.forget(session.id)
 
     def running(self) -> None:
+        h1guard.install(self._body_chunks)
         h2guard.install(self._stream_reset)
 
     def done(self) -> None:
+        h1guard.uninstall(self._body_chunks)
         h2guard.uninstall(self._stream_reset)
 
     # -- connections ----------------------------------------------------------------------------
@@ -120,6 +124,24 @@ class Limits:
                 dest_port=port, decision="deny", reason=lim.reason(name), detail=detail))
         except LogWriteError:
             pass  # refused either way
+
+    # -- chunked HTTP/1 bodies (asked by gateway.h1guard, inside mitmproxy's HTTP/1 layer) -------
+    def _body_chunks(self, client: connection.Client) -> int:
+        """How many small pieces one request body of this connection may arrive in (`bodyChunks`).
+
+        The guard stops parsing one past it: `LimitsBody` cuts the body and logs the refusal."""
+        state = self.conns.get(client.id)
+        session = state.session if state else None
+        return (session.policy.limits if session is not None else DEFAULTS).body_chunks
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        """A request the guard stopped mid-body is a `limit-body-chunks` refusal in the flow log (logged
+        by HttpAudit, after this addon), not an error of an allowed request."""
+        info = flow.metadata.get(META)
+        if flow.error is None or flow.error.msg != h1guard.MESSAGE or info is None or info.get("logged"):
+            return
+        count(lim.BODY_CHUNKS)
+        info.update(decision="deny", reason=lim.reason(lim.BODY_CHUNKS))
 
     # -- HTTP/2 stream resets (asked by gateway.h2guard, inside mitmproxy's HTTP/2 layer) -------
     def _stream_reset(self, client: connection.Client) -> bool:

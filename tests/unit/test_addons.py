@@ -18,6 +18,7 @@ import dns.rcode
 import dns.rrset
 import pytest
 from mitmproxy import dns as mdns
+from mitmproxy import flow as flow_mod
 from mitmproxy import hooks, http, options
 from mitmproxy.proxy import context, server_hooks
 from mitmproxy.proxy import layers  # noqa: F401  (registers every hook name)
@@ -26,7 +27,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 from mitmproxy.tls import ClientHelloData
 
-from gateway import h2guard, metrics
+from gateway import h1guard, h2guard, metrics
 from gateway import limits as lim
 from gateway.secrets.backends import SecretStore
 from gateway.addons import (
@@ -817,6 +818,43 @@ def test_the_limits_addon_guards_http2_while_it_runs(gw):
     finally:
         limits.done()
     assert Http2Server.handle_h2_event is h2guard._ORIGINAL[0]
+
+
+def test_body_chunks_limit_is_the_sessions_and_the_default_without_one(gw):
+    limits = Limits(gw.registry, gw.conns, gw.audit)
+    assert limits._body_chunks(gw.transparent_client()) == gw.session.policy.limits.body_chunks == 4096
+    assert limits._body_chunks(tflow.tclient_conn()) == 4096  # no session: the default
+
+
+def test_a_body_the_guard_stopped_is_logged_as_a_limit_refusal(gw):
+    limits = Limits(gw.registry, gw.conns, gw.audit)
+    before = refusals("body-chunks")
+    flow = http_flow(gw)
+    flow.error = flow_mod.Error(h1guard.MESSAGE)
+    limits.error(flow)
+    gw.http_audit.error(flow)
+    [event] = gw.flow_log("http")
+    assert (event["decision"], event["reason"], event["detail"]) == ("deny", "limit-body-chunks", h1guard.MESSAGE)
+    assert refusals("body-chunks") == before + 1
+    other = http_flow(gw)  # any other error stays the error of an allowed request
+    other.error = flow_mod.Error("Client disconnected.")
+    limits.error(other)
+    gw.http_audit.error(other)
+    assert gw.flow_log("http")[-1]["reason"] == "allowed" and refusals("body-chunks") == before + 1
+
+
+def test_the_limits_addon_guards_chunked_http1_bodies_while_it_runs(gw):
+    from mitmproxy.proxy.layers.http._http1 import Http1Server
+
+    limits = Limits(gw.registry, gw.conns, gw.audit)
+    limits.running()
+    try:
+        assert Http1Server.read_body is h1guard.read_body and h1guard._limit == limits._body_chunks
+        Limits(gw.registry, gw.conns, gw.audit).done()  # another instance's done leaves it
+        assert Http1Server.read_body is h1guard.read_body
+    finally:
+        limits.done()
+    assert Http1Server.read_body is h1guard._ORIGINAL
 
 
 @pytest.mark.parametrize("kw, rcode", [
