@@ -28,11 +28,11 @@ from mitmproxy.proxy.layers.http._base import ReceiveHttp
 from mitmproxy.proxy.layers.http._events import ErrorCode, RequestData, RequestProtocolError
 from mitmproxy.proxy.layers.http._http1 import Http1Server
 
-from gateway.limits import SMALL_CHUNK
+from gateway.limits import BODY_CHUNKS_CLOSED, SMALL_CHUNK
 
 Limit = Callable[[object], int]  # the client connection -> small chunks one request body may have
 
-MESSAGE = "request body in more small chunks than bodyChunks allows: connection closed"
+MESSAGE = BODY_CHUNKS_CLOSED
 
 _ORIGINAL = Http1Server.read_body  # Http1Connection's: Http1Server has none of its own
 _limit: Limit | None = None

@@ -19,6 +19,14 @@ every other session; the per-session request rate refused most of them, but only
 - however the connection closes (that GOAWAY, the client's GOAWAY or close, a protocol error),
   every stream still served ends with it; mitmproxy alone ends only those it still tracks.
 A reset of a stream already answered, or never handed to the gateway, is not counted.
+
+`install(decide, body_chunks)` also counts the DATA frames under `SMALL_CHUNK` bytes of each
+request body the gateway serves: one past `body_chunks(client)` (the session's `bodyChunks`), or
+when it fails, the connection is closed the same way, so the streams end with
+`BODY_CHUNKS_CLOSED` (logged as `limit-body-chunks`). mitmproxy acknowledges every DATA frame at
+once, so flow control never slowed such a flood: a million one-byte frames on one stream kept the
+attacker's connection open until its own timeout and another session waiting up to 1.6 s
+(tests/adversarial/test_resources.py). The HTTP/1 twin is `gateway/h1guard.py`.
 """
 
 from __future__ import annotations
@@ -30,13 +38,17 @@ import h2.events
 from mitmproxy.proxy.layers.http._events import ResponseEndOfMessage, ResponseProtocolError
 from mitmproxy.proxy.layers.http._http2 import Http2Server, StreamState
 
+from gateway.limits import BODY_CHUNKS_CLOSED, SMALL_CHUNK
+
 Decide = Callable[[object], bool]  # the client connection -> may it reset one more stream?
+Limit = Callable[[object], int]  # the client connection -> small pieces one request body may have
 
 MESSAGE = "HTTP/2 rapid reset: streams cancelled while the gateway served them, past streamResetsPerSecond"
 
 _ORIGINAL = Http2Server.__dict__["handle_h2_event"], Http2Server.__dict__["_handle_event"]
 _CLOSE = Http2Server.close_connection  # Http2Connection's: Http2Server has none of its own
 _decide: Decide | None = None
+_body_chunks: Limit | None = None
 
 
 def _allowed(client) -> bool:
@@ -44,6 +56,19 @@ def _allowed(client) -> bool:
         return _decide is None or bool(_decide(client))
     except Exception:  # noqa: BLE001 - fail closed: a guard that cannot decide closes the connection
         return False
+
+
+def _chunks_left(layer: Http2Server, stream_id: int) -> int:
+    """One small DATA frame more on `stream_id`: how many more its body may have (< 0: past the limit)."""
+    counts = layer.__dict__.setdefault("_egw_chunks", {})
+    left = counts.get(stream_id)
+    if left is None:
+        try:
+            left = int(_body_chunks(layer.context.client)) + 1 if _body_chunks is not None else 1 << 62
+        except Exception:  # noqa: BLE001 - fail closed: a guard that cannot decide stops the body (limit 0)
+            left = 1
+    counts[stream_id] = left - 1
+    return left - 1
 
 
 def _served(layer: Http2Server) -> set[int]:
@@ -64,6 +89,12 @@ def handle_h2_event(self: Http2Server, event: h2.events.Event):
     """mitmproxy's `handle_h2_event`, counting the resets of streams still being served."""
     if isinstance(event, h2.events.RequestReceived):
         _served(self).add(event.stream_id)
+    elif (isinstance(event, h2.events.DataReceived) and event.stream_id in _served(self)
+          and len(event.data) < SMALL_CHUNK and not (event.stream_ended and not event.data)
+          and _chunks_left(self, event.stream_id) < 0):
+        yield from self.protocol_error(BODY_CHUNKS_CLOSED, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        _close_socket(self.context.client)
+        return True
     elif isinstance(event, h2.events.StreamReset) and event.stream_id in _served(self):
         if not _allowed(self.context.client):
             yield from self.protocol_error(MESSAGE, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)  # close_connection below
@@ -81,6 +112,7 @@ def _handle_event(self: Http2Server, event):
     """mitmproxy's `_handle_event`; a response ended (or failed) is no longer being served."""
     if isinstance(event, (ResponseEndOfMessage, ResponseProtocolError)):
         _served(self).discard(event.stream_id)
+        self.__dict__.get("_egw_chunks", {}).pop(event.stream_id, None)
     return (yield from _ORIGINAL[1](self, event))
 
 
@@ -95,10 +127,11 @@ def close_connection(self: Http2Server, msg: str):
     return (yield from _CLOSE(self, msg))
 
 
-def install(decide: Decide) -> None:
-    """Guard every HTTP/2 client connection of this process; `decide` is asked per counted reset."""
-    global _decide
-    _decide = decide
+def install(decide: Decide, body_chunks: Limit | None = None) -> None:
+    """Guard every HTTP/2 client connection of this process; `decide` is asked per counted reset,
+    `body_chunks` once per request body with small DATA frames."""
+    global _decide, _body_chunks
+    _decide, _body_chunks = decide, body_chunks
     Http2Server.handle_h2_event = handle_h2_event  # type: ignore[method-assign]
     Http2Server._handle_event = _handle_event  # type: ignore[method-assign]
     Http2Server.close_connection = close_connection  # type: ignore[method-assign]
@@ -106,10 +139,10 @@ def install(decide: Decide) -> None:
 
 def uninstall(decide: Decide | None = None) -> None:
     """Put mitmproxy's methods back (only if `decide`, when given, is the one installed)."""
-    global _decide
+    global _decide, _body_chunks
     if decide is not None and _decide != decide:
         return
-    _decide = None
+    _decide = _body_chunks = None
     Http2Server.handle_h2_event, Http2Server._handle_event = _ORIGINAL  # type: ignore[method-assign]
     if "close_connection" in Http2Server.__dict__:
         del Http2Server.close_connection

@@ -24,6 +24,8 @@ URL = "url"
 BODY = "body"
 BODY_CHUNKS = "body-chunks"
 SMALL_CHUNK = 1024  # a body's pieces below this size count against `bodyChunks` (each costs the event loop)
+# the error of a request whose body a guard stopped (gateway/h1guard.py, gateway/h2guard.py)
+BODY_CHUNKS_CLOSED = "request body in more small chunks than bodyChunks allows: connection closed"
 RESPONSE_HEADER_BYTES = "response-header-bytes"
 WEBSOCKET_MESSAGE = "websocket-message"
 DNS = "dns"

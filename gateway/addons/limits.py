@@ -10,8 +10,9 @@ detection addon (which owns the body stream): a body over `bodyBytes` is cut.
 HTTP/2 streams the sandbox resets while the gateway still serves them are counted
 at the frame (`gateway.h2guard`, installed while the addon runs): past
 `streamResetsPerSecond` the connection is closed before more of it is read. The
-small chunks of a chunked HTTP/1 body are counted as they are parsed (`gateway.h1guard`):
-past `bodyChunks` nothing more of the connection is parsed.
+small pieces of a request body (chunks of a chunked HTTP/1 body, HTTP/2 DATA frames) are
+counted as they are parsed (`gateway.h1guard`, `gateway.h2guard`): one past `bodyChunks`,
+nothing more of the connection is read.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class Limits:
 
     def running(self) -> None:
         h1guard.install(self._body_chunks)
-        h2guard.install(self._stream_reset)
+        h2guard.install(self._stream_reset, self._body_chunks)
 
     def done(self) -> None:
         h1guard.uninstall(self._body_chunks)
@@ -138,7 +139,7 @@ class Limits:
         """A request the guard stopped mid-body is a `limit-body-chunks` refusal in the flow log (logged
         by HttpAudit, after this addon), not an error of an allowed request."""
         info = flow.metadata.get(META)
-        if flow.error is None or flow.error.msg != h1guard.MESSAGE or info is None or info.get("logged"):
+        if flow.error is None or flow.error.msg != lim.BODY_CHUNKS_CLOSED or info is None or info.get("logged"):
             return
         count(lim.BODY_CHUNKS)
         info.update(decision="deny", reason=lim.reason(lim.BODY_CHUNKS))

@@ -192,6 +192,16 @@ try:
             if i % 100 == 99:
                 s.sendall(conn.data_to_send())
         s.sendall(conn.data_to_send())
+    elif mode == "data":  # one POST, its body in DATA frames of one byte (raw: past the client's window)
+        import struct
+        s.sendall(conn.data_to_send())
+        block = conn.encoder.encode([(":method", "POST"), *head[1:], ("content-type", "application/octet-stream")])
+        frame = lambda t, f, sid, p: struct.pack(">I", len(p))[1:] + bytes([t, f]) + struct.pack(">I", sid) + p
+        s.sendall(frame(1, 0x4, 1, block))  # HEADERS, END_HEADERS, no END_STREAM
+        data = frame(0, 0, 1, b"z") * 1000
+        for _ in range(n // 1000):
+            s.sendall(data)
+        s.sendall(frame(0, 0x1, 1, b""))  # END_STREAM
     else:  # continuation: one HEADERS without END_HEADERS, then CONTINUATION frames forever
         import struct
         s.sendall(conn.data_to_send())
@@ -248,6 +258,19 @@ def test_http2_rapid_reset(gateway, attacker, bystander, lab):
     assert len(at_origin) <= len(served), (len(at_origin), len(served))
     [closed] = [e for e in events if e["event"] == "connect" and e.get("reason") == "limit-stream-resets"]
     assert closed["decision"] == "deny" and closed["dest_host"] == "allowed.test"
+
+
+def test_http2_tiny_data_frames(gateway, attacker, bystander, lab):
+    start = len(attacker.events())
+    r = measured("HTTP/2 body in 1,000,000 one-byte DATA frames", gateway, bystander,
+                 lambda: vpy(attacker, H2_CLIENT, "data", "1000000", timeout=300), seconds=8)
+    result = json.loads(r.stdout)
+    print(f"tiny DATA frames: {result}", file=sys.stderr)
+    assert result["closed"] or result["terminated"], result
+    assert result["closed"] != "TimeoutError" and result["seconds"] < 10, result
+    assert not [x for x in lab.records(kind="http") if x.get("path") == "/h2-data" and not x.get("error")]
+    events = attacker.events_since(start, lambda ev: any(e.get("reason") == "limit-body-chunks" for e in ev))
+    assert any(e.get("reason") == "limit-body-chunks" and e["decision"] == "deny" for e in events), events
 
 
 def test_http2_continuation_flood(gateway, attacker, bystander):

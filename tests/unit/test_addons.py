@@ -812,7 +812,7 @@ def test_the_limits_addon_guards_http2_while_it_runs(gw):
     limits.running()
     try:
         assert Http2Server.handle_h2_event is h2guard.handle_h2_event
-        assert h2guard._decide == limits._stream_reset
+        assert h2guard._decide == limits._stream_reset and h2guard._body_chunks == limits._body_chunks
         Limits(gw.registry, gw.conns, gw.audit).done()  # another instance's done leaves it
         assert Http2Server.handle_h2_event is h2guard.handle_h2_event
     finally:

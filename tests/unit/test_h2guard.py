@@ -16,12 +16,13 @@ from hyperframe.frame import GoAwayFrame, RstStreamFrame
 from mitmproxy import connection, options
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy import commands, context, events
-from mitmproxy.proxy.layers.http import ReceiveHttp, RequestHeaders, RequestProtocolError
+from mitmproxy.proxy.layers.http import ReceiveHttp, RequestData, RequestHeaders, RequestProtocolError
 from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseEndOfMessage, ResponseHeaders, ResponseProtocolError
 from mitmproxy.proxy.layers.http._http2 import Http2Server
 from mitmproxy.test import tutils
 
 from gateway import h2guard
+from gateway import limits as lim
 
 HEAD = [(":method", "GET"), (":scheme", "https"), (":authority", "allowed.test"), (":path", "/")]
 
@@ -224,3 +225,67 @@ def test_uninstall_puts_mitmproxy_back(guard):
     assert len(asked) == 1
     assert Http2Server.handle_h2_event is h2guard._ORIGINAL[0]
     assert "close_connection" not in Http2Server.__dict__  # mitmproxy's own, inherited, again
+
+
+# -- small DATA frames of a request body (bodyChunks) -----------------------------------------------
+
+def post(conn: Conn, frames: int, size: int = 1, *, end: bool = True) -> list:
+    """One POST whose body is `frames` DATA frames of `size` bytes, all in one read for the layer
+    (the client's flow-control window is widened first, as a hostile client would ignore it)."""
+    sid = conn.h2.get_next_available_stream_id()
+    conn.h2.send_headers(sid, [(":method", "POST"), *HEAD[1:]], end_stream=False)
+    conn.h2.local_flow_control_window = lambda _sid: 1 << 30  # type: ignore[method-assign]
+    conn.h2.max_outbound_frame_size = 1 << 14
+    for _ in range(frames):
+        conn.h2.send_data(sid, b"z" * size)
+    if end:
+        conn.h2.end_stream(sid)
+    return conn._feed(conn.layer.handle_event(events.DataReceived(conn.client, conn.h2.data_to_send())))
+
+
+@pytest.fixture
+def chunks():
+    """install() with a bodyChunks limit of `limit[0]`, recording the clients asked."""
+    limit, asked = [10], []
+
+    def body_chunks(client):
+        asked.append(client)
+        if isinstance(limit[0], Exception):
+            raise limit[0]
+        return limit[0]
+
+    h2guard.install(lambda _c: True, body_chunks)
+    yield limit, asked
+    h2guard.uninstall()
+
+
+@pytest.mark.parametrize("limit, frames, passed, closed", [
+    (10, 5, 5, False),
+    (10, 11, 11, False),  # the limit and one more pass: LimitsBody cuts the body and logs it
+    (10, 12, 11, True),
+    (10, 20000, 11, True),  # a flood in one read: nothing behind the frame past the limit is read
+    (RuntimeError("no session store"), 3, 1, True),  # a limit that fails stops the body (fail closed)
+])
+def test_small_data_frames_past_body_chunks_close_the_connection(chunks, limit, frames, passed, closed):
+    chunks[0][0] = limit
+    conn = Conn()
+    out = post(conn, frames)
+    assert len([e for e in out if isinstance(e, RequestData)]) == passed
+    assert conn.closed is closed
+    assert [e.message for e in out if isinstance(e, RequestProtocolError)] == ([lim.BODY_CHUNKS_CLOSED] if closed else [])
+    goaway = conn.goaway()
+    assert (goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM) is closed
+    assert chunks[1] == [conn.client]  # asked once per body
+
+
+def test_data_frames_of_a_kilobyte_or_more_are_not_counted(chunks):
+    chunks[0][0] = 2
+    conn = Conn()
+    out = post(conn, 20, size=1024)
+    assert len([e for e in out if isinstance(e, RequestData)]) == 20 and not conn.closed
+
+
+def test_without_a_body_chunks_limit_data_frames_are_not_counted(guard):
+    conn = Conn()
+    out = post(conn, 5000)
+    assert len([e for e in out if isinstance(e, RequestData)]) == 5000 and not conn.closed
