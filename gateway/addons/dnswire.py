@@ -43,7 +43,10 @@ in 80 queries collide ~5% of the time: a CI failure of
 tests/adversarial/test_limits.py), and a sandbox could do it on purpose to keep
 queries out of the flow log and out of its rate limit. Now a query whose id
 belongs to a flow that was already answered (or failed) starts a new flow
-(tests/unit/test_dnswire.py, tests/e2e/test_dns_port_reuse.py).
+(tests/unit/test_dnswire.py, tests/e2e/test_dns_port_reuse.py). And an answered
+flow is forgotten: mitmproxy kept every one for the life of the connection, so a
+resolver that keeps one socket open made the gateway hold each of its queries
+(up to 65,536 per socket, one per id) for as long as it kept asking.
 """
 
 from __future__ import annotations
@@ -157,6 +160,8 @@ def _fresh_flow_per_query() -> None:
         if flow.response is not None or flow.error is not None:  # an earlier query's, same id
             flow = mdns.DNSFlow(self.context.client, self.context.server, live=True)
             self.flows[msg.id] = flow
-        return original(self, flow, msg)
+        yield from original(self, flow, msg)
+        if (flow.response is not None or flow.error is not None) and self.flows.get(msg.id) is flow:
+            del self.flows[msg.id]  # answered: nothing upstream will answer it again
 
     dns_layer.DNSLayer.handle_request = handle_request

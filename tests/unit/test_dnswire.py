@@ -97,12 +97,24 @@ def test_a_repeated_query_id_is_decided_again_as_a_new_flow(transport, decide, f
     assert third.response_code == first.response_code and third.question.name == "allowed.test"
 
 
-def test_distinct_ids_keep_their_own_flows():
-    sock = Socket(refuse)
-    for qid in (1, 2, 3):
+@pytest.mark.parametrize("decide", [refuse, fail])
+def test_answered_queries_are_forgotten(decide):
+    """mitmproxy kept every query's flow for the connection's life: a socket asking with fresh ids
+    made the gateway hold all of them."""
+    sock = Socket(decide)
+    for qid in range(1000):
         assert sock.ask(qid, f"q{qid}.test").id == qid
-    assert [name for _, name in sock.seen] == ["q1.test", "q2.test", "q3.test"]
-    assert set(sock.layer.flows) == {1, 2, 3}
+    assert [name for _, name in sock.seen][-1] == "q999.test" and len(sock.seen) == 1000
+    assert sock.layer.flows == {}
+
+
+def test_a_query_left_unanswered_keeps_its_flow():
+    """Only an answered flow is forgotten: one waiting for an upstream answer stays (the gateway
+    answers every query itself; this is mitmproxy's own upstream path)."""
+    sock = Socket(lambda flow: None)
+    sock.layer.context.server.address = ("10.0.0.53", 53)
+    sock._run(sock.layer.handle_event(events.DataReceived(sock.client, query(5, "up.test"))))
+    assert list(sock.layer.flows) == [5] and sock.layer.flows[5].response is None
 
 
 def test_install_is_idempotent():
