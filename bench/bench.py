@@ -758,7 +758,7 @@ class Bench:
         self.results["machine"] = machine()
         self.results["code"] = code_version()
         mine = (f"egb{self.tag}-", f"egw-bm{self.tag}", f"egw-be{self.tag}", f"egw-bc{self.tag}", f"egw-bn{self.tag}",
-                f"egw-bf{self.tag}")
+                f"egw-bf{self.tag}", f"egw-bx{self.tag}", f"egw-bp{self.tag}")  # bx/bp: the extras' own sandboxes
         self.results["activity"] = {"start": others_running(mine)}
         if self.results["activity"]["start"]["foreign_netns"]:
             log(f"WARNING: other namespaces exist ({' '.join(self.results['activity']['start']['foreign_netns'])}): "
