@@ -9,8 +9,9 @@ queue reached it: measured with a million 1-byte chunks, ~340,000 more chunks we
 handed on after the cut (0.8 s on the one event loop, +67 MB), the attacker's socket stayed open
 until its own timeout, and another session's request waited up to 3.5 s.
 
-`install(limit)` wraps mitmproxy's `Http1Server.read_body`: for a chunked request body it counts the
-pieces under `SMALL_CHUNK` bytes, and past `limit(client) + 1` (one more than `LimitsBody` needs to
+`install(limit)` wraps mitmproxy's `Http1Server.read_body`: for each chunked request body it counts
+the pieces under `SMALL_CHUNK` bytes (per request: one read can end a body and hold a pipelined
+request's), and past `limit(client) + 1` (one more than `LimitsBody` needs to
 see to cut the body and log `limit-body-chunks`), or when `limit` fails, it stops parsing, ends
 the request with a protocol error and closes the sandbox's connection; what is still buffered or
 arrives later is dropped unparsed. So the gateway queues at most `bodyChunks` + 1 small pieces per
@@ -25,7 +26,7 @@ from typing import Callable
 from h11._readers import ChunkedReader
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
-from mitmproxy.proxy.layers.http._events import ErrorCode, RequestData, RequestProtocolError
+from mitmproxy.proxy.layers.http._events import ErrorCode, RequestData, RequestEndOfMessage, RequestProtocolError
 from mitmproxy.proxy.layers.http._http1 import Http1Server
 
 from gateway.limits import BODY_CHUNKS_CLOSED, SMALL_CHUNK
@@ -46,26 +47,43 @@ def _allowed(client) -> int:
 
 
 def read_body(self: Http1Server, event: events.Event):
-    """mitmproxy's `read_body`, counting the small chunks of a chunked request body."""
-    if _limit is None or not isinstance(self.body_reader, ChunkedReader) or not isinstance(event, events.DataReceived):
+    """mitmproxy's `read_body`, counting the small chunks of each chunked request body it parses.
+
+    Counted per request: one call can finish a body and go on to a pipelined request's, whose
+    `read_body` then runs inside this one (and passes its chunks through here: not counted twice)."""
+    if _limit is None or not isinstance(event, events.DataReceived) or self.__dict__.get("_egw_reading"):
         return (yield from _ORIGINAL(self, event))
-    counted = self.__dict__.get("_egw_chunks")
-    if counted is None or counted[0] != self.stream_id:
-        counted = self.__dict__["_egw_chunks"] = [self.stream_id, 0, _allowed(self.context.client)]
-    for cmd in _ORIGINAL(self, event):
-        if isinstance(cmd, ReceiveHttp) and isinstance(cmd.event, RequestData) and len(cmd.event.data) < SMALL_CHUNK:
-            counted[1] += 1
-            if counted[2] >= 0 and counted[1] > counted[2] + 1:
-                yield from _stop(self)
-                return
+    counts = self.__dict__.setdefault("_egw_chunks", {})  # stream id -> [small chunks, limit or None]
+    self.__dict__["_egw_reading"] = True
+    try:
+        yield from _counted(self, _ORIGINAL(self, event), counts)
+    finally:
+        self.__dict__["_egw_reading"] = False
+
+
+def _counted(self: Http1Server, cmds, counts: dict):
+    for cmd in cmds:
+        if isinstance(cmd, ReceiveHttp):
+            ev = cmd.event
+            if isinstance(ev, RequestData) and len(ev.data) < SMALL_CHUNK:
+                counted = counts.get(ev.stream_id)
+                if counted is None:  # the body being parsed now is this stream's: is it chunked?
+                    chunked = isinstance(self.body_reader, ChunkedReader)
+                    counted = counts[ev.stream_id] = [0, _allowed(self.context.client) if chunked else None]
+                counted[0] += 1
+                if counted[1] is not None and counted[0] > counted[1] + 1:
+                    yield from _stop(self, ev.stream_id)
+                    return
+            elif isinstance(ev, (RequestEndOfMessage, RequestProtocolError)):
+                counts.pop(ev.stream_id, None)
         yield cmd
 
 
-def _stop(self: Http1Server):
+def _stop(self: Http1Server, stream_id: int):
     self.buf.maybe_extract_at_most(len(self.buf))  # what is buffered is dropped unparsed
     self.state = _dropped.__get__(self)
     yield commands.CloseConnection(self.conn)
-    yield ReceiveHttp(RequestProtocolError(self.stream_id, MESSAGE, code=ErrorCode.REQUEST_TOO_LARGE))
+    yield ReceiveHttp(RequestProtocolError(stream_id, MESSAGE, code=ErrorCode.REQUEST_TOO_LARGE))
     from gateway.addons.refuse import close_client_socket  # mitmproxy's handler of this connection
 
     close_client_socket(self.context.client)

@@ -21,9 +21,10 @@ every other session; the per-session request rate refused most of them, but only
 A reset of a stream already answered, or never handed to the gateway, is not counted.
 
 `install(decide, body_chunks)` also counts the DATA frames under `SMALL_CHUNK` bytes of each
-request body the gateway serves: one past `body_chunks(client)` (the session's `bodyChunks`), or
-when it fails, the connection is closed the same way, so the streams end with
-`BODY_CHUNKS_CLOSED` (logged as `limit-body-chunks`). mitmproxy acknowledges every DATA frame at
+stream's request body, answered or not (mitmproxy parses and acknowledges them all): one past
+`body_chunks(client)` (the session's `bodyChunks`), or when it fails, that stream's request ends
+with `BODY_CHUNKS_CLOSED` (logged as `limit-body-chunks`) and the connection is closed the same
+way; its other streams end with `BODY_CHUNKS_OTHERS`, an error of their own allowed request. mitmproxy acknowledges every DATA frame at
 once, so flow control never slowed such a flood: a million one-byte frames on one stream kept the
 attacker's connection open until its own timeout and another session waiting up to 1.6 s
 (tests/adversarial/test_resources.py). The HTTP/1 twin is `gateway/h1guard.py`.
@@ -35,7 +36,8 @@ from typing import Callable
 
 import h2.errors
 import h2.events
-from mitmproxy.proxy.layers.http._events import ResponseEndOfMessage, ResponseProtocolError
+from mitmproxy.proxy.layers.http import ReceiveHttp
+from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseEndOfMessage, ResponseProtocolError
 from mitmproxy.proxy.layers.http._http2 import Http2Server, StreamState
 
 from gateway.limits import BODY_CHUNKS_CLOSED, SMALL_CHUNK
@@ -43,6 +45,8 @@ from gateway.limits import BODY_CHUNKS_CLOSED, SMALL_CHUNK
 Decide = Callable[[object], bool]  # the client connection -> may it reset one more stream?
 Limit = Callable[[object], int]  # the client connection -> small pieces one request body may have
 
+# what the connection's other streams end with when one request's body is refused for its DATA frames
+BODY_CHUNKS_OTHERS = "HTTP/2 connection closed: another request on it sent its body in more small DATA frames than bodyChunks allows"
 MESSAGE = "HTTP/2 rapid reset: streams cancelled while the gateway served them, past streamResetsPerSecond"
 
 _ORIGINAL = Http2Server.__dict__["handle_h2_event"], Http2Server.__dict__["_handle_event"]
@@ -89,10 +93,15 @@ def handle_h2_event(self: Http2Server, event: h2.events.Event):
     """mitmproxy's `handle_h2_event`, counting the resets of streams still being served."""
     if isinstance(event, h2.events.RequestReceived):
         _served(self).add(event.stream_id)
-    elif (isinstance(event, h2.events.DataReceived) and event.stream_id in _served(self)
-          and len(event.data) < SMALL_CHUNK and not (event.stream_ended and not event.data)
-          and _chunks_left(self, event.stream_id) < 0):
-        yield from self.protocol_error(BODY_CHUNKS_CLOSED, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+    elif (isinstance(event, h2.events.DataReceived) and len(event.data) < SMALL_CHUNK
+          and not (event.stream_ended and not event.data) and _chunks_left(self, event.stream_id) < 0):
+        # every stream's DATA counts, answered or not: mitmproxy parses and acknowledges them all.
+        # This stream's request is the refusal; the others only end with the connection.
+        sid = event.stream_id
+        _served(self).discard(sid)
+        self.streams.pop(sid, None)
+        yield ReceiveHttp(self.ReceiveProtocolError(sid, BODY_CHUNKS_CLOSED, ErrorCode.REQUEST_TOO_LARGE))
+        yield from self.protocol_error(BODY_CHUNKS_OTHERS, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
         _close_socket(self.context.client)
         return True
     elif isinstance(event, h2.events.StreamReset) and event.stream_id in _served(self):
@@ -105,6 +114,8 @@ def handle_h2_event(self: Http2Server, event: h2.events.Event):
         # mitmproxy sees its StreamEnded, which forgets it; the reset was then dropped and the gateway
         # served a request nobody waits for. Make mitmproxy pass the reset on to the stream.
         self.streams.setdefault(event.stream_id, StreamState.HEADERS_RECEIVED)
+    if isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+        self.__dict__.get("_egw_chunks", {}).pop(event.stream_id, None)  # its body is over
     return (yield from _ORIGINAL[0](self, event))
 
 
@@ -112,7 +123,6 @@ def _handle_event(self: Http2Server, event):
     """mitmproxy's `_handle_event`; a response ended (or failed) is no longer being served."""
     if isinstance(event, (ResponseEndOfMessage, ResponseProtocolError)):
         _served(self).discard(event.stream_id)
-        self.__dict__.get("_egw_chunks", {}).pop(event.stream_id, None)
     return (yield from _ORIGINAL[1](self, event))
 
 

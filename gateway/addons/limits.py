@@ -130,10 +130,15 @@ class Limits:
     def _body_chunks(self, client: connection.Client) -> int:
         """How many small pieces one request body of this connection may arrive in (`bodyChunks`).
 
-        The guard stops parsing one past it: `LimitsBody` cuts the body and logs the refusal."""
+        The guards stop parsing one past it: `LimitsBody` cuts the body and logs the refusal. A
+        transparent connection's session is known from its source; through the explicit proxy a
+        request's session comes from its own credentials, decided after the guard first asks, so
+        there the guard gets the largest limit of any session (LimitsBody still applies the request's)."""
         state = self.conns.get(client.id)
         session = state.session if state else None
-        return (session.policy.limits if session is not None else DEFAULTS).body_chunks
+        if session is not None and isinstance(client.proxy_mode, TransparentMode):
+            return session.policy.limits.body_chunks
+        return max((s.policy.limits.body_chunks for s in self.registry.list()), default=DEFAULTS.body_chunks)
 
     def error(self, flow: http.HTTPFlow) -> None:
         """A request the guard stopped mid-body is a `limit-body-chunks` refusal in the flow log (logged

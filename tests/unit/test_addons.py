@@ -50,10 +50,11 @@ from gateway.connstate import ConnTable
 from gateway.dialguard import DialGuard
 from gateway.log import reader
 from gateway.log.writer import FlowLog
+from gateway.policy import load_policy_text
 from gateway.resolver import DnsFailure, Forwarded
 from gateway.sessions.registry import SessionRegistry
 
-from .helpers import ALLOWED, PINNED, PLAIN, SSH, policy, run
+from .helpers import ALLOWED, PINNED, PLAIN, SSH, policy, policy_text, run
 
 SANDBOX = "10.211.0.2"
 STRANGER = "10.211.0.99"
@@ -820,10 +821,16 @@ def test_the_limits_addon_guards_http2_while_it_runs(gw):
     assert Http2Server.handle_h2_event is h2guard._ORIGINAL[0]
 
 
-def test_body_chunks_limit_is_the_sessions_and_the_default_without_one(gw):
+def test_body_chunks_limit_is_the_sessions_and_the_largest_where_the_session_is_not_known_yet(gw):
     limits = Limits(gw.registry, gw.conns, gw.audit)
     assert limits._body_chunks(gw.transparent_client()) == gw.session.policy.limits.body_chunks == 4096
     assert limits._body_chunks(tflow.tclient_conn()) == 4096  # no session: the default
+    text = policy_text(ALLOWED).replace("  egress:\n", "  limits: {bodyChunks: 20000}\n  egress:\n")
+    gw.registry.create("big", load_policy_text(text), ["10.99.0.2"])
+    assert limits._body_chunks(gw.transparent_client()) == 4096  # a transparent connection: its own session's
+    # through the explicit proxy a request's session comes with its own credentials, after the guard
+    # asks: the largest any session allows (review finding: a 20,000-chunk upload was cut at 4,097)
+    assert limits._body_chunks(gw.proxy_client()) == 20000
 
 
 def test_a_body_the_guard_stopped_is_logged_as_a_limit_refusal(gw):

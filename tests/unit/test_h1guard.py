@@ -8,8 +8,10 @@ from mitmproxy import connection, options
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy import commands, context, events
 from mitmproxy.proxy.layers.http import ReceiveHttp
-from mitmproxy.proxy.layers.http._events import RequestData, RequestEndOfMessage, RequestHeaders, RequestProtocolError
+from mitmproxy.proxy.layers.http._events import (RequestData, RequestEndOfMessage, RequestHeaders, RequestProtocolError,
+                                                  ResponseEndOfMessage, ResponseHeaders)
 from mitmproxy.proxy.layers.http._http1 import Http1Server
+from mitmproxy.test import tutils
 
 from gateway import h1guard
 
@@ -131,3 +133,20 @@ def test_uninstall_puts_mitmproxy_back():
     c = Conn()
     c.feed(HEAD + b"1\r\nz\r\n" * 100 + b"0\r\n\r\n")
     assert len(c.chunks()) == 100 and not c.closed
+
+
+@pytest.mark.parametrize("second, passed, stopped", [(8, 8, False), (12, 11, True)])
+def test_a_pipelined_request_is_counted_on_its_own(guard, second, passed, stopped):
+    """One read can end a body (answered early) and hold the next request's: each body has its own
+    count (review finding: two bodies under the limit closed a keep-alive connection)."""
+    c = Conn()
+    c.feed(HEAD + b"1\r\nz\r\n" * 2)
+    resp = tutils.tresp(content=b"")
+    resp.headers["content-length"] = "0"
+    c.feed_event(ResponseHeaders(1, resp))  # the origin answered before the body ended
+    c.feed_event(ResponseEndOfMessage(1))
+    c.feed(b"1\r\nz\r\n" * 6 + b"0\r\n\r\n" + HEAD + b"1\r\nz\r\n" * second + b"0\r\n\r\n")
+    assert [e.stream_id for e in c.got if isinstance(e, RequestHeaders)] == [1, 3]
+    assert len([e for e in c.got if isinstance(e, RequestData) and e.stream_id == 3]) == passed
+    assert c.closed is stopped
+    assert [e.stream_id for e in c.got if isinstance(e, RequestProtocolError)] == ([3] if stopped else [])

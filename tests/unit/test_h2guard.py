@@ -289,3 +289,51 @@ def test_without_a_body_chunks_limit_data_frames_are_not_counted(guard):
     conn = Conn()
     out = post(conn, 5000)
     assert len([e for e in out if isinstance(e, RequestData)]) == 5000 and not conn.closed
+
+
+def open_post(conn: Conn) -> int:
+    sid = conn.h2.get_next_available_stream_id()
+    conn.h2.send_headers(sid, [(":method", "POST"), *HEAD[1:]], end_stream=False)
+    conn.h2.local_flow_control_window = lambda _sid: 1 << 30  # type: ignore[method-assign]
+    conn._feed(conn.layer.handle_event(events.DataReceived(conn.client, conn.h2.data_to_send())))
+    return sid
+
+
+def flood(conn: Conn, sid: int, frames: int) -> list:
+    for _ in range(frames):
+        conn.h2.send_data(sid, b"z")
+    return conn._feed(conn.layer.handle_event(events.DataReceived(conn.client, conn.h2.data_to_send())))
+
+
+@pytest.mark.parametrize("error", [False, True])
+def test_data_frames_after_the_response_ended_still_count(chunks, error):
+    """mitmproxy parses and acknowledges DATA on a stream it answered (or failed) too; after an error
+    response no stream is left to cut it (review finding: 20,000 frames went through, connection open)."""
+    conn = Conn()
+    sid = open_post(conn)
+    conn.answer(sid, error=error)
+    out = flood(conn, sid, 20000)
+    assert len([e for e in out if isinstance(e, RequestData)]) <= 11 and conn.closed
+
+
+def test_only_the_flooding_stream_is_refused_the_others_end_with_the_connection(chunks):
+    conn = Conn()
+    conn.h2.send_headers(1, HEAD, end_stream=True)  # a GET waiting for its response
+    conn._feed(conn.layer.handle_event(events.DataReceived(conn.client, conn.h2.data_to_send())))
+    sid = open_post(conn)
+    out = flood(conn, sid, 50)
+    assert sorted((e.stream_id, e.message) for e in out if isinstance(e, RequestProtocolError)) == [
+        (1, h2guard.BODY_CHUNKS_OTHERS), (sid, lim.BODY_CHUNKS_CLOSED)]
+
+
+def test_counts_of_streams_the_client_ended_or_reset_are_forgotten(chunks):
+    conn = Conn()
+    for i in range(80):  # ended streams stay open until answered: under MAX_CONCURRENT_STREAMS
+        sid = open_post(conn)
+        flood(conn, sid, 1)
+        if i % 2:
+            conn.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        else:
+            conn.h2.end_stream(sid)
+        conn._feed(conn.layer.handle_event(events.DataReceived(conn.client, conn.h2.data_to_send())))
+    assert conn.layer.__dict__.get("_egw_chunks") == {} and not conn.closed
