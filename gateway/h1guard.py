@@ -29,7 +29,7 @@ from mitmproxy.proxy.layers.http._base import ReceiveHttp
 from mitmproxy.proxy.layers.http._events import ErrorCode, RequestData, RequestEndOfMessage, RequestProtocolError
 from mitmproxy.proxy.layers.http._http1 import Http1Server
 
-from gateway.limits import BODY_CHUNKS_CLOSED, SMALL_CHUNK
+from gateway.limits import BODY_CHUNKS_CLOSED, SMALL_CHUNK, mark_body_chunks_closed
 
 Limit = Callable[[object], int]  # the client connection -> small chunks one request body may have
 
@@ -80,6 +80,7 @@ def _counted(self: Http1Server, cmds, counts: dict):
 
 
 def _stop(self: Http1Server, stream_id: int):
+    mark_body_chunks_closed(self.context.client)
     self.buf.maybe_extract_at_most(len(self.buf))  # what is buffered is dropped unparsed
     self.state = _dropped.__get__(self)
     yield commands.CloseConnection(self.conn)

@@ -40,7 +40,7 @@ from mitmproxy.proxy.layers.http import ReceiveHttp
 from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseEndOfMessage, ResponseProtocolError
 from mitmproxy.proxy.layers.http._http2 import Http2Server, StreamState
 
-from gateway.limits import BODY_CHUNKS_CLOSED, SMALL_CHUNK
+from gateway.limits import BODY_CHUNKS_CLOSED, SMALL_CHUNK, mark_body_chunks_closed
 
 Decide = Callable[[object], bool]  # the client connection -> may it reset one more stream?
 Limit = Callable[[object], int]  # the client connection -> small pieces one request body may have
@@ -98,6 +98,7 @@ def handle_h2_event(self: Http2Server, event: h2.events.Event):
         # every stream's DATA counts, answered or not: mitmproxy parses and acknowledges them all.
         # This stream's request is the refusal; the others only end with the connection.
         sid = event.stream_id
+        mark_body_chunks_closed(self.context.client)
         _served(self).discard(sid)
         self.streams.pop(sid, None)
         yield ReceiveHttp(self.ReceiveProtocolError(sid, BODY_CHUNKS_CLOSED, ErrorCode.REQUEST_TOO_LARGE))

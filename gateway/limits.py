@@ -26,6 +26,17 @@ BODY_CHUNKS = "body-chunks"
 SMALL_CHUNK = 1024  # a body's pieces below this size count against `bodyChunks` (each costs the event loop)
 # the error of a request whose body a guard stopped (gateway/h1guard.py, gateway/h2guard.py)
 BODY_CHUNKS_CLOSED = "request body in more small chunks than bodyChunks allows: connection closed"
+_CLOSED_MARK = "_egw_body_chunks_closed"
+
+
+def mark_body_chunks_closed(client) -> None:
+    """A guard closed this client connection for `bodyChunks`. The refused request's flow may end with
+    another error first (the close also cancels its upstream dial if that is still under way)."""
+    setattr(client, _CLOSED_MARK, True)
+
+
+def body_chunks_closed(client) -> bool:
+    return bool(getattr(client, _CLOSED_MARK, False))
 RESPONSE_HEADER_BYTES = "response-header-bytes"
 WEBSOCKET_MESSAGE = "websocket-message"
 DNS = "dns"

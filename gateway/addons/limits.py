@@ -142,12 +142,19 @@ class Limits:
 
     def error(self, flow: http.HTTPFlow) -> None:
         """A request the guard stopped mid-body is a `limit-body-chunks` refusal in the flow log (logged
-        by HttpAudit, after this addon), not an error of an allowed request."""
+        by HttpAudit, after this addon), not an error of an allowed request. It may end with another
+        error first (the connection's close cancels its upstream dial if that is still under way):
+        on a connection a guard closed, a request whose body had not ended is the refused one."""
         info = flow.metadata.get(META)
-        if flow.error is None or flow.error.msg != lim.BODY_CHUNKS_CLOSED or info is None or info.get("logged"):
+        if flow.error is None or info is None or info.get("logged"):
+            return
+        msg = flow.error.msg
+        if msg != lim.BODY_CHUNKS_CLOSED and not (
+                lim.body_chunks_closed(flow.client_conn) and not flow.request.timestamp_end
+                and msg != h2guard.BODY_CHUNKS_OTHERS):
             return
         count(lim.BODY_CHUNKS)
-        info.update(decision="deny", reason=lim.reason(lim.BODY_CHUNKS))
+        info.update(decision="deny", reason=lim.reason(lim.BODY_CHUNKS), detail=lim.BODY_CHUNKS_CLOSED)
 
     # -- HTTP/2 stream resets (asked by gateway.h2guard, inside mitmproxy's HTTP/2 layer) -------
     def _stream_reset(self, client: connection.Client) -> bool:

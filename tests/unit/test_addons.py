@@ -850,6 +850,25 @@ def test_a_body_the_guard_stopped_is_logged_as_a_limit_refusal(gw):
     assert gw.flow_log("http")[-1]["reason"] == "allowed" and refusals("body-chunks") == before + 1
 
 
+@pytest.mark.parametrize("msg, body_ended, refused", [
+    ("client disconnected", False, True),  # the close cancelled its upstream dial first (CI finding)
+    ("client disconnected", True, False),  # an answered GET on the same HTTP/2 connection
+    (h2guard.BODY_CHUNKS_OTHERS, False, False),  # another upload on it: ended by the close, not refused
+])
+def test_on_a_connection_a_guard_closed_the_unfinished_body_is_the_refusal(gw, msg, body_ended, refused):
+    limits = Limits(gw.registry, gw.conns, gw.audit)
+    flow = http_flow(gw)
+    lim.mark_body_chunks_closed(flow.client_conn)
+    if not body_ended:
+        flow.request.timestamp_end = None
+    flow.error = flow_mod.Error(msg)
+    limits.error(flow)
+    gw.http_audit.error(flow)
+    [event] = gw.flow_log("http")
+    expect = ("deny", "limit-body-chunks", lim.BODY_CHUNKS_CLOSED) if refused else ("allow", "allowed", msg)
+    assert (event["decision"], event["reason"], event["detail"]) == expect
+
+
 def test_the_limits_addon_guards_chunked_http1_bodies_while_it_runs(gw):
     from mitmproxy.proxy.layers.http._http1 import Http1Server
 
