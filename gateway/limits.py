@@ -26,6 +26,15 @@ BODY_CHUNKS = "body-chunks"
 SMALL_CHUNK = 1024  # a body's pieces below this size count against `bodyChunks` (each costs the event loop)
 # the error of a request whose body a guard stopped (gateway/h1guard.py, gateway/h2guard.py)
 BODY_CHUNKS_CLOSED = "request body in more small chunks than bodyChunks allows: connection closed"
+RESPONSE_HEADER_BYTES = "response-header-bytes"
+WEBSOCKET_MESSAGE = "websocket-message"
+DNS = "dns"
+TLS = "tls"
+STREAM_RESETS = "stream-resets"
+NAMES = (CONNECTIONS, REQUESTS, HEADER_COUNT, HEADER_BYTES, URL, BODY, BODY_CHUNKS, RESPONSE_HEADER_BYTES,
+         WEBSOCKET_MESSAGE, DNS, TLS, STREAM_RESETS)
+
+
 _CLOSED_MARK = "_egw_body_chunks_closed"
 
 
@@ -37,13 +46,6 @@ def mark_body_chunks_closed(client) -> None:
 
 def body_chunks_closed(client) -> bool:
     return bool(getattr(client, _CLOSED_MARK, False))
-RESPONSE_HEADER_BYTES = "response-header-bytes"
-WEBSOCKET_MESSAGE = "websocket-message"
-DNS = "dns"
-TLS = "tls"
-STREAM_RESETS = "stream-resets"
-NAMES = (CONNECTIONS, REQUESTS, HEADER_COUNT, HEADER_BYTES, URL, BODY, BODY_CHUNKS, RESPONSE_HEADER_BYTES,
-         WEBSOCKET_MESSAGE, DNS, TLS, STREAM_RESETS)
 
 
 def reason(name: str) -> str:

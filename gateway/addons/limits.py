@@ -37,7 +37,6 @@ from gateway.sessions.store import SessionStoreUnavailable
 logger = logging.getLogger("egressgw")
 
 FLOOD_REFUSALS = 64  # rate refusals in a row on one connection before it is closed
-SMALL_CHUNK = lim.SMALL_CHUNK
 _STATUS = {lim.REQUESTS: 429, lim.HEADER_COUNT: 431, lim.HEADER_BYTES: 431, lim.URL: 414, lim.BODY: 413}
 
 
@@ -351,7 +350,7 @@ class _Counted:
         if self.dead:
             return []
         self.seen += len(chunk)
-        if 0 < len(chunk) < SMALL_CHUNK:
+        if 0 < len(chunk) < lim.SMALL_CHUNK:
             self.chunks_left -= 1
         if self.seen > self.limit or self.chunks_left < 0:
             self.dead = True
