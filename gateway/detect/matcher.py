@@ -1,7 +1,8 @@
 """Hyperscan databases: one literal database for the forms of the known values, one for the rules.
 
-The rules database also carries *shape* expressions (percent escapes, JSON \\u escapes, QP soft
-breaks, base64 and hex blocks) so a single pass says which decoded views a part needs.
+The rules database also carries *shape* expressions (JSON \\u escapes, QP soft breaks, rule keywords,
+base64 and hex blocks; percent escapes too when gateway/detect/_unescape.c is not built, else one C
+pass over the '%' bytes finds those) so a single pass says which decoded views a part needs.
 Hyperscan reports the end offsets of each rule's prefilter expression; Python `re` then confirms
 and extracts matches only in a window of `Rule.max_len` bytes around each of those offsets. A rule hyperscan refuses is retried
 with HS_FLAG_PREFILTER (an over-approximation, confirmed by `re`); one it still refuses runs in
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 
 import hyperscan as hs
 
+from .decode import NATIVE, _native
 from .forms import Form, forms
 from .rules import Rule, RulePack
 
@@ -65,17 +67,23 @@ def keyword_forms(keywords: set[str]) -> tuple[list[bytes], list[bytes]]:
 _ALWAYS_SIG = set(b"%\\=\r\n+/_-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 
-def significant_escapes(values: Sequence[bytes]) -> bytes:
-    """A regex (Python and hyperscan) for the percent escapes whose decoded byte occurs in some literal
-    form of some value (or is an escape/block alphabet byte): only those can be inside a value match
-    in a URL view."""
-    sig = set(_ALWAYS_SIG)
+def significant_bytes(values: Sequence[bytes], extra: bytes = b"") -> set[int]:
+    """The bytes whose percent escapes matter in a URL view: those of some literal form of some value,
+    the escape and block alphabets, and `extra` (the rule keywords' bytes) in any case."""
+    sig = set(_ALWAYS_SIG) | set(extra) | set(extra.lower()) | set(extra.upper())
     for value in values:
         for f in forms(value):
             sig.update(f.pattern)
             if f.caseless:
                 sig.update(f.pattern.lower())
                 sig.update(f.pattern.upper())
+    return sig
+
+
+def significant_escapes(values: Sequence[bytes], extra: bytes = b"") -> bytes:
+    """A regex (Python and hyperscan) for the percent escapes of significant_bytes(): only those can
+    be inside a value match (or an escaped keyword) in a URL view."""
+    sig = significant_bytes(values, extra)
     alts = []
     for hi in range(16):
         los = [lo for lo in range(16) if (hi << 4 | lo) in sig]
@@ -84,6 +92,22 @@ def significant_escapes(values: Sequence[bytes]) -> bytes:
         cls = "".join(sorted({c for lo in los for c in {f"{lo:X}", f"{lo:x}"}}))
         alts.append(f"[{hi:X}{hi:x}][{cls}]" if hi > 9 else f"{hi:X}[{cls}]")
     return ("%(?:" + "|".join(alts) + ")").encode()
+
+
+# With decode.NATIVE, the percent shapes come from one C pass over the '%' of a view (memchr), not from
+# expressions in the hyperscan database: a '%' is in most text, and there they cost the pass about 25%
+# (measured: 1094 -> 1393 MB/s without them). The odd shapes are hints for the Python views only.
+C_SHAPES = frozenset({"pct", "pct-b64", "pct-bs", "pct-odd", "json-odd"})
+_SHAPE_BITS = ((1, "pct"), (2, "pct-b64"), (4, "pct-bs"), (8, "pct-sig"))
+_NO_SIG = bytes(256)
+
+
+def _pct_shapes(data: bytes, shapes: dict[str, list], sig: bytes) -> None:
+    bits = _native.pct_shapes(data, sig)
+    if bits:
+        for bit, name in _SHAPE_BITS:
+            if bits & bit:
+                shapes[name] = []
 
 
 VALUE_BASE = 1 << 24  # ids of value patterns in a combined database
@@ -125,12 +149,16 @@ class ValueMatcher:
         if rules is not None and len(values) >= COMBINE_MIN:
             self.rules = rules
             r_exprs, r_ids, r_flags = rules.expressions
+            # shape "pct-sig": in the C shapes pass (NATIVE), or one more expression here
+            sig = [] if rules.native else [significant_escapes(values, rules.keyword_bytes)]
+            sig_bytes = significant_bytes(values, rules.keyword_bytes)
+            self.sig_table = bytes(1 if b in sig_bytes else 0 for b in range(256))
             self.db = hs.Database(mode=hs.HS_MODE_BLOCK)
             self.db.compile(
-                expressions=[_lit(e) for e in exprs] + r_exprs + [significant_escapes(values)],
-                ids=[VALUE_BASE + i for i in range(len(exprs))] + r_ids + [rules.sig_id],
-                elements=len(exprs) + len(r_exprs) + 1,
-                flags=flags + r_flags + [hs.HS_FLAG_SINGLEMATCH],
+                expressions=[_lit(e) for e in exprs] + r_exprs + sig,
+                ids=[VALUE_BASE + i for i in range(len(exprs))] + r_ids + [rules.sig_id] * len(sig),
+                elements=len(exprs) + len(r_exprs) + len(sig),
+                flags=flags + r_flags + [hs.HS_FLAG_SINGLEMATCH] * len(sig),
             )
             self.sig_shape = True
         elif exprs:
@@ -160,6 +188,8 @@ class ValueMatcher:
         if data:
             self.db.scan(data, match_event_handler=_collect_all, context=(found, hit))
         rules, shapes = self.rules.classify(hit)
+        if self.rules.native and data:
+            _pct_shapes(data, shapes, self.sig_table)
         return self._values(found), rules, shapes
 
 
@@ -208,7 +238,8 @@ class RuleMatcher:
 
     def __init__(self, pack: RulePack):
         self.rules: tuple[Rule, ...] = pack.rules
-        self.shape_names = list(SHAPES) + ["hex"]
+        self.native = NATIVE  # percent shapes from the C pass, not from this database
+        self.shape_names = list(SHAPES) + ["hex", "kw"]
         self.shape_base = len(self.rules)
         # id of the value-dependent "pct-sig" shape, compiled into combined value databases only
         self.sig_id = self.shape_base + len(self.shape_names)
@@ -237,20 +268,27 @@ class RuleMatcher:
             flags.append(f & ~hs.HS_FLAG_SINGLEMATCH)
         b64_id = self.shape_base + self.shape_names.index("b64")
         hex_id = self.shape_base + self.shape_names.index("hex")
-        for k, name in enumerate(self.shape_names[:-1]):
+        for k, name in enumerate(SHAPES):
             expr = SHAPES[name][0]
-            if expr:
+            if expr and not (self.native and name in C_SHAPES):
                 exprs.append(expr)
                 ids.append(self.shape_base + k)
                 flags.append(hs.HS_FLAG_SINGLEMATCH)
         self.blocks_always = any(not r.keywords for r in self.rules)
+        keywords = {k for r in self.rules for k in r.keywords}
+        # bytes of the keywords but the space, whose escapes make has_keyword() look beyond shape "kw"
+        self.keyword_bytes = bytes(sorted({c for k in keywords for c in k.encode()} - {0x20}))
         b64: list[bytes] = []
         hexes: list[bytes] = []
         if self.blocks_always:
             extra = [(rb"[A-Za-z0-9+/_-]{40}", b64_id, 0), (rb"[0-9A-Fa-f]{80}", hex_id, 0)]
         else:
-            b64, hexes = keyword_forms({k for r in self.rules for k in r.keywords})
+            b64, hexes = keyword_forms(keywords)
             extra = [(_lit(f), b64_id, 0) for f in b64] + [(_lit(f), hex_id, hs.HS_FLAG_CASELESS) for f in hexes]
+            # shape "kw": a keyword as written (any case; a space also as '+' or %20), so that without
+            # an escape of a keyword byte (shape "pct-sig") has_keyword() needs no pass of its own
+            kw_id = self.shape_base + self.shape_names.index("kw")
+            extra += [(_lit(v), kw_id, hs.HS_FLAG_CASELESS) for k in sorted(keywords) for v in _space_forms(k.encode())]
         for e, i, f in extra:
             exprs.append(e)
             ids.append(i)
@@ -291,11 +329,18 @@ class RuleMatcher:
             rules[i] = None
         return rules, shapes
 
-    def has_keyword(self, data: bytes, blocks: bool = True) -> bool:
+    def has_keyword(self, data: bytes, blocks: bool = True, shapes: dict[str, list] | None = None) -> bool:
         """Whether `data` holds a rule keyword (any case) or, with `blocks`, a keyword's base64/hex
-        form, with any of its bytes percent-encoded."""
+        form, with any of its bytes percent-encoded.
+
+        `shapes`: the shapes of `data` from a pass that reports "pct-sig" (a combined value
+        database). Without such an escape, only the space of a keyword can be escaped, which shape
+        "kw" covers, and the block forms are shapes "b64" (also raised by halves of values: a safe
+        over-approximation) and "hex": no pass of its own."""
         if self.kw_db is None:
             return not self.kw_none
+        if shapes is not None and "pct-sig" not in shapes:
+            return "kw" in shapes or (blocks and ("b64" in shapes or "hex" in shapes))
         try:
             (self.kw_db if blocks else self.kw_plain_db).scan(data, match_event_handler=_first)
         except hs.ScanTerminated:  # the handler stops at the first keyword
@@ -307,7 +352,19 @@ class RuleMatcher:
         hit: dict[int, list[int]] = {}
         if data:
             self.db.scan(data, match_event_handler=_collect_rule, context=hit)
-        return self.classify(hit)
+        rules, shapes = self.classify(hit)
+        if self.native and data:
+            _pct_shapes(data, shapes, _NO_SIG)
+        return rules, shapes
+
+
+def _space_forms(keyword: bytes) -> list[bytes]:
+    """A keyword with each space as written, as '+' and as %20."""
+    out = [b""]
+    for c in keyword:
+        alts = [b" ", b"+", b"%20"] if c == 0x20 else [bytes([c])]
+        out = [o + a for o in out for a in alts]
+    return out
 
 
 def _compiles(expr: bytes, flags: int) -> bool:

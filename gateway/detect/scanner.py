@@ -191,7 +191,7 @@ class Detector:
         self._vm = self._engine.values_matcher(self.values)
         # escape views decode this far around each escape: a value form or a typical rule match fits
         self._window = max(512, self._vm.max_len)
-        self._url_sig = _significant_escapes(self.values)
+        self._url_sig = _significant_escapes(self.values, self._engine.rules.keyword_bytes)
 
     def __repr__(self) -> str:
         return f"Detector(rules={len(self.rules.rules)}, values={len(self.values)})"
@@ -214,6 +214,7 @@ class Detector:
             "python_fallback": [rm.rules[i].id for i in rm.fallback],
             "values": len(self.values),
             "value_patterns": len(self._vm.entries),
+            "c_views": rm.native,  # gateway/detect/_unescape.c built (else the slower pure-Python views)
         }
 
     # --- one-shot scan ----------------------------------------------------------------------
@@ -352,7 +353,8 @@ class Detector:
             # blocks are decoded in the URL view only where its escapes can split one (%2B %2F %3D,
             # line breaks): without those, halves, hex forms and keywords' block forms do not matter
             blocks = "pct-b64" in shapes
-            if (blocks and (halves or "hex" in shapes)) or self._engine.rules.has_keyword(data, blocks):
+            if (blocks and (halves or "hex" in shapes)) or self._engine.rules.has_keyword(
+                    data, blocks, shapes if self._vm.sig_shape else None):
                 dec, m = url_view(data, form=view.form, window=win, odd="pct-odd" in shapes)
             else:
                 # No rule can match in the URL view (no keyword, plain or percent-encoded) and no
@@ -544,10 +546,11 @@ def _confirm(rx: re.Pattern[bytes], data: bytes, hits: list[tuple[int, int]] | N
             yield m
 
 
-def _significant_escapes(values: tuple[KnownValue, ...]) -> re.Pattern[bytes]:
+def _significant_escapes(values: tuple[KnownValue, ...], extra: bytes) -> re.Pattern[bytes]:
     """A regex for the percent escapes whose decoded byte occurs in some literal form of some value
-    (or is an escape/block alphabet byte): only those can be inside a value match in a URL view."""
-    return re.compile(significant_escapes([v.value for v in values]))
+    (or is an escape/block alphabet byte or a keyword byte): only those can be inside a value match
+    in a URL view."""
+    return re.compile(significant_escapes([v.value for v in values], extra))
 
 
 def _identity(s: int, e: int) -> tuple[int, int]:
