@@ -208,7 +208,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_unescape",
     "JSON and percent unescaping in C for the detector's views (see decode.py for the Python paths).",
-    -1, methods,
+    -1, methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__unescape(void) { return PyModule_Create(&module); }
