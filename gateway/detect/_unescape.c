@@ -122,7 +122,7 @@ static PyObject *json_unescape(PyObject *self, PyObject *arg) {
 }
 
 PyDoc_STRVAR(url_unescape_doc,
-"url_unescape(data: bytes, form: bool = False) -> bytes\n\n"
+"url_unescape(data: bytes, form: bool = False, /) -> bytes\n\n"
 "Every %XX escape decoded; a '%' without two hex digits copied; with form, '+' is a space\n"
 "(an escaped '+', %2B, stays '+'). urllib.parse.unquote_to_bytes, plus the form rule.");
 
@@ -173,11 +173,12 @@ static PyObject *pct_shapes(PyObject *self, PyObject *args) {
     }
     const unsigned char *s = buf.buf, *sig = sigbuf.buf;
     Py_ssize_t n = buf.len;
-    long bits = 0;
+    long bits = 0, want = 7;  /* pct-sig can be found only if some byte is significant */
     Py_BEGIN_ALLOW_THREADS
-    /* percent escapes: stop once all four pct bits are known */
+    for (int b = 0; b < 256; b++) if (sig[b]) { want = 15; break; }
+    /* percent escapes: stop once every bit that can be set is known */
     const unsigned char *p = s, *end = s + n;
-    while ((bits & 15) != 15 && p < end && (p = memchr(p, '%', (size_t)(end - p))) != NULL) {
+    while ((bits & want) != want && p < end && (p = memchr(p, '%', (size_t)(end - p))) != NULL) {
         if (p + 2 < end) {
             int h = hexval(p[1]), l = hexval(p[2]);
             if (h >= 0 && l >= 0) {

@@ -358,7 +358,7 @@ def url_view(data: bytes, form: bool = False, window: int = 0, odd: bool | None 
         return data, OffsetMap()
     if _native is not None:  # C decodes faster than Python can tell real escapes from other '%'
         if window and n and n * 2 * window < len(data):
-            return byte_windows(data, b"%", window, lambda piece: _native.url_unescape(piece, form),
+            return byte_windows(data, b"%+" if form else b"%", window, lambda piece: _native.url_unescape(piece, form),
                                 _PCT_FORM if form else _PCT, _pct)
         return _native.url_unescape(data, form), LazyMap(data, _PCT_FORM if form else _PCT, _pct)
     if odd is None:
@@ -413,19 +413,34 @@ def sig_windows(data: bytes, sig: re.Pattern[bytes], window: int, form: bool) ->
                          _PCT_FORM if form else _PCT, _pct)
 
 
-def byte_windows(data: bytes, center: bytes, window: int, decode: Callable[[bytes], bytes],
+def byte_windows(data: bytes, centers: bytes, window: int, decode: Callable[[bytes], bytes],
                  rx: re.Pattern[bytes], fn: Callable[[re.Match[bytes]], bytes | None]) -> tuple[bytes, WindowMap]:
-    """The view only within `window` bytes of each `center` byte (an escape's first byte), each window
-    decoded whole by `decode` (which must agree with `unescape(piece, rx, fn)`), joined by a newline.
-    An escape never straddles a window's edge: its first byte is a center of the same window."""
+    """The view only within `window` bytes of each of the `centers` bytes (an escape's first byte; in
+    forms also '+'), each window decoded whole by `decode` (which must agree with
+    `unescape(piece, rx, fn)`), joined by a newline. An escape never straddles a window's edge: its
+    first byte is a center of the same window, which reaches `window` bytes past the end of the
+    longest escape (12 bytes: a JSON surrogate pair) that starts at its last center."""
     spans: list[list[int]] = []
     n = len(data)
-    i = data.find(center)
+    if len(centers) == 1:
+        def nxt(start: int, end: int | None = None) -> int:
+            return data.find(centers, start, n if end is None else end)
+
+        def last(start: int, end: int) -> int:
+            return data.rfind(centers, start, end)
+    else:
+        def nxt(start: int, end: int | None = None) -> int:
+            found = [i for c in centers if (i := data.find(bytes((c,)), start, n if end is None else end)) >= 0]
+            return min(found) if found else -1
+
+        def last(start: int, end: int) -> int:
+            return max(data.rfind(bytes((c,)), start, end) for c in centers)
+    i = nxt(0)
     while i >= 0:
         lo = max(0, i - window)
         while True:  # the last center inside the window so far extends it (one rfind per extension)
-            hi = i + 1 + window
-            j = data.rfind(center, i + 1, hi)
+            hi = i + 12 + window
+            j = last(i + 1, hi)
             if j < 0:
                 break
             i = j
@@ -434,7 +449,7 @@ def byte_windows(data: bytes, center: bytes, window: int, decode: Callable[[byte
             spans[-1][1] = hi
         else:
             spans.append([lo, hi])
-        i = data.find(center, hi)
+        i = nxt(hi)
     return _join_windows(data, spans, decode, rx, fn)
 
 

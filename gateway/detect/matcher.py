@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import hyperscan as hs
 
-from .decode import NATIVE, _native
+from . import decode as _decode
 from .forms import Form, forms
 from .rules import Rule, RulePack
 
@@ -94,7 +94,7 @@ def significant_escapes(values: Sequence[bytes], extra: bytes = b"") -> bytes:
     return ("%(?:" + "|".join(alts) + ")").encode()
 
 
-# With decode.NATIVE, the percent shapes come from one C pass over the '%' of a view (memchr), not from
+# With the C module (decode._native), the percent shapes come from one C pass over the '%' of a view (memchr), not from
 # expressions in the hyperscan database: a '%' is in most text, and there they cost the pass about 25%
 # (measured: 1094 -> 1393 MB/s without them). The odd shapes are hints for the Python views only.
 C_SHAPES = frozenset({"pct", "pct-b64", "pct-bs", "pct-odd", "json-odd"})
@@ -102,8 +102,8 @@ _SHAPE_BITS = ((1, "pct"), (2, "pct-b64"), (4, "pct-bs"), (8, "pct-sig"))
 _NO_SIG = bytes(256)
 
 
-def _pct_shapes(data: bytes, shapes: dict[str, list], sig: bytes) -> None:
-    bits = _native.pct_shapes(data, sig)
+def _pct_shapes(c, data: bytes, shapes: dict[str, list], sig: bytes) -> None:
+    bits = c.pct_shapes(data, sig)
     if bits:
         for bit, name in _SHAPE_BITS:
             if bits & bit:
@@ -149,7 +149,7 @@ class ValueMatcher:
         if rules is not None and len(values) >= COMBINE_MIN:
             self.rules = rules
             r_exprs, r_ids, r_flags = rules.expressions
-            # shape "pct-sig": in the C shapes pass (NATIVE), or one more expression here
+            # shape "pct-sig": in the C shapes pass (rules.native), or one more expression here
             sig = [] if rules.native else [significant_escapes(values, rules.keyword_bytes)]
             sig_bytes = significant_bytes(values, rules.keyword_bytes)
             self.sig_table = bytes(1 if b in sig_bytes else 0 for b in range(256))
@@ -189,7 +189,7 @@ class ValueMatcher:
             self.db.scan(data, match_event_handler=_collect_all, context=(found, hit))
         rules, shapes = self.rules.classify(hit)
         if self.rules.native and data:
-            _pct_shapes(data, shapes, self.sig_table)
+            _pct_shapes(self.rules.c, data, shapes, self.sig_table)
         return self._values(found), rules, shapes
 
 
@@ -238,7 +238,10 @@ class RuleMatcher:
 
     def __init__(self, pack: RulePack):
         self.rules: tuple[Rule, ...] = pack.rules
-        self.native = NATIVE  # percent shapes from the C pass, not from this database
+        # the C module as it is now, for the life of this matcher: percent shapes from its pass, not
+        # from this database (decode's views check the module again on each call)
+        self.c = _decode._native
+        self.native = self.c is not None
         self.shape_names = list(SHAPES) + ["hex", "kw"]
         self.shape_base = len(self.rules)
         # id of the value-dependent "pct-sig" shape, compiled into combined value databases only
@@ -354,7 +357,7 @@ class RuleMatcher:
             self.db.scan(data, match_event_handler=_collect_rule, context=hit)
         rules, shapes = self.classify(hit)
         if self.native and data:
-            _pct_shapes(data, shapes, _NO_SIG)
+            _pct_shapes(self.c, data, shapes, _NO_SIG)
         return rules, shapes
 
 

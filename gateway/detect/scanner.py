@@ -345,6 +345,7 @@ class Detector:
         if depth > self.limits.max_depth:
             return
         win = self._window
+        rm = self._engine.rules
         chain = view.chain
         binary = view.binary
         # Escape views: decoded only where needed (windows around sparse escapes), and they look for
@@ -355,7 +356,8 @@ class Detector:
             blocks = "pct-b64" in shapes
             if (blocks and (halves or "hex" in shapes)) or self._engine.rules.has_keyword(
                     data, blocks, shapes if self._vm.sig_shape else None):
-                dec, m = url_view(data, form=view.form, window=win, odd="pct-odd" in shapes)
+                # the "odd" hints are only in the shapes when the Python views run (else None: unused)
+                dec, m = url_view(data, form=view.form, window=win, odd=None if rm.native else "pct-odd" in shapes)
             else:
                 # No rule can match in the URL view (no keyword, plain or percent-encoded) and no
                 # base64/hex block is to be decoded: only the known values' literal forms can match,
@@ -372,7 +374,7 @@ class Detector:
         # URL view of the JSON view (below) is the same bytes
         if not binary and "json" in shapes and chain.count("json-u") < 2 and (
                 not chain or chain[-1] != "url" or view.url_made_escapes):
-            dec, m = json_view(data, window=win, odd="json-odd" in shapes)
+            dec, m = json_view(data, window=win, odd=None if rm.native else "json-odd" in shapes)
             self._scan_view(_View(part, dec, view.chain + ("json-u",), _compose(view.to_part, m.span), view.region, depth,
                                   fresh_blocks=b"\\/" in data), acc)
         if not binary and "qp" in shapes and chain.count("qp") < 2:

@@ -59,7 +59,7 @@ def compiled(packs: tuple | None) -> Detector:
 def _warm() -> None:
     if not compiled(()).stats["c_views"]:
         logger.warning("detection: gateway/detect/_unescape.c is not built (no C compiler at install time?): "
-                       "the escape views run in pure Python, about 20%% slower scans; fix: install gcc and "
+                       "the escape views run in pure Python, about 25% slower scans; fix: install gcc and "
                        "reinstall egressgw (make bootstrap)")
     compiled(None)
 
