@@ -17,6 +17,15 @@ the request with a protocol error and closes the sandbox's connection; what is s
 arrives later is dropped unparsed. So the gateway queues at most `bodyChunks` + 1 small pieces per
 request, not what was sent. Bodies of a known length are not counted here: each of their pieces
 costs the sandbox a read of its own.
+
+The origin's side has the twin of that flood: mitmproxy buffers an HTTP/1 response head until it is
+complete, with no bound ("FIXME: protect against header size DoS" in its `Http1Client.read_headers`),
+then parses it in one go on the event loop: measured sans-IO, a 16 MB head was held whole and took
+552 ms of CPU to parse (1 MB: 28 ms), before `responseheaders` could refuse it. `install(...,
+head_limit)` also wraps `Http1Client.read_headers`: once the buffered, still incomplete head is larger
+than `head_limit(client)` bytes, it is dropped unparsed, the origin's connection closed and the
+request ends with `RESPONSE_HEAD_CLOSED` (a 502 to the sandbox; the limits addon logs it as
+`limit-response-header-bytes`).
 """
 
 from __future__ import annotations
@@ -26,23 +35,27 @@ from typing import Callable
 from h11._readers import ChunkedReader
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
-from mitmproxy.proxy.layers.http._events import ErrorCode, RequestData, RequestEndOfMessage, RequestProtocolError
-from mitmproxy.proxy.layers.http._http1 import Http1Server
+from mitmproxy.proxy.layers.http._events import (ErrorCode, RequestData, RequestEndOfMessage, RequestProtocolError,
+                                                  ResponseProtocolError)
+from mitmproxy.proxy.layers.http._http1 import Http1Client, Http1Server
 
-from gateway.limits import BODY_CHUNKS_CLOSED, SMALL_CHUNK, mark_body_chunks_closed
+from gateway.limits import BODY_CHUNKS_CLOSED, RESPONSE_HEAD_CLOSED, SMALL_CHUNK, mark_body_chunks_closed
 
 Limit = Callable[[object], int]  # the client connection -> small chunks one request body may have
 
 MESSAGE = BODY_CHUNKS_CLOSED
+RESPONSE_HEAD_CLOSED = RESPONSE_HEAD_CLOSED  # re-exported for the tests
 
 _ORIGINAL = Http1Server.read_body  # Http1Connection's: Http1Server has none of its own
+_ORIGINAL_HEAD = Http1Client.read_headers
 _limit: Limit | None = None
+_head_limit: Limit | None = None  # the client connection -> bytes an incomplete response head may hold
 
 
-def _allowed(client) -> int:
+def _allowed(client, limit: Limit | None = None) -> int:
     try:
-        return int(_limit(client))  # type: ignore[misc]  (read_body asks only while installed)
-    except Exception:  # noqa: BLE001 - fail closed: a guard that cannot decide stops the body
+        return int((limit or _limit)(client))  # type: ignore[misc]  (asked only while installed)
+    except Exception:  # noqa: BLE001 - fail closed: a guard that cannot decide stops the message
         return 0
 
 
@@ -96,18 +109,44 @@ def _dropped(self: Http1Server, event: events.Event):
     yield from ()
 
 
-def install(limit: Limit) -> None:
-    """Guard every HTTP/1 client connection of this process; `limit` is asked once per request body."""
-    global _limit
+def read_headers(self: Http1Client, event: events.Event):
+    """mitmproxy's `read_headers` of an origin's response, stopped once the incomplete head it holds
+    is larger than `head_limit` allows."""
+    yield from _ORIGINAL_HEAD(self, event)
+    if (_head_limit is None or not isinstance(event, events.DataReceived) or self.request is None
+            or self.response is not None or self.stream_id is None):
+        return
+    if len(self.buf) > _allowed(self.context.client, _head_limit):
+        stream_id = self.stream_id
+        self.buf.maybe_extract_at_most(len(self.buf))  # dropped unparsed
+        self.state = _dropped_head.__get__(self)
+        yield commands.CloseConnection(self.conn)
+        yield ReceiveHttp(ResponseProtocolError(stream_id, RESPONSE_HEAD_CLOSED, ErrorCode.GENERIC_SERVER_ERROR))
+
+
+def _dropped_head(self: Http1Client, event: events.Event):
+    """The state of an origin connection whose response head the guard stopped."""
+    self.buf.maybe_extract_at_most(len(self.buf))
+    yield from ()
+
+
+def install(limit: Limit, head_limit: Limit | None = None) -> None:
+    """Guard every HTTP/1 connection of this process: `limit` is asked once per chunked request body,
+    `head_limit` (if given) on each read of an origin's response head that is not complete yet."""
+    global _limit, _head_limit
     _limit = limit
     Http1Server.read_body = read_body  # type: ignore[method-assign]
+    if head_limit is not None:
+        _head_limit = head_limit
+        Http1Client.read_headers = read_headers  # type: ignore[method-assign]
 
 
 def uninstall(limit: Limit | None = None) -> None:
-    """Put mitmproxy's method back (only if `limit`, when given, is the one installed)."""
-    global _limit
+    """Put mitmproxy's methods back (only if `limit`, when given, is the one installed)."""
+    global _limit, _head_limit
     if limit is not None and _limit != limit:
         return
-    _limit = None
+    _limit = _head_limit = None
     if "read_body" in Http1Server.__dict__:
         del Http1Server.read_body
+    Http1Client.read_headers = _ORIGINAL_HEAD  # type: ignore[method-assign]

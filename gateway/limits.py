@@ -27,6 +27,9 @@ SMALL_CHUNK = 1024  # a body's pieces below this size count against `bodyChunks`
 # the error of a request whose body a guard stopped (gateway/h1guard.py, gateway/h2guard.py)
 BODY_CHUNKS_CLOSED = "request body in more small chunks than bodyChunks allows: connection closed"
 RESPONSE_HEADER_BYTES = "response-header-bytes"
+# the error of a response whose head gateway/h1guard.py stopped reading (an HTTP/1 origin's head that grew
+# past what `headerBytes` allows before it was even complete)
+RESPONSE_HEAD_CLOSED = "response head from the origin larger than headerBytes allows: connection closed"
 WEBSOCKET_MESSAGE = "websocket-message"
 DNS = "dns"
 TLS = "tls"

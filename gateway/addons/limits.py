@@ -72,7 +72,7 @@ class Limits:
             self.limiter.forget(session.id)
 
     def running(self) -> None:
-        h1guard.install(self._body_chunks)
+        h1guard.install(self._body_chunks, self._response_head_bytes)
         h2guard.install(self._stream_reset, self._body_chunks)
 
     def done(self) -> None:
@@ -139,6 +139,20 @@ class Limits:
             return session.policy.limits.body_chunks
         return max((s.policy.limits.body_chunks for s in self.registry.list()), default=DEFAULTS.body_chunks)
 
+    def _response_head_bytes(self, client: connection.Client) -> int:
+        """How many bytes an origin's HTTP/1 response head may take before it is complete: room for
+        `headerBytes` of names and values (the bound `responseheaders` applies to the whole head)
+        however they are written (a 1-byte name with an empty value is 1 counted byte in 5: ': ' and
+        CRLF), plus a status line. Through the explicit proxy, the largest of any session's (see
+        `_body_chunks`)."""
+        state = self.conns.get(client.id)
+        session = state.session if state else None
+        if session is not None and isinstance(client.proxy_mode, TransparentMode):
+            header_bytes = session.policy.limits.header_bytes
+        else:
+            header_bytes = max((s.policy.limits.header_bytes for s in self.registry.list()), default=DEFAULTS.header_bytes)
+        return 5 * header_bytes + 8192
+
     def error(self, flow: http.HTTPFlow) -> None:
         """A request the guard stopped mid-body is a `limit-body-chunks` refusal in the flow log (logged
         by HttpAudit, after this addon), not an error of an allowed request. It may end with another
@@ -148,6 +162,10 @@ class Limits:
         if flow.error is None or info is None or info.get("logged"):
             return
         msg = flow.error.msg
+        if msg == lim.RESPONSE_HEAD_CLOSED:
+            count(lim.RESPONSE_HEADER_BYTES)
+            info.update(decision="deny", reason=lim.reason(lim.RESPONSE_HEADER_BYTES), detail=msg)
+            return
         if msg != lim.BODY_CHUNKS_CLOSED and not (
                 lim.body_chunks_closed(flow.client_conn) and not flow.request.timestamp_end
                 and msg != h2guard.BODY_CHUNKS_OTHERS):

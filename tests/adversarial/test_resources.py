@@ -2,7 +2,7 @@
 
 Session A attacks the gateway from its sandbox with a real client (raw sockets, the `h2` package
 for frames): a gzip bomb, a chunked body of a million 1-byte chunks, HTTP/2 rapid reset
-(CVE-2023-44487) and CONTINUATION floods, an origin answering with 1 MB of headers, and
+(CVE-2023-44487) and CONTINUATION floods, an origin answering with 1 or 16 MB of headers, and
 slowloris-style trickled heads and bodies. Each test measures the gateway process's RSS
 (/proc/<pid>/status VmRSS) before and after, checks the attack was refused or contained and logged,
 and that session B, sending ordinary requests during the attack, was served every one of them.
@@ -287,13 +287,15 @@ def test_http2_continuation_flood(gateway, attacker, bystander):
 
 
 def _giant_header_origin(lab, size: int):
-    """A TLS origin on allowed.test:8443 (inside the origin namespace) answering with `size` bytes of headers."""
+    """A TLS origin on allowed.test:8443 (inside the origin namespace) answering with `size` bytes of
+    headers. Returns the listener and what it saw: (bytes of head it got out before the gateway
+    stopped reading, seconds from the request to the connection's end) per request."""
     cert, key = lab.ca.issue(["allowed.test"], lab.work, "giant-allowed")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
     addr = lab.hosts["allowed.test"]
     listener = in_netns(lab.origin_ns, socket.create_server, (addr, 8443))
-    served = []
+    served: list[tuple[int, float]] = []
 
     def serve():
         listener.settimeout(60)
@@ -306,11 +308,18 @@ def _giant_header_origin(lab, size: int):
                 with ctx.wrap_socket(raw, server_side=True) as conn:
                     conn.settimeout(10)
                     conn.recv(65536)
+                    t0 = time.monotonic()
                     line = b"X-Big-%06d: " % 0 + b"h" * 50 + b"\r\n"
                     head = b"HTTP/1.1 200 OK\r\n" + b"".join(
                         b"X-Big-%06d: " % i + b"h" * 50 + b"\r\n" for i in range(size // len(line)))
-                    conn.sendall(head + b"Content-Length: 2\r\n\r\nok")
-                    served.append(len(head))
+                    data = head + b"Content-Length: 2\r\n\r\nok"
+                    sent = 0
+                    try:
+                        while sent < len(data):
+                            sent += conn.send(data[sent : sent + 65536])
+                    except OSError:
+                        pass  # the gateway closed the connection: what it took is `sent`
+                    served.append((sent, time.monotonic() - t0))
             except OSError:
                 pass
 
@@ -318,21 +327,28 @@ def _giant_header_origin(lab, size: int):
     return listener, served
 
 
-def test_giant_upstream_headers(gateway, attacker, bystander, lab):
-    listener, served = _giant_header_origin(lab, 1 << 20)
+@pytest.mark.parametrize("size", [1 << 20, 16 << 20])
+def test_giant_upstream_headers(gateway, attacker, bystander, lab, size):
+    """An origin answering with megabytes of headers: mitmproxy would buffer the head whole, without a
+    bound ("FIXME: protect against header size DoS"), and parse it in one go. gateway/h1guard.py stops
+    reading once the incomplete head passes what `headerBytes` allows: the sandbox gets a 502, the
+    origin's connection is closed after a few hundred KB, the refusal is logged, and B is served
+    every request meanwhile."""
+    listener, served = _giant_header_origin(lab, size)
     try:
         def attack():
             return attacker.run("curl", "-sS", "-m", "20", "-o", "/dev/null", "-w", "%{http_code}",
                                 "https://allowed.test:8443/giant")
 
-        # Parsing the 1 MB head holds the one event loop: B was once delayed 10 s (a DNS answer lost)
-        # in a CI run, so B is measured here, not asserted (docs/limits.md, "Not bounded yet").
-        r = measured("origin sends 1 MB of headers", gateway, bystander, attack, stalls=True)
+        r = measured(f"origin sends {size >> 20} MB of headers", gateway, bystander, attack)
     finally:
         listener.close()
-    print(f"giant headers: client got {r.stdout!r} ({r.stderr.strip()}); origin sent {served}", file=sys.stderr)
+    print(f"giant headers: client got {r.stdout!r} ({r.stderr.strip()}); origin sent (bytes, seconds) {served}",
+          file=sys.stderr)
     assert served, "the origin was never asked"
-    assert r.stdout != "200"
+    assert r.stdout == "502"
+    if size > 8 << 20:  # read no further than the limit, plus what the sockets' buffers took
+        assert all(sent < 8 << 20 for sent, _s in served), served
     events = [e for e in attacker.events(event="http") if e.get("url", "").endswith(":8443/giant")]
     assert events and events[-1]["decision"] == "deny" and events[-1]["reason"] == "limit-response-header-bytes"
 

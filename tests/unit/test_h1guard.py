@@ -9,8 +9,8 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy import commands, context, events
 from mitmproxy.proxy.layers.http import ReceiveHttp
 from mitmproxy.proxy.layers.http._events import (RequestData, RequestEndOfMessage, RequestHeaders, RequestProtocolError,
-                                                  ResponseEndOfMessage, ResponseHeaders)
-from mitmproxy.proxy.layers.http._http1 import Http1Server
+                                                  ResponseEndOfMessage, ResponseHeaders, ResponseProtocolError)
+from mitmproxy.proxy.layers.http._http1 import Http1Client, Http1Server
 from mitmproxy.test import tutils
 
 from gateway import h1guard
@@ -19,12 +19,12 @@ HEAD = (b"POST /up HTTP/1.1\r\nHost: allowed.test\r\nTransfer-Encoding: chunked\
         b"Content-Type: application/octet-stream\r\n\r\n")
 
 
-class Conn:
-    def __init__(self):
-        opts = options.Options()
-        Proxyserver().load(opts)
-        self.client = connection.Client(peername=("10.0.0.2", 40000), sockname=("10.0.0.1", 443), timestamp_start=0)
-        self.layer = Http1Server(context.Context(self.client, opts))
+class Driven:
+    """A mitmproxy HTTP/1 layer fed by hand: what it closed and the HTTP events it produced."""
+
+    def __init__(self, layer, peer):
+        self.layer = layer
+        self.peer = peer
         self.closed = False
         self.got: list = []
         self.feed_event(events.Start())
@@ -37,7 +37,23 @@ class Conn:
                 self.got.append(cmd.event)
 
     def feed(self, data: bytes) -> None:
-        self.feed_event(events.DataReceived(self.client, data))
+        self.feed_event(events.DataReceived(self.peer, data))
+
+
+def _context() -> context.Context:
+    opts = options.Options()
+    Proxyserver().load(opts)
+    client = connection.Client(peername=("10.0.0.2", 40000), sockname=("10.0.0.1", 443), timestamp_start=0)
+    return context.Context(client, opts)
+
+
+class Conn(Driven):
+    """mitmproxy's real Http1Server for one sandbox connection."""
+
+    def __init__(self):
+        ctx = _context()
+        self.client = ctx.client
+        super().__init__(Http1Server(ctx), ctx.client)
 
     def chunks(self) -> list[bytes]:
         return [e.data for e in self.got if isinstance(e, RequestData)]
@@ -150,3 +166,84 @@ def test_a_pipelined_request_is_counted_on_its_own(guard, second, passed, stoppe
     assert len([e for e in c.got if isinstance(e, RequestData) and e.stream_id == 3]) == passed
     assert c.closed is stopped
     assert [e.stream_id for e in c.got if isinstance(e, RequestProtocolError)] == ([3] if stopped else [])
+
+
+# ----------------------------------------------------------------------------- the origin's response head
+
+class Upstream(Driven):
+    """mitmproxy's real Http1Client for one origin connection, with a request already sent on it."""
+
+    def __init__(self):
+        ctx = _context()
+        ctx.server = connection.Server(address=("allowed.test", 443))
+        super().__init__(Http1Client(ctx), ctx.server)
+        self.feed_event(RequestHeaders(1, tutils.treq(host="allowed.test", port=443), end_stream=True))
+        self.feed_event(RequestEndOfMessage(1))
+
+    def errors(self) -> list[str]:
+        return [e.message for e in self.got if isinstance(e, ResponseProtocolError)]
+
+
+def _head(size: int) -> bytes:
+    line = b"X-Big: " + b"h" * 50 + b"\r\n"
+    return b"HTTP/1.1 200 OK\r\n" + line * (size // len(line))
+
+
+@pytest.fixture
+def head_guard():
+    limit = Limit(limit=4096)
+    h1guard.install(Limit(), limit)
+    yield limit
+    h1guard.uninstall()
+
+
+@pytest.mark.parametrize("size, reads, stopped", [
+    (3000, 1, False),       # under the limit, whole: the response goes on
+    (3000, 30, False),      # under the limit, in pieces
+    (8000, 1, False),       # over it but whole in one read: parsed once, the limits addon judges it
+    (12000, 3, True),       # over it before its end: stopped
+    (1 << 20, 200, True),   # a megabyte in pieces: stopped at the first read past the limit
+])
+def test_an_origins_head_past_the_limit_is_dropped_unparsed(head_guard, size, reads, stopped):
+    u = Upstream()
+    data = _head(size) + b"Content-Length: 2\r\n\r\nok"
+    step = -(-len(data) // reads)
+    fed = 0
+    for i in range(0, len(data), step):
+        u.feed(data[i : i + step])
+        fed += 1
+        if u.closed:
+            break
+    assert u.closed is stopped
+    assert u.errors() == ([h1guard.RESPONSE_HEAD_CLOSED] if stopped else [])
+    assert any(isinstance(e, ResponseHeaders) for e in u.got) is not stopped
+    assert any(isinstance(e, ResponseEndOfMessage) for e in u.got) is not stopped
+    if stopped:
+        assert fed * step <= 4096 + 2 * step  # stopped as soon as the buffer passed the limit
+        assert len(u.layer.buf) == 0
+        u.feed(b"X-More: 1\r\n" * 1000 + b"\r\n")  # what arrives later is dropped, never parsed
+        assert len(u.layer.buf) == 0 and len(u.got) == 1
+
+
+def test_a_head_limit_that_fails_stops_the_head():
+    def broken(_client):
+        raise RuntimeError("no session store")
+
+    h1guard.install(Limit(), broken)
+    try:
+        u = Upstream()
+        u.feed(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n")  # incomplete: the guard asks, fails, limit 0
+        assert u.closed and u.errors() == [h1guard.RESPONSE_HEAD_CLOSED]
+    finally:
+        h1guard.uninstall()
+
+
+def test_without_a_head_limit_mitmproxy_reads_the_head_as_before():
+    h1guard.install(Limit())
+    try:
+        u = Upstream()
+        u.feed(_head(100_000) + b"Content-Length: 0\r\n\r\n")
+        assert not u.closed and any(isinstance(e, ResponseHeaders) for e in u.got)
+    finally:
+        h1guard.uninstall()
+    assert Http1Client.read_headers is h1guard._ORIGINAL_HEAD
