@@ -122,6 +122,9 @@ def read_headers(self: Http1Client, event: events.Event):
         self.state = _dropped_head.__get__(self)
         yield commands.CloseConnection(self.conn)
         yield ReceiveHttp(ResponseProtocolError(stream_id, RESPONSE_HEAD_CLOSED, ErrorCode.GENERIC_SERVER_ERROR))
+        from gateway.addons.refuse import close_client_socket  # the origin's socket, not only its reader
+
+        close_client_socket(self.context.client, self.conn)
 
 
 def _dropped_head(self: Http1Client, event: events.Event):

@@ -71,15 +71,17 @@ def connection_handler(client_id: str):
     return proxy.connections.get(client_id) if proxy else None
 
 
-def close_client_socket(client) -> None:
-    """Close the sandbox's socket now (what is already written is flushed first).
+def close_client_socket(client, conn=None) -> None:
+    """Close the sandbox's socket now (what is already written is flushed first), or with `conn`, that
+    connection of the sandbox's handler (an origin's).
 
     mitmproxy's CloseConnection only cancels the connection's reader task. Measured: when the sandbox
     kept sending, that reader sometimes went on waiting with 300 KB unread and the socket open, the
     attacker's connection alive until the idle timeout (tests/adversarial/test_resources.py, after
-    other attacks). A closed writer ends the reader too."""
+    other attacks); a TLS origin's socket went on being read to its end (16 MB of response head
+    after the guard's stop). A closed writer ends the reader too."""
     handler = connection_handler(client.id)
-    io = handler.transports.get(client) if handler is not None else None
+    io = handler.transports.get(conn if conn is not None else client) if handler is not None else None
     if io is not None and io.writer is not None and not io.writer.is_closing():
         io.writer.close()
 

@@ -342,6 +342,10 @@ def test_giant_upstream_headers(gateway, attacker, bystander, lab, size):
 
         r = measured(f"origin sends {size >> 20} MB of headers", gateway, bystander, attack)
     finally:
+        try:  # wakes the origin's accept(), so the port is free for the next case
+            listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         listener.close()
     print(f"giant headers: client got {r.stdout!r} ({r.stderr.strip()}); origin sent (bytes, seconds) {served}",
           file=sys.stderr)
