@@ -112,10 +112,20 @@ def _dropped(self: Http1Server, event: events.Event):
 def read_headers(self: Http1Client, event: events.Event):
     """mitmproxy's `read_headers` of an origin's response, stopped once the incomplete head it holds
     is larger than `head_limit` allows."""
-    yield from _ORIGINAL_HEAD(self, event)
-    if (_head_limit is None or not isinstance(event, events.DataReceived) or self.request is None
-            or self.response is not None or self.stream_id is None):
-        return
+    if _head_limit is None or not isinstance(event, events.DataReceived):
+        return (yield from _ORIGINAL_HEAD(self, event))
+    # h11 takes one leading blank line per call and then says "no head yet": a whole head may wait
+    # behind a few of them, so look again while a call made progress
+    for ev in (event, *[events.DataReceived(self.conn, b"")] * 3):
+        before = len(self.buf)
+        closed = False
+        for cmd in _ORIGINAL_HEAD(self, ev):
+            closed = closed or isinstance(cmd, commands.CloseConnection)  # mitmproxy refused it itself
+            yield cmd
+        if closed or self.request is None or self.response is not None or self.stream_id is None:
+            return
+        if len(self.buf) == before:
+            break
     if len(self.buf) > _allowed(self.context.client, _head_limit):
         stream_id = self.stream_id
         self.buf.maybe_extract_at_most(len(self.buf))  # dropped unparsed
@@ -138,10 +148,9 @@ def install(limit: Limit, head_limit: Limit | None = None) -> None:
     `head_limit` (if given) on each read of an origin's response head that is not complete yet."""
     global _limit, _head_limit
     _limit = limit
+    _head_limit = head_limit
     Http1Server.read_body = read_body  # type: ignore[method-assign]
-    if head_limit is not None:
-        _head_limit = head_limit
-        Http1Client.read_headers = read_headers  # type: ignore[method-assign]
+    Http1Client.read_headers = read_headers if head_limit is not None else _ORIGINAL_HEAD  # type: ignore[method-assign]
 
 
 def uninstall(limit: Limit | None = None) -> None:

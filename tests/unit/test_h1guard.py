@@ -247,3 +247,27 @@ def test_without_a_head_limit_mitmproxy_reads_the_head_as_before():
     finally:
         h1guard.uninstall()
     assert Http1Client.read_headers is h1guard._ORIGINAL_HEAD
+
+
+def test_a_whole_head_behind_a_blank_line_is_parsed_not_stopped(head_guard):
+    """h11 takes one leading blank line per call and says 'no head yet': the guard looks again before
+    it measures (review finding: a whole head and body behind one CRLF tripped it)."""
+    u = Upstream()
+    u.feed(b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 20000\r\n\r\n" + b"b" * 20000)
+    assert not u.closed and u.errors() == []
+    assert any(isinstance(e, ResponseEndOfMessage) for e in u.got)
+
+
+def test_a_head_mitmproxy_refuses_itself_is_not_refused_twice(head_guard):
+    u = Upstream()
+    u.feed(b"HTTP/1.1 abc OK\r\n\r\n" + b"b" * 20000)
+    assert len(u.errors()) == 1 and h1guard.RESPONSE_HEAD_CLOSED not in u.errors()
+
+
+def test_installing_again_without_a_head_limit_removes_the_head_guard():
+    h1guard.install(Limit(), Limit(limit=10))
+    h1guard.install(Limit())
+    try:
+        assert Http1Client.read_headers is h1guard._ORIGINAL_HEAD
+    finally:
+        h1guard.uninstall()
