@@ -44,7 +44,6 @@ from gateway.limits import BODY_CHUNKS_CLOSED, RESPONSE_HEAD_CLOSED, SMALL_CHUNK
 Limit = Callable[[object], int]  # the client connection -> small chunks one request body may have
 
 MESSAGE = BODY_CHUNKS_CLOSED
-RESPONSE_HEAD_CLOSED = RESPONSE_HEAD_CLOSED  # re-exported for the tests
 
 _ORIGINAL = Http1Server.read_body  # Http1Connection's: Http1Server has none of its own
 _ORIGINAL_HEAD = Http1Client.read_headers
@@ -94,17 +93,24 @@ def _counted(self: Http1Server, cmds, counts: dict):
 
 def _stop(self: Http1Server, stream_id: int):
     mark_body_chunks_closed(self.context.client)
-    self.buf.maybe_extract_at_most(len(self.buf))  # what is buffered is dropped unparsed
+    yield from _close(self, RequestProtocolError(stream_id, MESSAGE, code=ErrorCode.REQUEST_TOO_LARGE))
+
+
+def _close(self: Http1Server | Http1Client, error: RequestProtocolError | ResponseProtocolError):
+    """Stop a connection a guard refused: what is buffered is dropped unparsed, nothing more is read,
+    the request ends with `error`, and the socket itself is closed (mitmproxy's close only stops
+    its reader: a sandbox, or a TLS origin, kept being read to its end)."""
+    self.buf.maybe_extract_at_most(len(self.buf))
     self.state = _dropped.__get__(self)
     yield commands.CloseConnection(self.conn)
-    yield ReceiveHttp(RequestProtocolError(stream_id, MESSAGE, code=ErrorCode.REQUEST_TOO_LARGE))
+    yield ReceiveHttp(error)
     from gateway.addons.refuse import close_client_socket  # mitmproxy's handler of this connection
 
-    close_client_socket(self.context.client)
+    close_client_socket(self.context.client, self.conn)
 
 
-def _dropped(self: Http1Server, event: events.Event):
-    """The state of a connection the guard stopped: nothing more is parsed or buffered."""
+def _dropped(self: Http1Server | Http1Client, event: events.Event):
+    """The state of a connection a guard stopped: nothing more is parsed or buffered."""
     self.buf.maybe_extract_at_most(len(self.buf))
     yield from ()
 
@@ -127,20 +133,7 @@ def read_headers(self: Http1Client, event: events.Event):
         if len(self.buf) == before:
             break
     if len(self.buf) > _allowed(self.context.client, _head_limit):
-        stream_id = self.stream_id
-        self.buf.maybe_extract_at_most(len(self.buf))  # dropped unparsed
-        self.state = _dropped_head.__get__(self)
-        yield commands.CloseConnection(self.conn)
-        yield ReceiveHttp(ResponseProtocolError(stream_id, RESPONSE_HEAD_CLOSED, ErrorCode.GENERIC_SERVER_ERROR))
-        from gateway.addons.refuse import close_client_socket  # the origin's socket, not only its reader
-
-        close_client_socket(self.context.client, self.conn)
-
-
-def _dropped_head(self: Http1Client, event: events.Event):
-    """The state of an origin connection whose response head the guard stopped."""
-    self.buf.maybe_extract_at_most(len(self.buf))
-    yield from ()
+        yield from _close(self, ResponseProtocolError(self.stream_id, RESPONSE_HEAD_CLOSED, ErrorCode.GENERIC_SERVER_ERROR))
 
 
 def install(limit: Limit, head_limit: Limit | None = None) -> None:

@@ -128,36 +128,33 @@ class Limits:
     # -- chunked HTTP/1 bodies (asked by gateway.h1guard, inside mitmproxy's HTTP/1 layer) -------
     def _body_chunks(self, client: connection.Client) -> int:
         """How many small pieces one request body of this connection may arrive in (`bodyChunks`).
-
-        The guards stop parsing one past it: `LimitsBody` cuts the body and logs the refusal. A
-        transparent connection's session is known from its source; through the explicit proxy a
-        request's session comes from its own credentials, decided after the guard first asks, so
-        there the guard gets the largest limit of any session (LimitsBody still applies the request's)."""
-        state = self.conns.get(client.id)
-        session = state.session if state else None
-        if session is not None and isinstance(client.proxy_mode, TransparentMode):
-            return session.policy.limits.body_chunks
-        return max((s.policy.limits.body_chunks for s in self.registry.list()), default=DEFAULTS.body_chunks)
+        The guards stop parsing one past it: `LimitsBody` cuts the body and logs the refusal."""
+        return self._guard_limit(client, "body_chunks")
 
     def _response_head_bytes(self, client: connection.Client) -> int:
         """How many bytes an origin's HTTP/1 response head may take before it is complete: room for
         `headerBytes` of names and values (the bound `responseheaders` applies to the whole head)
         however they are written (a 1-byte name with an empty value is 1 counted byte in 5: ': ' and
-        CRLF), plus a status line. Through the explicit proxy, the largest of any session's (see
-        `_body_chunks`)."""
+        CRLF), plus a status line."""
+        return 5 * self._guard_limit(client, "header_bytes") + 8192
+
+    def _guard_limit(self, client: connection.Client, name: str) -> int:
+        """A limit the guards ask for inside mitmproxy's layers. A transparent connection's session is
+        known from its source; through the explicit proxy a request's session comes from its own
+        credentials, decided after a guard first asks, so there a guard gets the largest of any
+        session's (the addon's own hooks still apply the request's)."""
         state = self.conns.get(client.id)
         session = state.session if state else None
         if session is not None and isinstance(client.proxy_mode, TransparentMode):
-            header_bytes = session.policy.limits.header_bytes
-        else:
-            header_bytes = max((s.policy.limits.header_bytes for s in self.registry.list()), default=DEFAULTS.header_bytes)
-        return 5 * header_bytes + 8192
+            return getattr(session.policy.limits, name)
+        return max((getattr(s.policy.limits, name) for s in self.registry.list()), default=getattr(DEFAULTS, name))
 
     def error(self, flow: http.HTTPFlow) -> None:
-        """A request the guard stopped mid-body is a `limit-body-chunks` refusal in the flow log (logged
-        by HttpAudit, after this addon), not an error of an allowed request. It may end with another
-        error first (the connection's close cancels its upstream dial if that is still under way):
-        on a connection a guard closed, a request whose body had not ended is the refused one."""
+        """A request a guard stopped is a refusal in the flow log (logged by HttpAudit, after this
+        addon), not an error of an allowed request: mid-body, `limit-body-chunks`; an origin's head
+        too large while it arrived, `limit-response-header-bytes`. A body guard's request may end with
+        another error first (the connection's close cancels its upstream dial if that is still under
+        way): on a connection a guard closed, a request whose body had not ended is the refused one."""
         info = flow.metadata.get(META)
         if flow.error is None or info is None or info.get("logged"):
             return

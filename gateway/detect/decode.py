@@ -356,11 +356,12 @@ def url_view(data: bytes, form: bool = False, window: int = 0, odd: bool | None 
     n = data.count(b"%")
     if n == 0 and not form:  # nothing to decode (as windowed() says it)
         return data, OffsetMap()
+    rx = _PCT_FORM if form else _PCT
     if _native is not None:  # C decodes faster than Python can tell real escapes from other '%'
         if window and n and n * 2 * window < len(data):
             return byte_windows(data, b"%+" if form else b"%", window, lambda piece: _native.url_unescape(piece, form),
-                                _PCT_FORM if form else _PCT, _pct)
-        return _native.url_unescape(data, form), LazyMap(data, _PCT_FORM if form else _PCT, _pct)
+                                rx, _pct)
+        return _native.url_unescape(data, form), LazyMap(data, rx, _pct)
     if odd is None:
         odd = True
         if not window or n * 2 * window >= len(data):
@@ -369,14 +370,14 @@ def url_view(data: bytes, form: bool = False, window: int = 0, odd: bool | None 
         if odd and window:
             n = len(_PCT.findall(data))  # '%' that start no escape (minified JS, printf formats) do not count
     if window and n * 2 * window < len(data):  # sparse: decode around escapes only
-        return windowed(data, _PCT_FORM if form else _PCT, _pct, window)
+        return windowed(data, rx, _pct, window)
     src = data.replace(b"+", b" ") if form else data
     if not odd:
         # every '%' starts an escape: %XX -> \xXX, decoded by the C escape codec (backslashes kept)
         dec = codecs.escape_decode(src.replace(b"\\", b"\\\\").replace(b"%", b"\\x"))[0]
     else:
         dec = unquote_fast(src)
-    return dec, LazyMap(data, _PCT_FORM if form else _PCT, _pct)
+    return dec, LazyMap(data, rx, _pct)
 
 
 class WindowMap:
@@ -408,9 +409,10 @@ def sig_windows(data: bytes, sig: re.Pattern[bytes], window: int, form: bool) ->
         else:
             spans.append([lo, hi])
     if _native is not None:
-        return _join_windows(data, spans, lambda piece: _native.url_unescape(piece, form), _PCT_FORM if form else _PCT, _pct)
-    return _join_windows(data, spans, lambda piece: unquote_fast(piece.replace(b"+", b" ") if form else piece),
-                         _PCT_FORM if form else _PCT, _pct)
+        decode = lambda piece: _native.url_unescape(piece, form)  # noqa: E731
+    else:
+        decode = lambda piece: unquote_fast(piece.replace(b"+", b" ") if form else piece)  # noqa: E731
+    return _join_windows(data, spans, decode, _PCT_FORM if form else _PCT, _pct)
 
 
 def byte_windows(data: bytes, centers: bytes, window: int, decode: Callable[[bytes], bytes],

@@ -80,10 +80,9 @@ def significant_bytes(values: Sequence[bytes], extra: bytes = b"") -> set[int]:
     return sig
 
 
-def significant_escapes(values: Sequence[bytes], extra: bytes = b"") -> bytes:
-    """A regex (Python and hyperscan) for the percent escapes of significant_bytes(): only those can
-    be inside a value match (or an escaped keyword) in a URL view."""
-    sig = significant_bytes(values, extra)
+def significant_escapes(sig: set[int]) -> bytes:
+    """A regex (Python and hyperscan) for the percent escapes of the bytes `sig` (significant_bytes()):
+    only those can be inside a value match (or an escaped keyword) in a URL view."""
     alts = []
     for hi in range(16):
         los = [lo for lo in range(16) if (hi << 4 | lo) in sig]
@@ -145,14 +144,16 @@ class ValueMatcher:
                 self.max_len = max(self.max_len, len(f.pattern))
         self.db: hs.Database | None = None
         self.rules: RuleMatcher | None = None
+        # escapes that can matter in a URL view (shape "pct-sig", Detector's value-byte windows)
+        sig_bytes = significant_bytes(values, rules.keyword_bytes if rules is not None else b"")
+        self.sig_escapes = significant_escapes(sig_bytes)
+        self.sig_table = bytes(1 if b in sig_bytes else 0 for b in range(256))
         self.sig_shape = False  # the pass reports shape "pct-sig" (escapes of the values' bytes)
         if rules is not None and len(values) >= COMBINE_MIN:
             self.rules = rules
             r_exprs, r_ids, r_flags = rules.expressions
             # shape "pct-sig": in the C shapes pass (rules.native), or one more expression here
-            sig = [] if rules.native else [significant_escapes(values, rules.keyword_bytes)]
-            sig_bytes = significant_bytes(values, rules.keyword_bytes)
-            self.sig_table = bytes(1 if b in sig_bytes else 0 for b in range(256))
+            sig = [] if rules.native else [self.sig_escapes]
             self.db = hs.Database(mode=hs.HS_MODE_BLOCK)
             self.db.compile(
                 expressions=[_lit(e) for e in exprs] + r_exprs + sig,

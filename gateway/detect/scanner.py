@@ -42,7 +42,7 @@ from .decode import (
     url_view,
 )
 from .forms import HALF, MIN_VALUE_LEN
-from .matcher import RuleMatcher, ValueMatcher, significant_escapes
+from .matcher import RuleMatcher, ValueMatcher
 from .rules import RulePack
 
 KNOWN = "known-value"
@@ -191,7 +191,7 @@ class Detector:
         self._vm = self._engine.values_matcher(self.values)
         # escape views decode this far around each escape: a value form or a typical rule match fits
         self._window = max(512, self._vm.max_len)
-        self._url_sig = _significant_escapes(self.values, self._engine.rules.keyword_bytes)
+        self._url_sig = re.compile(self._vm.sig_escapes)
 
     def __repr__(self) -> str:
         return f"Detector(rules={len(self.rules.rules)}, values={len(self.values)})"
@@ -546,13 +546,6 @@ def _confirm(rx: re.Pattern[bytes], data: bytes, hits: list[tuple[int, int]] | N
                 continue
             last = m.end()
             yield m
-
-
-def _significant_escapes(values: tuple[KnownValue, ...], extra: bytes) -> re.Pattern[bytes]:
-    """A regex for the percent escapes whose decoded byte occurs in some literal form of some value
-    (or is an escape/block alphabet byte or a keyword byte): only those can be inside a value match
-    in a URL view."""
-    return re.compile(significant_escapes([v.value for v in values], extra))
 
 
 def _identity(s: int, e: int) -> tuple[int, int]:
