@@ -98,7 +98,7 @@ class Gateway:
             core.Core(),
             proxyserver.Proxyserver(),
             next_layer.NextLayer(),
-            ca.TlsConfig() if self.config.ca_name_constraints else tlsconfig.TlsConfig(),
+            ca.TlsConfig(leaf_key=self.config.ca_leaf_key, sni_only=bool(self.config.ca_name_constraints)),
             disable_h2c.DisableH2C(),
             strip_dns_https_records.StripDnsHttpsRecords(),
             errorcheck.ErrorCheck(repeat_errors_on_stderr=True),

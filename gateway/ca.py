@@ -10,6 +10,13 @@ policies). Without a CIDR no IP-address leaf is permitted at all.
 
 The key file is 0600 (mitmproxy's umask convention); the CA is regenerated when the configured
 constraints change (sandboxes must then fetch the new bundle: `egressgw sandbox up` writes it).
+
+Leaf keys (`ca.leafKey`): mitmproxy gives every leaf the CA's own RSA-2048 key, so every full (not
+resumed) sandbox handshake costs an RSA-2048 signature (~0.9 ms of CPU with pyOpenSSL). With `ecdsa`
+(the default) the leaves carry a per-process ECDSA P-256 key instead (~0.03 ms per signature), made
+in memory at start and never written anywhere; the CA still signs each leaf, once per name
+(mitmproxy's cert cache). `ca` keeps mitmproxy's behaviour, for clients that cannot verify ECDSA.
+Measured: bench/README.md, "Leaf key".
 """
 
 from __future__ import annotations
@@ -22,10 +29,12 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from mitmproxy import certs
 from mitmproxy.addons import tlsconfig
 
+from gateway.config import LEAF_KEYS
 from gateway.errors import ConfigError, PolicyError
 
 logger = logging.getLogger("egressgw")
@@ -129,17 +138,110 @@ def write(directory: Path, constraints: x509.NameConstraints) -> None:
     _write(directory / f"{BASENAME}-ca-cert.cer", cert_pem, 0o644)
 
 
-class TlsConfig(tlsconfig.TlsConfig):
-    """mitmproxy's TlsConfig, minting a leaf for a TLS client that sent a name (SNI) with that name only.
+def mint_leaf(ca_key, ca_cert: x509.Certificate, leaf_key: ec.EllipticCurvePrivateKey, commonname: str | None,
+              sans: x509.GeneralNames, organization: str | None = None, crl_url: str | None = None) -> certs.Cert:
+    """mitmproxy's `certs.dummy_cert`, with `leaf_key`'s public key in place of the CA's.
 
-    mitmproxy puts the destination address beside the name in every leaf; under a name-constrained CA
-    that IP SAN must also fall inside a permitted IP subtree, or the leaf fails verification even for a
-    permitted name. Clients that sent a name verify the name, so the address adds nothing. Used only
-    when `ca.nameConstraints` is set; without SNI mitmproxy's own choice (an IP leaf) stands."""
+    The same subject (CN only if shorter than 64 characters), EKU serverAuth, SAN (critical when the
+    subject is empty), AKI from the CA's SKI (else from its key), no SKI (SChannel, mitmproxy#6494),
+    validity offsets, CRL distribution point; signed by the CA key with SHA-256. tests/unit/test_ca.py
+    compares the two extension by extension."""
+    now = datetime.datetime.now()
+    subject = []
+    valid_cn = commonname is not None and len(commonname) < 64
+    if valid_cn:
+        subject.append(x509.NameAttribute(NameOID.COMMON_NAME, commonname))
+    if organization is not None:
+        subject.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    try:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+            ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value)
+    except x509.ExtensionNotFound:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key())
+    builder = (
+        x509.CertificateBuilder()
+        .issuer_name(ca_cert.subject)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .public_key(leaf_key.public_key())
+        .not_valid_before(now + certs.CERT_VALIDITY_OFFSET)
+        .not_valid_after(now + certs.CERT_VALIDITY_OFFSET + certs.CERT_EXPIRY)
+        .subject_name(x509.Name(subject))
+        .serial_number(x509.random_serial_number())
+        .add_extension(x509.SubjectAlternativeName(sans), critical=not valid_cn)
+        .add_extension(aki, critical=False)
+    )
+    if crl_url:
+        point = x509.DistributionPoint([x509.UniformResourceIdentifier(crl_url)], relative_name=None,
+                                       crl_issuer=None, reasons=None)
+        builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
+    return certs.Cert(builder.sign(private_key=ca_key, algorithm=hashes.SHA256()))
+
+
+class LeafKeyCertStore(certs.CertStore):
+    """mitmproxy's CertStore whose minted leaves carry `leaf_key` (served with it), signed by the CA.
+
+    The lookup is mitmproxy's `CertStore.get_cert` unchanged: the name, its asterisk forms, each SAN's,
+    "*", then (CN, SANs); a new leaf is cached under (CN, SANs) and expires after STORE_CAP newer ones."""
+
+    def __init__(self, *args, leaf_key: ec.EllipticCurvePrivateKey, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.leaf_key = leaf_key
+
+    @classmethod
+    def adopt(cls, store: certs.CertStore, leaf_key: ec.EllipticCurvePrivateKey) -> LeafKeyCertStore:
+        """The same CA, chain, CRL, DH parameters and cached entries as `store`, minting with `leaf_key`."""
+        new = cls(store.default_privatekey, store.default_ca, store.default_chain_file, store.default_crl,
+                  store.dhparams, leaf_key=leaf_key)
+        new.certs, new.expire_queue = dict(store.certs), list(store.expire_queue)
+        return new
+
+    def get_cert(self, commonname, sans, organization=None, crl_url=None) -> certs.CertStoreEntry:
+        sans = certs._fix_legacy_sans(sans)
+        keys: list[certs.TCertId] = list(self.asterisk_forms(commonname)) if commonname else []
+        for s in sans:
+            keys.extend(self.asterisk_forms(s))
+        keys += ["*", (commonname, sans)]
+        name = next(filter(lambda key: key in self.certs, keys), None)
+        if name:
+            return self.certs[name]
+        entry = certs.CertStoreEntry(
+            cert=mint_leaf(self.default_privatekey, self.default_ca.to_cryptography(), self.leaf_key, commonname,
+                           sans, organization, crl_url),
+            privatekey=self.leaf_key, chain_file=self.default_chain_file, chain_certs=self.default_chain_certs)
+        self.certs[(commonname, sans)] = entry
+        self.expire(entry)
+        return entry
+
+
+class TlsConfig(tlsconfig.TlsConfig):
+    """mitmproxy's TlsConfig, with the gateway's leaf key and, under name constraints, SNI-only leaves.
+
+    `leaf_key`: "ecdsa" (a P-256 key made here, in memory, for this process's leaves) or "ca" (the CA's
+    own key, as mitmproxy does). mitmproxy serves `entry.privatekey` with the leaf in `tls_start_client`
+    (pyOpenSSL) and `quic_start_client` (aioquic); both take an EC key, and its default client ciphers
+    include the ECDHE-ECDSA suites for TLS 1.2 (TLS 1.3 suites are key-agnostic).
+
+    `sni_only` (set when `ca.nameConstraints` is): a leaf for a TLS client that sent a name (SNI)
+    carries that name only. mitmproxy puts the destination address beside the name in every leaf;
+    under a name-constrained CA that IP SAN must also fall inside a permitted IP subtree, or the leaf
+    fails verification even for a permitted name. Clients that sent a name verify the name, so the
+    address adds nothing. Without SNI mitmproxy's own choice (an IP leaf) stands."""
+
+    def __init__(self, leaf_key: str = "ecdsa", sni_only: bool = False):
+        if leaf_key not in LEAF_KEYS:
+            raise ValueError(f"leaf_key must be one of {', '.join(LEAF_KEYS)}, not {leaf_key!r}")
+        self.leaf_key = ec.generate_private_key(ec.SECP256R1()) if leaf_key == "ecdsa" else None
+        self.sni_only = sni_only
+
+    def configure(self, updated):
+        super().configure(updated)  # a new CA (confdir, certs, ...) makes a new plain CertStore
+        if self.leaf_key is not None and self.certstore is not None \
+                and not isinstance(self.certstore, LeafKeyCertStore):
+            self.certstore = LeafKeyCertStore.adopt(self.certstore, self.leaf_key)
 
     def get_cert(self, conn_context):
         sni = conn_context.client.sni
-        if sni:
+        if self.sni_only and sni:
             try:
                 ipaddress.ip_address(sni)
             except ValueError:

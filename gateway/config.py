@@ -56,6 +56,7 @@ class Config:
     ca_dir: str = "/var/lib/egressgw/ca"
     # None: mitmproxy's own unconstrained CA; else names/CIDRs/`policy:<path>` the CA is limited to (gateway/ca.py)
     ca_name_constraints: tuple[str, ...] | None = None
+    ca_leaf_key: str = "ecdsa"  # ca.leafKey, one of LEAF_KEYS (gateway/ca.py)
     log_path: str = "/var/log/egressgw/flows.jsonl"
     log_format: str = "ocsf"  # ocsf | ecs | native
     log_rotate_bytes: int = 100 << 20  # 0: never rotate
@@ -104,10 +105,13 @@ class Config:
         return token
 
 
+# ca.leafKey: the leaves' key, a per-process ECDSA P-256 key or the CA's own (RSA) key
+LEAF_KEYS = ("ecdsa", "ca")
+
 _KEYS = {
     "listen": {"transparent", "proxy", "dns", "control", "metrics"},
     "upstream": {"dns", "caBundle", "timeoutSeconds"},
-    "ca": {"dir", "nameConstraints"},
+    "ca": {"dir", "nameConstraints", "leafKey"},
     "log": {"path", "format", "rotateBytes", "keep", "checkpointEvery", "hmacKeyFile", "webhook"},
     "control": {"tokenFile"},
     "sandbox": {"pool", "stateDir"},
@@ -337,6 +341,12 @@ def config_from_dict(raw: dict, source: str = "<dict>", base_dir: Path | None = 
                               "policy:<path> entries (fix: e.g. [api.github.com, 'policy:/etc/egressgw/policies'])")
         kw["ca_name_constraints"] = tuple("policy:" + rel(c[len("policy:"):]) if c.startswith("policy:") else c
                                           for c in constraints)
+    leaf_key = get("ca", "leafKey")
+    if leaf_key is not None:
+        if leaf_key not in LEAF_KEYS:
+            raise ConfigError(f"{source}: ca.leafKey must be ecdsa or ca, not {leaf_key!r} (fix: ecdsa, the default; "
+                              "ca only for clients that cannot verify ECDSA P-256 certificates)")
+        kw["ca_leaf_key"] = leaf_key
     store = get("sessions", "store")
     if store is not None:
         kw["session_store"] = _session_store(store, f"{source}: sessions.store", rel)

@@ -11,6 +11,8 @@ import secrets
 import textwrap
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.lab.harness import policy_text
 from gateway.client import CA_VARIABLES, create_sandbox_access, delete_sandbox_access
@@ -84,6 +86,37 @@ def test_curl_and_python_through_the_returned_env(access, gw, lab):
     assert lines[0] == "hello from allowed.test", r.stdout + r.stderr
     assert lines[1].startswith("refused")
     assert not lab.records(host="denied.test")
+
+
+def test_the_leaf_is_ecdsa_p256_signed_by_the_gateway_ca(access, gw):
+    """ca.leafKey's default: Python's ssl, through the explicit proxy (CONNECT), completes a handshake with
+    a leaf whose key is ECDSA P-256 (for TLS 1.2 an ECDHE-ECDSA suite), issued by the bundle's CA."""
+    py = textwrap.dedent("""
+        import base64, http.client, os, ssl, sys, urllib.parse
+        p = urllib.parse.urlsplit(os.environ["HTTPS_PROXY"])
+        user, password = urllib.parse.unquote(p.username), urllib.parse.unquote(p.password)
+        auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+        ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+        ctx.maximum_version = getattr(ssl.TLSVersion, sys.argv[1])
+        c = http.client.HTTPSConnection(p.hostname, p.port, context=ctx, timeout=5)
+        c.set_tunnel("allowed.test", 443, headers={"Proxy-Authorization": "Basic " + auth})
+        c.request("GET", "/")
+        print(c.getresponse().read().decode().strip())
+        print(c.sock.version(), c.sock.cipher()[0])
+        print(c.sock.getpeercert(binary_form=True).hex())
+    """)
+    bundle = x509.load_pem_x509_certificates(access.ca_pem.encode())
+    for version in ("TLSv1_2", "TLSv1_3"):
+        r = _run(gw, access.env, f"python3 -c '{py}' {version}")
+        body, tls, der = r.stdout.strip().splitlines()
+        assert body == "hello from allowed.test", r.stdout + r.stderr
+        assert tls.startswith(version.replace("_", ".")), tls
+        if version == "TLSv1_2":
+            assert tls.split()[1].startswith("ECDHE-ECDSA-"), tls
+        leaf = x509.load_der_x509_certificate(bytes.fromhex(der))
+        key = leaf.public_key()
+        assert isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"
+        leaf.verify_directly_issued_by(next(c for c in bundle if c.subject == leaf.issuer))
 
 
 def test_without_the_env_nothing_authenticates_and_deleting_ends_it(access, gw):

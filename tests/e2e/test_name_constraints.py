@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.lab.gateway import LabGateway
 from gateway.lab.harness import Sandboxes
@@ -42,3 +43,28 @@ except Exception as e:
 """)
     assert "permitted subtree violation" in r.stdout or "CERTIFICATE_VERIFY_FAILED" in r.stdout, r.stdout + r.stderr
 
+
+
+def test_the_sandbox_gets_an_ecdsa_leaf_for_the_name_only(constrained):
+    """Transparent mode, HTTP/2 offered: the leaf is ECDSA P-256 (ca.leafKey's default), issued by the
+    constrained CA, and names the SNI only (no IP SAN an IP subtree would have to cover)."""
+    gw, boxes = constrained
+    box = boxes.up(POLICY)
+    r = box.python("""
+import os, socket, ssl
+ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+ctx.set_alpn_protocols(["h2", "http/1.1"])
+with ctx.wrap_socket(socket.create_connection(("allowed.test", 443), timeout=5), server_hostname="allowed.test") as s:
+    print(s.version(), s.selected_alpn_protocol())
+    print(s.getpeercert(binary_form=True).hex())
+""")
+    tls, der = r.stdout.strip().splitlines()
+    assert tls == "TLSv1.3 h2", r.stdout + r.stderr
+    leaf = x509.load_der_x509_certificate(bytes.fromhex(der))
+    key = leaf.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"
+    ca_cert = x509.load_pem_x509_certificate((gw.dir / "ca" / "mitmproxy-ca-cert.pem").read_bytes())
+    leaf.verify_directly_issued_by(ca_cert)
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert list(san) == [x509.DNSName("allowed.test")]

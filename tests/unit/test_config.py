@@ -30,6 +30,7 @@ def test_empty_file_gives_documented_defaults(tmp_path):
     assert config.upstream_ca_bundle is None
     assert config.upstream_timeout == 5.0
     assert config.ca_dir == "/var/lib/egressgw/ca"
+    assert config.ca_leaf_key == "ecdsa"
     assert config.log_path == "/var/log/egressgw/flows.jsonl"
     assert config.token_file == "/var/lib/egressgw/control.token"
     assert config.state_dir == "/run/egressgw"
@@ -51,7 +52,7 @@ def test_every_key_is_parsed(tmp_path):
           dns: [192.0.2.53, "192.0.2.54:5353"]
           caBundle: {tmp_path / "ca.pem"}
           timeoutSeconds: 1.5
-        ca: {{dir: /srv/ca}}
+        ca: {{dir: /srv/ca, leafKey: ca}}
         log: {{path: /srv/flows.jsonl}}
         control: {{tokenFile: /srv/token}}
         sandbox: {{pool: 10.50.0.0/20, stateDir: /srv/state}}
@@ -69,6 +70,7 @@ def test_every_key_is_parsed(tmp_path):
     assert config.upstream_timeout == 1.5
     assert (config.ca_dir, config.log_path, config.token_file, config.state_dir) == (
         "/srv/ca", "/srv/flows.jsonl", "/srv/token", "/srv/state")
+    assert config.ca_leaf_key == "ca"
     assert config.sandbox_pool == "10.50.0.0/20"
     # host bits are forgiven in allowRanges (strict=False) and the network is normalised
     assert config.allow_dest_ranges == ("10.1.2.0/24", "fd00::/64")
@@ -138,6 +140,11 @@ def test_absolute_paths_stay_as_written(tmp_path):
         ({"upstream": {"timeoutSeconds": "5"}}, "timeoutSeconds must be a positive number"),
         ({"upstream": {"timeoutSeconds": True}}, "timeoutSeconds must be a positive number"),
         ({"ca": {"dir": ""}}, "ca.dir must be a path"),
+        ({"ca": {"leafKey": "rsa"}}, "ca.leafKey must be ecdsa or ca, not 'rsa' (fix: ecdsa, the default;"),
+        ({"ca": {"leafKey": "ECDSA"}}, "ca.leafKey must be ecdsa or ca, not 'ECDSA'"),
+        ({"ca": {"leafKey": ["ecdsa"]}}, "ca.leafKey must be ecdsa or ca, not ['ecdsa']"),
+        ({"ca": {"leafKey": True}}, "ca.leafKey must be ecdsa or ca, not True"),
+        ({"ca": {"leafkey": "ca"}}, "unknown key ca.leafkey (known: dir, leafKey, nameConstraints)"),
         ({"log": {"path": 5}}, "log.path must be a path"),
         ({"sandbox": {"pool": "10.211.0.1/16"}}, "is not a network"),
         ({"sandbox": {"pool": "banana"}}, "is not a network"),
