@@ -183,6 +183,7 @@ def cases(bulk_conns: int) -> list[Case]:
         Case("https_new_c10", "https", "/", 10, 2, close=True),
         Case("http_ka_c1", "http", "/", 1, 1),
         Case("https_ka_c1", "https", "/", 1, 1),
+        Case("https_new_c1", "https", "/", 1, 1, close=True),
         Case("https_bulk", "https", "/bytes/1m", bulk_conns, 2),
     ]
 
@@ -198,6 +199,7 @@ ROWS: list[tuple[str, str, str, str, str]] = [
     ("HTTP p99, 1 conn", "http_ka_c1", "p99_ms", "ms", "info"),
     ("HTTPS p50, 1 conn", "https_ka_c1", "p50_ms", "ms", "lat"),
     ("HTTPS p99, 1 conn", "https_ka_c1", "p99_ms", "ms", "info"),
+    ("HTTPS new conn/request p50, 1 conn", "https_new_c1", "p50_ms", "ms", "info"),
     ("HTTP p50, 10 conn", "http_ka_c10", "p50_ms", "ms", "lat"),
     ("HTTP p99, 10 conn", "http_ka_c10", "p99_ms", "ms", "info"),
     ("HTTPS p50, 10 conn", "https_ka_c10", "p50_ms", "ms", "lat"),
@@ -765,6 +767,7 @@ class Bench:
                 "another lab or test run may compete for the CPUs")
         self.results["config"] = {
             "warmup_s": a.warmup, "duration_s": a.duration, "rounds": a.rounds, "bulk_conns": a.bulk_conns,
+            "reuse_idle_s": a.reuse_idle,
             "nginx_workers": a.nginx_workers, "policy_rules": POLICY.count("- name:"), "paths": self.paths,
             "cases": [c.key for c in self.cases], "only": a.only,
             "credentials": {"rounds": a.cred_rounds, "duration_s": a.cred_duration, "cases": list(CRED_CASES)}
@@ -1178,7 +1181,9 @@ class Bench:
     def gateway(self, lab: Lab) -> LabGateway:
         """The LabGateway (created, not started, on first use)."""
         if self.gw is None:
-            self.gw = LabGateway(lab, name="egressgw")
+            reuse = self.args.reuse_idle
+            self.gw = LabGateway(lab, name="egressgw",
+                                 extra_config={"upstream": {"reuseIdleSeconds": reuse}} if reuse is not None else None)
         return self.gw
 
     def _flow_log_check(self) -> None:
@@ -1486,6 +1491,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="credentials section: measured runs per case and sandbox, interleaved A/B (default 6)")
     ap.add_argument("--cred-duration", type=float, default=3.0,
                     help="credentials section: measured seconds per run (default 3; after the --warmup)")
+    ap.add_argument("--reuse-idle", type=float, default=None, metavar="SECONDS",
+                    help="egressgw's upstream.reuseIdleSeconds (default: the gateway's, 2; 0 = no upstream reuse)")
     ap.add_argument("--out", default=str(BENCH / "results"), help="results directory")
     args = ap.parse_args(argv)
 

@@ -26,7 +26,6 @@ from mitmproxy.addons import (
     next_layer,
     proxyserver,
     strip_dns_https_records,
-    tlsconfig,
 )
 from mitmproxy.master import Master
 
@@ -107,7 +106,8 @@ class Gateway:
             registry=self.registry, conns=self.conns, resolver=self.resolver, guard=self.guard, audit=self.audit,
             store=self.store, dns_tunnels=DnsTunnelDetector(self.config.dns_detection or Settings()),
             timeouts={"headers": self.config.request_headers_timeout, "body": self.config.request_body_timeout,
-                      "origin": self.config.response_headers_timeout}))
+                      "origin": self.config.response_headers_timeout},
+            reuse_idle_seconds=self.config.upstream_reuse_idle))
         master.addons.add(gctune.Freeze())  # last: once everything above is loaded (gateway/gctune.py)
         master.options.update(
             mode=mode_specs(self.config),

@@ -52,6 +52,9 @@ class Config:
     upstream_dns: tuple[Listen, ...] = ()
     upstream_ca_bundle: str | None = None
     upstream_timeout: float = 5.0
+    # upstream.reuseIdleSeconds: how long after its last use an idle upstream connection may still go to
+    # the session's next client connection (gateway/upstream_pool.py); 0: never kept
+    upstream_reuse_idle: float = 1.5
     secret_ttl: float = 300.0
     ca_dir: str = "/var/lib/egressgw/ca"
     # None: mitmproxy's own unconstrained CA; else names/CIDRs/`policy:<path>` the CA is limited to (gateway/ca.py)
@@ -110,7 +113,7 @@ LEAF_KEYS = ("ecdsa", "ca")
 
 _KEYS = {
     "listen": {"transparent", "proxy", "dns", "control", "metrics"},
-    "upstream": {"dns", "caBundle", "timeoutSeconds"},
+    "upstream": {"dns", "caBundle", "timeoutSeconds", "reuseIdleSeconds"},
     "ca": {"dir", "nameConstraints", "leafKey"},
     "log": {"path", "format", "rotateBytes", "keep", "checkpointEvery", "hmacKeyFile", "webhook"},
     "control": {"tokenFile"},
@@ -307,6 +310,12 @@ def config_from_dict(raw: dict, source: str = "<dict>", base_dir: Path | None = 
             if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0:
                 raise ConfigError(f"{source}: {section}.{key} must be a positive number of seconds")
             kw[attr] = float(seconds)
+    reuse = get("upstream", "reuseIdleSeconds")
+    if reuse is not None:
+        if not isinstance(reuse, (int, float)) or isinstance(reuse, bool) or not 0 <= reuse <= 300:
+            raise ConfigError(f"{source}: upstream.reuseIdleSeconds must be a number of seconds from 0 to 300, "
+                              f"not {reuse!r} (fix: 1.5, the default; 0 turns upstream connection reuse off)")
+        kw["upstream_reuse_idle"] = float(reuse)
     for section, key, attr in (
         ("ca", "dir", "ca_dir"),
         ("log", "path", "log_path"),

@@ -48,6 +48,14 @@ LIMIT_REFUSALS = Counter(
     ["limit"],
     registry=REGISTRY,
 )
+UPSTREAM_REUSE = Counter(
+    "egressgw_upstream_reuse_total",
+    "Idle upstream connections kept for the session's next client connection (kept), handed to one and used "
+    "(reused), closed at upstream.reuseIdleSeconds after their last use (expired), found closed or noisy when "
+    "wanted (stale), closed for room (evicted) or because their session was deleted or changed (flushed).",
+    ["event"],
+    registry=REGISTRY,
+)
 LOG_RECORDS = Counter("egressgw_log_records_total", "Records written to the flow log.", registry=REGISTRY)
 LOG_ERRORS = Counter(
     "egressgw_log_write_errors_total", "Flow-log writes that failed (egress is refused then).", registry=REGISTRY

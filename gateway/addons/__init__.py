@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway import metrics
 from gateway.addons.auditor import HttpAudit
 from gateway.addons.credentials import Credentials
 from gateway.addons.detection import Detection
@@ -14,11 +15,20 @@ from gateway.addons.protocolerrors import ProtocolErrors
 from gateway.addons.tcppolicy import TcpPolicy
 from gateway.addons.timeouts import Timeouts
 from gateway.addons.tlsgate import TlsGate
+from gateway.addons.upstreamreuse import UpstreamReuse
 from gateway.exfil.detectors import SessionDetectors
+from gateway.upstream_pool import DEFAULT_IDLE_SECONDS, IdlePool
 
 
-def default_addons(*, registry, conns, resolver, guard, audit, store, dns_tunnels=None, timeouts=None) -> list:
-    """`timeouts`: keyword arguments of `Timeouts` (headers, body, origin seconds), from the config."""
+def _count_reuse(event: str) -> None:
+    metrics.UPSTREAM_REUSE.labels(event).inc()
+
+
+def default_addons(*, registry, conns, resolver, guard, audit, store, dns_tunnels=None, timeouts=None,
+                   reuse_idle_seconds=DEFAULT_IDLE_SECONDS) -> list:
+    """`timeouts`: keyword arguments of `Timeouts` (headers, body, origin seconds), from the config;
+    `reuse_idle_seconds`: how long an idle upstream connection waits for the session's next client
+    connection (upstream.reuseIdleSeconds; 0: never kept)."""
     detectors = SessionDetectors(store, registry.holds)  # each session's compiled detectors, shared by DNS and HTTP detection
     return [
         Identity(registry, conns, audit),  # source address / proxy credentials -> session
@@ -32,6 +42,7 @@ def default_addons(*, registry, conns, resolver, guard, audit, store, dns_tunnel
         LimitsBody(audit),  # request bodies counted as they stream, cut past spec.limits.bodyBytes
         Credentials(registry, store, audit),  # placeholders -> real values, approved hosts only; mask responses
         DialGate(conns),  # only vetted addresses are dialled
+        UpstreamReuse(conns, IdlePool(reuse_idle_seconds, notify=_count_reuse), registry),  # idle upstream connections kept for the same session
         HttpAudit(audit),  # one flow-log event per HTTP decision
         ProtocolErrors(registry, audit),  # HTTP/2 requests mitmproxy refuses before any hook, from its own log
     ]

@@ -22,6 +22,8 @@ HTTP (plain and TLS, HTTP/1.1 with keep-alive, chunked request bodies,
 
 * ``/echo``              any method: JSON with method, path, headers, body
                          (``?pad=N``: after N bytes of padding, for large responses)
+* ``/early?delay=S``     any method: ``103 Early Hints`` at once, then after S seconds
+                         (default 1, at most 10) the answer of any other path
 * ``/status/<code>``     any method: that status
 * ``/redirect?to=<url>`` any method: 302 to ``url``
 * ``GET /bytes/<n>``     ``n`` bytes (``n`` may end in k, m or g: binary units)
@@ -60,6 +62,7 @@ import ssl
 import struct
 import sys
 import threading
+import time
 import urllib.parse
 from http import HTTPStatus
 from pathlib import Path
@@ -395,6 +398,10 @@ class OriginServer:
         status, rheaders, payload = self._route(method, target, rec, body, hmap)
         rec["status"] = status
         self.recorder.write("http", **rec)
+        if target.split("?")[0] == "/early":  # 103 Early Hints now, the final response after ?delay= seconds
+            sock.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+            delay = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query).get("delay", ["1"])[0]
+            time.sleep(min(float(delay), 10.0) if delay.replace(".", "", 1).isdigit() else 1.0)
         self._send(sock, status, rheaders, payload, keep_alive, info, head=(method == "HEAD"))
         return keep_alive
 

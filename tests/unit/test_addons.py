@@ -44,6 +44,7 @@ from gateway.addons import (
 )
 from gateway.addons.limits import Limits, LimitsBody
 from gateway.addons.timeouts import Timeouts
+from gateway.addons.upstreamreuse import UpstreamReuse
 from gateway.addons.refuse import META
 from gateway.audit import Audit
 from gateway.connstate import ConnTable
@@ -200,14 +201,14 @@ def test_default_addons_load_into_a_mitmproxy_master(gw):
         try:
             assert [type(a).__name__ for a in tctx.master.addons.chain[1:]] == [
                 "Identity", "Limits", "Timeouts", "DnsGate", "TlsGate", "HttpPolicy", "TcpPolicy", "Detection", "LimitsBody",
-                "Credentials", "DialGate", "HttpAudit", "ProtocolErrors"]
+                "Credentials", "DialGate", "UpstreamReuse", "HttpAudit", "ProtocolErrors"]
         finally:
             # the test master hooks the root logger; its loop closes with the context
             tctx.master._legacy_log_events.uninstall()
 
 
 @pytest.mark.parametrize("cls", [Identity, Limits, Timeouts, DnsGate, TlsGate, HttpPolicy, TcpPolicy, Detection, LimitsBody,
-                                 DialGate, HttpAudit, ProtocolErrors])
+                                 DialGate, UpstreamReuse, HttpAudit, ProtocolErrors])
 def test_every_public_method_is_a_mitmproxy_hook(cls):
     # A misspelt hook name is never called: the check it holds would silently not happen.
     methods = [n for n, _ in inspect.getmembers(cls, inspect.isfunction) if not n.startswith("_")]

@@ -52,6 +52,7 @@ def test_every_key_is_parsed(tmp_path):
           dns: [192.0.2.53, "192.0.2.54:5353"]
           caBundle: {tmp_path / "ca.pem"}
           timeoutSeconds: 1.5
+          reuseIdleSeconds: 0.5
         ca: {{dir: /srv/ca, leafKey: ca}}
         log: {{path: /srv/flows.jsonl}}
         control: {{tokenFile: /srv/token}}
@@ -68,6 +69,7 @@ def test_every_key_is_parsed(tmp_path):
     assert config.upstream_dns == (Listen("192.0.2.53", 53), Listen("192.0.2.54", 5353))
     assert config.upstream_ca_bundle == str(tmp_path / "ca.pem")
     assert config.upstream_timeout == 1.5
+    assert config.upstream_reuse_idle == 0.5
     assert (config.ca_dir, config.log_path, config.token_file, config.state_dir) == (
         "/srv/ca", "/srv/flows.jsonl", "/srv/token", "/srv/state")
     assert config.ca_leaf_key == "ca"
@@ -139,6 +141,10 @@ def test_absolute_paths_stay_as_written(tmp_path):
         ({"upstream": {"timeoutSeconds": 0}}, "timeoutSeconds must be a positive number"),
         ({"upstream": {"timeoutSeconds": "5"}}, "timeoutSeconds must be a positive number"),
         ({"upstream": {"timeoutSeconds": True}}, "timeoutSeconds must be a positive number"),
+        ({"upstream": {"reuseIdleSeconds": -1}}, "upstream.reuseIdleSeconds must be a number of seconds from 0 to 300"),
+        ({"upstream": {"reuseIdleSeconds": 301}}, "not 301 (fix: 1.5, the default; 0 turns upstream connection reuse off)"),
+        ({"upstream": {"reuseIdleSeconds": "2"}}, "upstream.reuseIdleSeconds must be a number"),
+        ({"upstream": {"reuseIdleSeconds": True}}, "upstream.reuseIdleSeconds must be a number"),
         ({"ca": {"dir": ""}}, "ca.dir must be a path"),
         ({"ca": {"leafKey": "rsa"}}, "ca.leafKey must be ecdsa or ca, not 'rsa' (fix: ecdsa, the default;"),
         ({"ca": {"leafKey": "ECDSA"}}, "ca.leafKey must be ecdsa or ca, not 'ECDSA'"),
@@ -162,7 +168,7 @@ def test_errors(raw, expected):
 
 
 def test_unknown_key_error_lists_the_known_keys():
-    with pytest.raises(ConfigError, match=r"known: caBundle, dns, timeoutSeconds"):
+    with pytest.raises(ConfigError, match=r"known: caBundle, dns, reuseIdleSeconds, timeoutSeconds"):
         config_from_dict({"upstream": {"resolvers": []}})
 
 
