@@ -55,6 +55,7 @@ class Idle:
     writer: asyncio.StreamWriter
     tls: object | None = None  # the established OpenSSL connection (pyOpenSSL SSL.Connection)
     since: float = field(default_factory=time.monotonic)  # its last use upstream (time.monotonic)
+    limit: float | None = None  # its own idle limit (the origin's keep-alive timeout), if below the pool's
     adopted: bool = False  # set when a dial was answered with it
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
@@ -111,7 +112,7 @@ class IdlePool:
         """Keep `entry` until `idle_seconds` after `entry.since` (its last use), or close it now (False) when
         the pool is off, that time has passed or it is not quiet. Room is made by closing the oldest: of
         the same key, of the same session, then of all."""
-        left = self.idle_seconds - (time.monotonic() - entry.since)
+        left = self._limit(entry) - (time.monotonic() - entry.since)
         if not self.enabled or left <= 0 or not entry.quiet():
             entry.close()
             return False
@@ -137,7 +138,7 @@ class IdlePool:
         while bucket:
             entry = bucket[-1]
             self._remove(entry)
-            if time.monotonic() - entry.since < self.idle_seconds and entry.quiet():
+            if time.monotonic() - entry.since < self._limit(entry) and entry.quiet():
                 return entry
             entry.close()
             self.count("stale")
@@ -152,6 +153,9 @@ class IdlePool:
     def clear(self) -> None:
         for entry in list(self._all.values()):
             self._drop(entry, "flushed")
+
+    def _limit(self, entry: Idle) -> float:
+        return self.idle_seconds if entry.limit is None else min(self.idle_seconds, entry.limit)
 
     def count(self, event: str) -> None:
         self.counts[event] += 1

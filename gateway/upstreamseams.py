@@ -159,8 +159,9 @@ class _DetachedWriter:
     """Stands in for a kept connection's writer in the first client's handler: writes nothing, closes
     nothing. Any write means that client's layers still used the connection (`dirty`)."""
 
-    def __init__(self, writer):
+    def __init__(self, writer, owner: asyncio.Task | None = None):
         self._writer = writer
+        self._owner = owner  # the reader task: its teardown closes the writer, which is not a use
         self.dirty = False
 
     def write(self, data: bytes) -> None:
@@ -174,7 +175,8 @@ class _DetachedWriter:
         return False
 
     def close(self) -> None:
-        pass  # the handler's teardown always closes its writers: that is not a use
+        if self._owner is not None and asyncio.current_task() is not self._owner:
+            self.dirty = True  # closed on purpose (not by the reader task's own teardown): not to be kept
 
     async def drain(self) -> None:
         pass
@@ -185,7 +187,8 @@ class _DetachedWriter:
 
 class _DetachedTls:
     """Stands in for a kept connection's TLS object in the first client's TLS layer: its close handling
-    reads the shutdown state; anything else marks the connection used and fails."""
+    reads the shutdown state; any other use marks the connection used (so it is closed, not kept) and
+    fails the way mitmproxy's TLS layer handles quietly (a peer that closed)."""
 
     def __init__(self, tls, writer: _DetachedWriter):
         self._tls = tls
@@ -193,6 +196,23 @@ class _DetachedTls:
 
     def get_shutdown(self) -> int:
         return self._tls.get_shutdown()
+
+    def sendall(self, data: bytes) -> None:
+        self._writer.dirty = True
+        raise SSL.ZeroReturnError()
+
+    def recv(self, n: int) -> bytes:
+        self._writer.dirty = True
+        raise SSL.ZeroReturnError()
+
+    def bio_write(self, data: bytes) -> None:
+        self._writer.dirty = True
+
+    def bio_read(self, n: int) -> bytes:
+        raise SSL.WantReadError()
+
+    def pending(self) -> int:
+        return 0
 
     def __getattr__(self, name):
         self._writer.dirty = True
@@ -261,7 +281,7 @@ def detach(handler, server: connection.Server, io, make_entry) -> tuple[Idle, _D
     entry = make_entry(io.reader, io.writer, tls_layer.tls if tls_layer else None)
     if not entry.quiet():
         return None
-    writer = _DetachedWriter(io.writer)
+    writer = _DetachedWriter(io.writer, io.handler)
     io.writer = writer
     if tls_layer is not None:
         tls_layer.tls = _DetachedTls(tls_layer.tls, writer)

@@ -34,6 +34,19 @@ from gateway.addons.refuse import META
 from gateway.upstream_pool import Idle, IdlePool, Key
 
 logger = logging.getLogger("egressgw.upstream")
+KEEP_ALIVE_MARGIN = 0.5  # seconds taken off an origin's `Keep-Alive: timeout=N`: its close must not race our reuse
+
+
+def keep_alive_timeout(value: str) -> float | None:
+    """An origin's `Keep-Alive: timeout=N` (RFC 2068 19.7.1), less a margin; None without one."""
+    for param in value.split(","):
+        name, _, number = param.strip().partition("=")
+        if name.strip().lower() == "timeout":
+            try:
+                return max(0.0, float(number.strip().strip('"')) - KEEP_ALIVE_MARGIN)
+            except ValueError:
+                return 0.0  # unreadable: do not keep
+    return None
 
 
 @dataclass
@@ -53,7 +66,9 @@ class _Upstream:
 
     client: str
     key: Key
+    session: object  # the Session it was dialled for: a kept connection of a session gone or changed is closed
     last_used: float = field(default_factory=time.monotonic)
+    keep_alive: float | None = None  # the origin's own idle limit (`Keep-Alive: timeout=N`), if it sent one
     reusable: bool = True  # False once an informational (1xx) answer came: the final one may still be due
     adopted: Idle | None = None  # the pool entry handed over, until its TLS object is attached
 
@@ -62,6 +77,7 @@ class UpstreamReuse:
     def __init__(self, conns, pool: IdlePool, registry=None):
         self.conns = conns
         self.pool = pool
+        self.registry = registry
         self._clients: dict[str, _Client] = {}
         self._upstreams: dict[str, _Upstream] = {}  # server.id ->
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -75,11 +91,16 @@ class UpstreamReuse:
 
     def done(self) -> None:
         seams.uninstall()
+        self._loop = None
         self.pool.clear()
 
     def _session_changed(self, what: str, session) -> None:
-        if what != "created" and self._loop is not None:  # deleted, policy replaced, canaries added
-            self._loop.call_soon_threadsafe(self.pool.flush, session.id)
+        loop = self._loop
+        if what != "created" and loop is not None:  # deleted, policy replaced, canaries added
+            try:
+                loop.call_soon_threadsafe(self.pool.flush, session.id)
+            except RuntimeError:  # the loop closed: the pool was cleared with it
+                pass
 
     # -- what a client connection's requests carried ----------------------------------------------
     def client_connected(self, client: connection.Client) -> None:
@@ -112,8 +133,9 @@ class UpstreamReuse:
     def response(self, flow: http.HTTPFlow) -> None:
         up = self._upstreams.get(flow.server_conn.id)
         info = flow.metadata.get(META) or {}
-        if up is not None and info.get("decision") in ("allow", "report"):  # an answer from upstream
-            up.last_used = time.monotonic()
+        if up is not None and flow.response is not None and info.get("decision") in ("allow", "report"):
+            up.last_used = time.monotonic()  # an answer from upstream
+            up.keep_alive = keep_alive_timeout(flow.response.headers.get("keep-alive", ""))
 
     # -- adopt ----------------------------------------------------------------------------------
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
@@ -129,7 +151,7 @@ class UpstreamReuse:
             return
         key = Key(state.session.id, state.session.rev, address, bool(server.tls), seen.last_host,
                   seen.last_credentials)
-        up = self._upstreams[server.id] = _Upstream(client.id, key)
+        up = self._upstreams[server.id] = _Upstream(client.id, key, state.session)
         seen.servers.add(server.id)
         entry = self.pool.take(key)
         if entry is not None:
@@ -158,13 +180,19 @@ class UpstreamReuse:
                 data.ssl_conn = seams.hand_over_tls(entry)  # established: the handshake step finishes at once
 
     def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
-        up = self._upstreams.pop(data.server.id, None)
+        up = self._forget(data.server.id)
         seams.forget_adoption()
         if up is not None and up.adopted is not None and not up.adopted.adopted:
             up.adopted.close()  # a later addon refused the dial: nobody took it
 
     def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
-        self._upstreams.pop(data.server.id, None)
+        self._forget(data.server.id)
+
+    def _forget(self, server_id: str) -> _Upstream | None:
+        up = self._upstreams.pop(server_id, None)
+        if up is not None and (seen := self._clients.get(up.client)) is not None:
+            seen.servers.discard(server_id)
+        return up
 
     # -- keep -----------------------------------------------------------------------------------
     def client_disconnected(self, client: connection.Client) -> None:
@@ -172,6 +200,9 @@ class UpstreamReuse:
         if seen is None:
             return
         ups = {sid: up for sid in seen.servers if (up := self._upstreams.pop(sid, None)) is not None}
+        for up in ups.values():
+            if up.adopted is not None and not up.adopted.adopted:  # taken, but its dial never came
+                up.adopted.close()
         if len(seen.hosts) != 1 or not ups:
             return
         proxyserver = ctx.master.addons.get("proxyserver")
@@ -185,21 +216,24 @@ class UpstreamReuse:
                 continue
             key = dataclasses.replace(up.key, credentials=credentials)
             try:
-                self._keep(handler, conn, io, key, up.last_used)
+                self._keep(handler, conn, io, key, up)
             except Exception:  # noqa: BLE001 - keeping is an optimisation: on any surprise the connection just closes
                 logger.exception("upstream connection not kept")
 
-    def _keep(self, handler, server: connection.Server, io, key: Key, last_used: float) -> None:
-        if time.monotonic() - last_used >= self.pool.idle_seconds:
+    def _keep(self, handler, server: connection.Server, io, key: Key, up: _Upstream) -> None:
+        limit = self.pool.idle_seconds if up.keep_alive is None else min(self.pool.idle_seconds, up.keep_alive)
+        if time.monotonic() - up.last_used >= limit:
             return
-        taken = seams.detach(handler, server, io, lambda r, w, t: Idle(key, r, w, t, since=last_used))
+        taken = seams.detach(handler, server, io, lambda r, w, t: Idle(key, r, w, t, since=up.last_used, limit=limit))
         if taken is not None:
             entry, writer = taken
-            io.handler.add_done_callback(lambda _task: self._settle(entry, writer))
+            io.handler.add_done_callback(lambda _task: self._settle(entry, writer, up.session))
 
-    def _settle(self, entry: Idle, writer) -> None:
-        """The first client's handler is done with the connection: pool it, unless that handler used it."""
-        if writer.dirty:
+    def _settle(self, entry: Idle, writer, session) -> None:
+        """The first client's handler is done with the connection: pool it, unless that handler used it or
+        its session was deleted or changed meanwhile."""
+        if writer.dirty or (self.registry is not None
+                            and not (self.registry.holds(session) and session.rev == entry.key.rev)):
             entry.close()
         else:
             self.pool.put(entry)

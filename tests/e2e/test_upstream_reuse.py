@@ -21,7 +21,7 @@ RULES = """
   hosts: [{matchName: allowed.test}, {matchName: shared.test}, {matchName: other.test}]
   ports: [80, 443]
 """
-IDLE = 3.0
+IDLE = 30.0  # long: nothing here may expire by accident on a slow machine (expiry: test_upstream_reuse_idle.py)
 REAL = "sk-proj-" + secrets.token_hex(20)
 
 
@@ -115,18 +115,6 @@ def test_never_across_policy_revisions(gateway, lab, sandboxes):
     assert port(second) != port(first)
 
 
-def test_an_idle_connection_expires(gateway, lab, sandboxes):
-    box = sandboxes.up(RULES)
-    before = reuse_count(gateway, "expired")
-    first = fetch(lab, box, "https://allowed.test/echo")
-    time.sleep(IDLE + 1)
-    second = fetch(lab, box, "https://allowed.test/echo")
-    assert port(second) != port(first)
-    assert reuse_count(gateway, "expired") - before >= 1
-    established = lab.run_in(lab.origin_ns, ["ss", "-Htn", "state", "established", f"( sport = :443 and dport = :{port(first)} )"])
-    assert established.stdout.strip() == ""  # closed, not leaked
-
-
 def test_a_connection_the_origin_closed_is_not_handed_out(gateway, lab, sandboxes):
     box = sandboxes.up(RULES)
     before = reuse_count(gateway, "stale")
@@ -170,30 +158,6 @@ def test_a_connection_that_answered_1xx_is_not_kept(gateway, lab, sandboxes):
     tag = secrets.token_hex(6)
     status, body = box.curl(f"https://allowed.test/echo?t={tag}", "--http1.1")
     assert status == 200 and f"/echo?t={tag}" in body, body[:200]  # its own answer, not the late one
-
-
-def test_the_idle_time_counts_from_the_last_use_upstream(gateway, lab, sandboxes):
-    """A sandbox that holds its connection idle past upstream.reuseIdleSeconds and then closes it does
-    not leave the upstream connection behind: the origin may be about to close it."""
-    box = sandboxes.up(RULES)
-    kept = reuse_count(gateway, "kept")
-    tag = secrets.token_hex(6)
-    r = box.python(f"""
-        import os, socket, ssl, time
-        ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
-        s = ctx.wrap_socket(socket.create_connection(("allowed.test", 443), timeout=5), server_hostname="allowed.test")
-        s.sendall(b"GET /echo?t={tag} HTTP/1.1\\r\\nHost: allowed.test\\r\\n\\r\\n")
-        assert s.recv(65536).startswith(b"HTTP/1.1 200")
-        time.sleep({IDLE + 0.5})
-        s.close()
-        print("ok")
-    """)
-    assert r.stdout.strip() == "ok", r.stderr
-    (held,) = lab.wait_records(kind="http", count=1, path=f"/echo?t={tag}")
-    time.sleep(0.3)
-    assert reuse_count(gateway, "kept") == kept
-    after = fetch(lab, box, "https://allowed.test/echo")
-    assert port(after) != port(held)
 
 
 def test_a_deleted_session_leaves_no_idle_connection(gateway, lab, sandboxes):

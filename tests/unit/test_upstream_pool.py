@@ -169,6 +169,21 @@ def test_age_counts_from_the_last_use_not_from_the_pool():
     run(main())
 
 
+def test_an_origins_own_shorter_limit_wins():
+    async def main():
+        async with Origin() as origin:
+            pool = IdlePool(5)
+            entry = await origin.idle()
+            entry.limit = 0.05  # the origin said Keep-Alive: timeout=...
+            assert pool.put(entry)
+            await asyncio.sleep(0.1)
+            assert len(pool) == 0 and pool.counts["expired"] == 1 and entry.writer.transport.is_closing()
+            late = await origin.idle()
+            late.limit, late.since = 0.05, late.since - 0.1
+            assert not pool.put(late)
+    run(main())
+
+
 def test_a_pool_that_is_off_keeps_nothing():
     async def main():
         async with Origin() as origin:
