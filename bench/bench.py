@@ -1193,9 +1193,11 @@ class Bench:
         events_ = gw.events()
         denied = sum(1 for e in events_ if e.get("decision") == "deny")
         allowed_http = sum(1 for e in events_ if e.get("event") == "http" and e.get("decision") == "allow")
-        self.results["egressgw_flow_log"] = {"http_allow_events": allowed_http, "deny_events": denied}
+        reasons = collections.Counter(f"{e.get('event')}:{e.get('reason')}" for e in events_ if e.get("decision") == "deny")
+        self.results["egressgw_flow_log"] = {"http_allow_events": allowed_http, "deny_events": denied,
+                                             "deny_reasons": dict(reasons)}
         if denied:
-            log(f"WARNING: egressgw denied {denied} flows during the bench")
+            log(f"WARNING: egressgw denied {denied} flows during the bench: {dict(reasons)}")
 
     def _profile(self, t: Target, lab: Lab) -> dict[str, Any]:
         out = {}
@@ -1365,7 +1367,8 @@ def render_main(results: dict[str, Any]) -> list[str]:
         lines += ["", "wrk errors (socket errors / non-2xx):"] + [f"- {e}" for e in errs]
     fl = results.get("egressgw_flow_log")
     if fl:
-        lines += ["", f"egressgw flow log: {fl['http_allow_events']} allowed http events, {fl['deny_events']} denials"]
+        lines += ["", f"egressgw flow log: {fl['http_allow_events']} allowed http events, {fl['deny_events']} denials"
+                      + (f" ({', '.join(f'{k}: {v}' for k, v in fl.get('deny_reasons', {}).items())})" if fl['deny_events'] else "")]
     for tag, p in ((f"{proxy} {case}", p) for proxy, ps in results.get("profiles", {}).items()
                    if proxy != "credentials" for case, p in ps.items()):
         if "error" in p:
