@@ -29,7 +29,7 @@ from mitmproxy.proxy.layers.http import HttpConnection, HttpLayer
 from mitmproxy.proxy.layers.http._events import RequestHeaders, ResponseHeaders
 from mitmproxy.proxy.layers.http._http1 import Http1Client, Http1Server
 from mitmproxy.proxy.layers.tls import ServerTLSLayer
-from mitmproxy.proxy.mode_specs import TransparentMode
+from mitmproxy.proxy.mode_specs import RegularMode, TransparentMode
 from mitmproxy.proxy.tunnel import TunnelState
 from OpenSSL import SSL
 
@@ -109,10 +109,12 @@ def _start_handshake(self: ServerTLSLayer):
 
 # -- Connection: close ------------------------------------------------------------------------------
 def close_is_hop_by_hop(client: connection.Client, request: http.Request) -> bool:
-    """A transparent HTTP/1 sandbox's HTTP/1.1 request whose only connection option is `close`."""
+    """An HTTP/1 sandbox's HTTP/1.1 request whose only connection option is `close` (transparent mode, or
+    the explicit proxy: inside a CONNECT tunnel or an absolute-form request; never the CONNECT itself)."""
     values = request.headers.get_all("connection")
     return (len(values) == 1 and values[0].strip().lower() == "close" and request.http_version == "HTTP/1.1"
-            and isinstance(client.proxy_mode, TransparentMode) and client.alpn in HTTP1_ALPN)
+            and request.method.upper() != "CONNECT"
+            and isinstance(client.proxy_mode, (TransparentMode, RegularMode)) and client.alpn in HTTP1_ALPN)
 
 
 _CLIENT_SEND = Http1Client.send
@@ -220,16 +222,21 @@ class _DetachedTls:
 
 
 def _layers(root):
-    """Every layer under `root` (NextLayer.layer, child_layer, an HTTP layer's connections and streams)."""
-    todo, seen = [root], 0
-    while todo and seen < MAX_LAYERS:
+    """Every layer under `root` (NextLayer.layer, child_layer, the layer a mode layer hands its events to,
+    an HTTP layer's connections and streams)."""
+    todo, seen = [root], set()
+    while todo and len(seen) < MAX_LAYERS:
         layer = todo.pop()
-        if layer is None:
+        if layer is None or id(layer) in seen:
             continue
-        seen += 1
+        seen.add(id(layer))
         yield layer
         todo.append(getattr(layer, "layer", None))
         todo.append(getattr(layer, "child_layer", None))
+        handle = getattr(layer, "_handle_event", None)  # mitmproxy's HttpProxy keeps its child only here
+        owner = getattr(handle, "__self__", None)
+        if owner is not None and owner is not layer:
+            todo.append(owner)
         if isinstance(layer, HttpLayer):
             todo.extend(layer.connections.values())
             todo.extend(layer.streams.values())

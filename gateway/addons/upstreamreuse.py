@@ -6,10 +6,10 @@ This addon keeps an upstream connection when its client leaves it idle, and hand
 client connection of the same session that needs exactly the same upstream (`upstream_pool.Key`:
 session and policy revision, vetted address, TLS or not, host, credentials substituted).
 
-Only HTTP/1.1 upstreams of transparent-mode HTTP/1 clients are kept, and only when nothing is in
-flight: no request or response open, nothing buffered in the HTTP parser, the socket or TLS, the
-reader parked in `read()`, no informational (1xx) answer seen. HTTP/2, WebSockets, CONNECT tunnels,
-the explicit proxy and raw TCP never take part. A kept connection the first client's layers still
+Only HTTP/1.1 upstreams of HTTP/1 clients are kept (transparent mode, or a CONNECT tunnel of the
+explicit proxy), and only when nothing is in flight: no request or response open, nothing buffered in
+the HTTP parser, the socket or TLS, the reader parked in `read()`, no informational (1xx) answer seen.
+HTTP/2, WebSockets, the explicit proxy's absolute-form requests and raw TCP never take part. A kept connection the first client's layers still
 touch is closed. A connection that is stale when wanted means a fresh dial; one the origin closes
 at the very moment it is reused fails that request with a 502 (as in any HTTP client's pool; hence
 the short `upstream.reuseIdleSeconds`, counted from the connection's last use).
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from mitmproxy import connection, ctx, http, tls
 from mitmproxy.proxy import server_hooks
-from mitmproxy.proxy.mode_specs import TransparentMode
+from mitmproxy.proxy.mode_specs import RegularMode, TransparentMode
 
 from gateway import upstreamseams as seams
 from gateway.addons.refuse import META
@@ -147,6 +147,8 @@ class UpstreamReuse:
         address = tuple(server.address)
         if state is None or state.session is None or state.refused or address not in state.vetted:
             return  # (the dial gate refuses these too: this does not rely on it)
+        if isinstance(client.proxy_mode, RegularMode) and not state.tunnel:
+            return  # the explicit proxy takes part inside a CONNECT tunnel only (one host per connection)
         if server.tls and server.sni != seen.last_host:
             return
         key = Key(state.session.id, state.session.rev, address, bool(server.tls), seen.last_host,
@@ -241,5 +243,5 @@ class UpstreamReuse:
     # -----------------------------------------------------------------------------------------
     @staticmethod
     def _eligible(client: connection.Client, server: connection.Server | None = None) -> bool:
-        return (isinstance(client.proxy_mode, TransparentMode) and client.alpn in seams.HTTP1_ALPN
+        return (isinstance(client.proxy_mode, (TransparentMode, RegularMode)) and client.alpn in seams.HTTP1_ALPN
                 and (server is None or (server.transport_protocol == "tcp" and server.via is None)))

@@ -234,3 +234,26 @@ def test_connection_close_from_the_sandbox_is_hop_by_hop(lab, sandboxes):
     recs = [lab.wait_records(kind="http", count=1, path=f"/echo?t={t}")[0] for t in tags]
     assert len({port(rec) for rec in recs}) == 1
     assert not any(k.lower() == "connection" and v.lower() == "close" for rec in recs for k, v in rec["headers"])
+
+
+def test_the_explicit_proxy_reuses_inside_connect_tunnels(gateway, lab, tmp_path):
+    """A provider sandbox going through the explicit proxy (HTTPS_PROXY with the session's credentials)
+    opens a CONNECT tunnel per request: the tunnels of one session share the idle upstream connection."""
+    from gateway.client import create_sandbox_access, delete_sandbox_access
+
+    tmp_path.chmod(0o755)
+    token = (gateway.dir / "control.token").read_text().strip()
+    access = create_sandbox_access(f"unix://{gateway.control_sock}", token, "via-proxy", policy_text("p", RULES),
+                                   ca_path=str(tmp_path / "ca.pem"))
+    (tmp_path / "ca.pem").write_text(access.ca_pem)
+    try:
+        tags = [secrets.token_hex(6) for _ in range(3)]
+        script = "; ".join(f"curl -sS --http1.1 -m 5 -o /dev/null -w '%{{http_code}} ' https://allowed.test/echo?t={t}"
+                           for t in tags)
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", **access.env}
+        r = lab.run_in(lab.gw_ns, ["sh", "-c", script], env=env)
+        assert r.stdout.split() == ["200"] * 3, (r.stdout, r.stderr)
+        ports = [port(lab.wait_records(kind="http", count=1, path=f"/echo?t={t}")[0]) for t in tags]
+        assert len(set(ports)) == 1, ports
+    finally:
+        delete_sandbox_access(f"unix://{gateway.control_sock}", token, access)

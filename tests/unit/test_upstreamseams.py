@@ -25,9 +25,10 @@ def _client(mode: str = "transparent", alpn: bytes | None = b"http/1.1"):
     return client
 
 
-def _request(connection: list[str], version: str = "HTTP/1.1"):
+def _request(connection: list[str], version: str = "HTTP/1.1", method: str = "GET"):
     req = tflow.treq()
     req.http_version = version
+    req.method = method
     for value in connection:
         req.headers.add("Connection", value)
     return req
@@ -41,11 +42,15 @@ def _request(connection: list[str], version: str = "HTTP/1.1"):
     (["close", "close"], "HTTP/1.1", "transparent", None, False),
     (["keep-alive"], "HTTP/1.1", "transparent", None, False),
     ([], "HTTP/1.1", "transparent", None, False),
-    (["close"], "HTTP/1.1", "regular", None, False),  # the explicit proxy does not take part
+    (["close"], "HTTP/1.1", "regular", None, True),  # the explicit proxy: in a CONNECT tunnel, absolute-form
     (["close"], "HTTP/1.1", "transparent", b"h2", False),
 ])
 def test_which_connection_close_is_hop_by_hop(connection, version, mode, alpn, hop):
     assert seams.close_is_hop_by_hop(_client(mode, alpn), _request(connection, version)) is hop
+
+
+def test_a_connect_request_keeps_its_connection_close():
+    assert not seams.close_is_hop_by_hop(_client("regular", None), _request(["close"], method="CONNECT"))
 
 
 class _Writer:
