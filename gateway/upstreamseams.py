@@ -221,16 +221,18 @@ class _DetachedTls:
         raise SSL.Error(f"TLS connection kept for reuse: {name} refused")
 
 
-def _layers(root):
+def _layers(root) -> list | None:
     """Every layer under `root` (NextLayer.layer, child_layer, the layer a mode layer hands its events to,
-    an HTTP layer's connections and streams)."""
-    todo, seen = [root], set()
-    while todo and len(seen) < MAX_LAYERS:
+    an HTTP layer's connections and streams), each once; None for a tree larger than MAX_LAYERS."""
+    todo, seen, found = [root], set(), []
+    while todo:
         layer = todo.pop()
         if layer is None or id(layer) in seen:
             continue
+        if len(found) == MAX_LAYERS:
+            return None
         seen.add(id(layer))
-        yield layer
+        found.append(layer)
         todo.append(getattr(layer, "layer", None))
         todo.append(getattr(layer, "child_layer", None))
         handle = getattr(layer, "_handle_event", None)  # mitmproxy's HttpProxy keeps its child only here
@@ -240,12 +242,16 @@ def _layers(root):
         if isinstance(layer, HttpLayer):
             todo.extend(layer.connections.values())
             todo.extend(layer.streams.values())
+    return found
 
 
 def idle_parts(root, server: connection.Server) -> tuple[Http1Client, ServerTLSLayer | None] | None:
     """(HTTP/1 client layer, TLS layer or None) when `server` carries nothing now, else None."""
     http1 = tls_layer = None
-    for layer in _layers(root):
+    layers = _layers(root)
+    if layers is None:
+        return None
+    for layer in layers:
         if getattr(layer, "conn", None) is not server:
             continue
         if isinstance(layer, HttpConnection):

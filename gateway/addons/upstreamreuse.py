@@ -107,6 +107,10 @@ class UpstreamReuse:
         if self.pool.enabled and self._eligible(client):
             self._clients[client.id] = _Client()
 
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.client_conn.id in self._clients:  # what comes before a tunnel is not what goes through it
+            self._clients[flow.client_conn.id] = _Client()
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.request.stream:  # Credentials substituted in its requestheaders: the dial follows now
             self._note(flow)
@@ -119,6 +123,10 @@ class UpstreamReuse:
         info = flow.metadata.get(META)
         if seen is None or info is None or flow.response is not None:  # refused: nothing goes upstream
             return
+        if isinstance(flow.client_conn.proxy_mode, RegularMode):
+            state = self.conns.get(flow.client_conn.id)
+            if state is None or not state.tunnel:  # an absolute-form request: it never takes part
+                return
         names = frozenset(s.partition("@")[0] for s in info.get("secrets", ()))
         seen.last_host, seen.last_credentials = info.get("host"), names
         seen.hosts.add(info.get("host"))

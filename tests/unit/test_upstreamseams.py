@@ -216,3 +216,16 @@ def test_only_an_idle_connection_is_detached(tls, change, kept):
             assert isinstance(tls_layer.tls, seams._DetachedTls) and entry.tls is not tls_layer.tls
     else:
         assert io.writer is real_writer
+
+
+def test_a_layer_tree_too_large_to_walk_keeps_nothing():
+    root, server, io, _ = _tree(True)
+    chain = SimpleNamespace(child_layer=None)
+    deep = chain
+    for _ in range(seams.MAX_LAYERS):
+        deep.child_layer = SimpleNamespace(child_layer=None)
+        deep = deep.child_layer
+    deep.child_layer = root.layer  # the connection's layers sit below more than MAX_LAYERS others
+    assert seams._layers(chain) is None
+    assert seams.idle_parts(chain, server) is None
+    assert seams.idle_parts(root.layer, server) is not None
