@@ -70,7 +70,7 @@ class _Upstream:
     last_used: float = field(default_factory=time.monotonic)
     keep_alive: float | None = None  # the origin's own idle limit (`Keep-Alive: timeout=N`), if it sent one
     reusable: bool = True  # False once an informational (1xx) answer came: the final one may still be due
-    adopted: Idle | None = None  # the pool entry handed over, until its TLS object is attached
+    taken: Idle | None = None  # the pool entry taken for it, until mitmproxy has it (and its TLS object)
 
 
 class UpstreamReuse:
@@ -116,7 +116,8 @@ class UpstreamReuse:
             self._note(flow)
 
     def request(self, flow: http.HTTPFlow) -> None:
-        self._note(flow)
+        if not flow.request.stream:  # a streamed one was noted at requestheaders
+            self._note(flow)
 
     def _note(self, flow: http.HTTPFlow) -> None:
         seen = self._clients.get(flow.client_conn.id)  # None once the client left (a hook that finished late)
@@ -140,8 +141,8 @@ class UpstreamReuse:
 
     def response(self, flow: http.HTTPFlow) -> None:
         up = self._upstreams.get(flow.server_conn.id)
-        info = flow.metadata.get(META) or {}
-        if up is not None and flow.response is not None and info.get("decision") in ("allow", "report"):
+        if up is not None and flow.response is not None \
+                and (flow.metadata.get(META) or {}).get("decision") in ("allow", "report"):
             up.last_used = time.monotonic()  # an answer from upstream
             up.keep_alive = keep_alive_timeout(flow.response.headers.get("keep-alive", ""))
 
@@ -149,7 +150,8 @@ class UpstreamReuse:
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         server, client = data.server, data.client
         seen = self._clients.get(client.id)
-        if server.error or seen is None or not seen.last_host or not self._eligible(client, server):
+        if server.error or seen is None or not seen.last_host or not self._eligible(client) \
+                or server.transport_protocol != "tcp" or server.via is not None:
             return
         state = self.conns.get(client.id)
         address = tuple(server.address)
@@ -165,35 +167,35 @@ class UpstreamReuse:
         seen.servers.add(server.id)
         entry = self.pool.take(key)
         if entry is not None:
-            up.adopted = entry
+            up.taken = entry
             seams.adopt(entry)  # answers mitmproxy's dial, next, in this same task
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
         up = self._upstreams.get(data.server.id)
-        entry = up.adopted if up is not None else None
+        entry = up.taken if up is not None else None
         if entry is None:
             return
         if not entry.adopted:  # closed or noisy at the last moment: mitmproxy dialled afresh
-            up.adopted = None
+            up.taken = None
             self.pool.count("stale")
             return
         self.pool.count("reused")
         if entry.tls is None:
-            up.adopted = None
+            up.taken = None
 
     def tls_start_server(self, data: tls.TlsData) -> None:
         up = self._upstreams.get(data.conn.id)
-        entry = up.adopted if up is not None else None
+        entry = up.taken if up is not None else None
         if entry is not None:
-            up.adopted = None
+            up.taken = None
             if entry.adopted and entry.tls is not None:
                 data.ssl_conn = seams.hand_over_tls(entry)  # established: the handshake step finishes at once
 
     def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
         up = self._forget(data.server.id)
         seams.forget_adoption()
-        if up is not None and up.adopted is not None and not up.adopted.adopted:
-            up.adopted.close()  # a later addon refused the dial: nobody took it
+        if up is not None and up.taken is not None and not up.taken.adopted:
+            up.taken.close()  # a later addon refused the dial: nobody took it
 
     def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
         self._forget(data.server.id)
@@ -211,8 +213,8 @@ class UpstreamReuse:
             return
         ups = {sid: up for sid in seen.servers if (up := self._upstreams.pop(sid, None)) is not None}
         for up in ups.values():
-            if up.adopted is not None and not up.adopted.adopted:  # taken, but its dial never came
-                up.adopted.close()
+            if up.taken is not None and not up.taken.adopted:  # taken, but its dial never came
+                up.taken.close()
         if len(seen.hosts) != 1 or not ups:
             return
         proxyserver = ctx.master.addons.get("proxyserver")
@@ -250,6 +252,5 @@ class UpstreamReuse:
 
     # -----------------------------------------------------------------------------------------
     @staticmethod
-    def _eligible(client: connection.Client, server: connection.Server | None = None) -> bool:
-        return (isinstance(client.proxy_mode, (TransparentMode, RegularMode)) and client.alpn in seams.HTTP1_ALPN
-                and (server is None or (server.transport_protocol == "tcp" and server.via is None)))
+    def _eligible(client: connection.Client) -> bool:
+        return isinstance(client.proxy_mode, (TransparentMode, RegularMode)) and client.alpn in seams.HTTP1_ALPN
